@@ -1,0 +1,175 @@
+//! `GET /conversations/{phone_number}`: a conversation and its messages, newest first, with
+//! keyset pagination on (created_at, id).
+
+use axum::{
+    Json,
+    extract::{Path, Query, State},
+};
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use shared::phone;
+use uuid::Uuid;
+
+use crate::{AppState, auth::ApiKey, error::ApiError};
+
+pub const DEFAULT_LIMIT: i64 = 50;
+pub const MAX_LIMIT: i64 = 200;
+
+#[derive(Debug, Deserialize)]
+pub struct PageParams {
+    pub limit: Option<String>,
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ConversationView {
+    pub id: Uuid,
+    pub phone_number: String,
+    pub tenant_id: Option<String>,
+    pub workflow_type: Option<String>,
+    pub workflow_id: Option<String>,
+    pub last_message_at: Option<DateTime<Utc>>,
+    pub language_detected: Option<String>,
+    pub language_confidence: Option<f32>,
+    pub messages: Vec<MessageView>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct MessageView {
+    pub id: Uuid,
+    pub direction: String,
+    pub content: String,
+    pub twilio_sid: Option<String>,
+    pub delivery_status: String,
+    pub language_detected: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Cursor: the (created_at, id) of the last message returned, opaque to clients.
+fn encode_cursor(created_at: DateTime<Utc>, id: Uuid) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{}|{}", created_at.timestamp_micros(), id))
+}
+
+fn decode_cursor(cursor: &str) -> Result<(DateTime<Utc>, Uuid), ApiError> {
+    let bad = || ApiError::bad_request("invalid_cursor", "cursor is not one this API returned");
+    let bytes = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| bad())?;
+    let text = String::from_utf8(bytes).map_err(|_| bad())?;
+    let (micros, id) = text.split_once('|').ok_or_else(bad)?;
+    let micros: i64 = micros.parse().map_err(|_| bad())?;
+    let created_at = DateTime::from_timestamp_micros(micros).ok_or_else(bad)?;
+    Ok((created_at, id.parse().map_err(|_| bad())?))
+}
+
+fn parse_limit(raw: Option<&str>) -> Result<i64, ApiError> {
+    let Some(raw) = raw else {
+        return Ok(DEFAULT_LIMIT);
+    };
+    match raw.trim().parse::<i64>() {
+        Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+        _ => Err(ApiError::bad_request(
+            "invalid_limit",
+            format!("limit must be an integer from 1 to {MAX_LIMIT}"),
+        )),
+    }
+}
+
+pub async fn get_conversation(
+    State(state): State<AppState>,
+    key: ApiKey,
+    Path(phone_number): Path<String>,
+    Query(page): Query<PageParams>,
+) -> Result<Json<ConversationView>, ApiError> {
+    key.require("read")?;
+    let limit = parse_limit(page.limit.as_deref())?;
+    let cursor = page.cursor.as_deref().map(decode_cursor).transpose()?;
+    // Any written form finds the conversation; an unparseable sender (short code, alphanumeric)
+    // is looked up as written.
+    let number = match phone::normalize(&phone_number, state.cfg.common.default_region) {
+        Ok(e164) => e164.as_str().to_owned(),
+        Err(_) => phone_number.trim().to_owned(),
+    };
+    let conversation = sqlx::query!(
+        r#"SELECT id, phone_number, tenant_id, workflow_type, workflow_id, last_message_at,
+                  language_detected, language_confidence
+           FROM sms_conversations WHERE phone_number = $1"#,
+        number
+    )
+    .fetch_optional(&state.pool)
+    .await?
+    .filter(|c| key.sees(c.tenant_id.as_deref()))
+    .ok_or(ApiError::NotFound("no conversation for this phone number"))?;
+
+    let (after_at, after_id) = match cursor {
+        Some((at, id)) => (Some(at), Some(id)),
+        None => (None, None),
+    };
+    let mut rows = sqlx::query!(
+        r#"SELECT id, direction, message_content, twilio_sid, delivery_status, language_detected,
+                  created_at
+           FROM sms_messages
+           WHERE conversation_id = $1
+             AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3::uuid))
+           ORDER BY created_at DESC, id DESC
+           LIMIT $4"#,
+        conversation.id,
+        after_at,
+        after_id,
+        limit + 1
+    )
+    .fetch_all(&state.pool)
+    .await?;
+    let next_cursor = if rows.len() as i64 > limit {
+        rows.truncate(limit as usize);
+        rows.last().map(|r| encode_cursor(r.created_at, r.id))
+    } else {
+        None
+    };
+    Ok(Json(ConversationView {
+        id: conversation.id,
+        phone_number: conversation.phone_number,
+        tenant_id: conversation.tenant_id,
+        workflow_type: conversation.workflow_type,
+        workflow_id: conversation.workflow_id,
+        last_message_at: conversation.last_message_at,
+        language_detected: conversation.language_detected,
+        language_confidence: conversation.language_confidence,
+        messages: rows
+            .into_iter()
+            .map(|r| MessageView {
+                id: r.id,
+                direction: r.direction,
+                content: r.message_content,
+                twilio_sid: r.twilio_sid,
+                delivery_status: r.delivery_status,
+                language_detected: r.language_detected,
+                created_at: r.created_at,
+            })
+            .collect(),
+        next_cursor,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursor_round_trip_and_garbage() {
+        let at = DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap();
+        let id = Uuid::new_v4();
+        assert_eq!(decode_cursor(&encode_cursor(at, id)).unwrap(), (at, id));
+        assert!(decode_cursor("nope").is_err());
+        assert!(decode_cursor("").is_err());
+    }
+
+    #[test]
+    fn limits() {
+        assert_eq!(parse_limit(None).unwrap(), 50);
+        assert_eq!(parse_limit(Some("200")).unwrap(), 200);
+        assert!(parse_limit(Some("201")).is_err());
+        assert!(parse_limit(Some("0")).is_err());
+        assert!(parse_limit(Some("x")).is_err());
+    }
+}

@@ -1,0 +1,79 @@
+//! `sms-ingress`: Twilio webhooks and the HTTP API. Thin by design: verify, store, enqueue, answer.
+
+pub mod auth;
+pub mod conversations;
+pub mod error;
+pub mod group_commit;
+pub mod health;
+pub mod metrics;
+pub mod webhook;
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{
+    Router,
+    extract::DefaultBodyLimit,
+    routing::{get, post},
+};
+use shared::config;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::{group_commit::GroupCommit, metrics::Metrics};
+
+#[derive(Clone)]
+pub struct AppState {
+    pub cfg: Arc<config::Ingress>,
+    pub pool: PgPool,
+    pub inbound: GroupCommit,
+    pub http: reqwest::Client,
+    pub metrics: Metrics,
+}
+
+impl AppState {
+    pub fn new(cfg: config::Ingress, pool: PgPool) -> Self {
+        let inbound = GroupCommit::start(
+            pool.clone(),
+            cfg.group_commit_writers,
+            cfg.group_commit_max_batch,
+        );
+        Self {
+            cfg: Arc::new(cfg),
+            pool,
+            inbound,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(2))
+                .build()
+                .expect("TLS backend initialises"),
+            metrics: Metrics::default(),
+        }
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let limit = state.cfg.max_body_bytes;
+    Router::new()
+        .route("/webhook/twilio/sms", post(webhook::inbound_sms))
+        .route(
+            "/conversations/{phone_number}",
+            get(conversations::get_conversation),
+        )
+        .route("/health", get(health::health))
+        .route("/health/ready", get(health::ready))
+        .route("/metrics", get(metrics::metrics))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+/// Serves on an already bound listener until `shutdown` is cancelled, then finishes in-flight
+/// requests.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}

@@ -1,0 +1,230 @@
+//! `POST /webhook/twilio/sms`: verify, store with its job in one (group) commit, then answer.
+
+use axum::{
+    extract::{OriginalUri, State},
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use bytes::Bytes;
+use serde_json::{Map, Value};
+use shared::{phone, twilio::signature};
+
+use crate::{
+    AppState,
+    error::ApiError,
+    group_commit::{NewInbound, StoreError, Stored},
+};
+
+const EMPTY_TWIML: &str = r#"<?xml version="1.0" encoding="UTF-8"?><Response></Response>"#;
+
+/// The webhook's fields, in the order received, repeated names kept.
+pub type Params = Vec<(String, String)>;
+
+/// Parses a form body strictly: it must be UTF-8 and every escape must decode to UTF-8, so a
+/// corrupt body is refused instead of being stored with replacement characters.
+pub fn parse_form(body: &[u8]) -> Result<Params, ApiError> {
+    let text = std::str::from_utf8(body)
+        .map_err(|_| ApiError::bad_request("malformed_body", "form body is not valid UTF-8"))?;
+    let had_replacement = text.contains('\u{FFFD}');
+    let params: Params = form_urlencoded::parse(text.as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    if !had_replacement
+        && params
+            .iter()
+            .any(|(k, v)| k.contains('\u{FFFD}') || v.contains('\u{FFFD}'))
+    {
+        return Err(ApiError::bad_request(
+            "malformed_body",
+            "form body has a percent-escape that is not UTF-8",
+        ));
+    }
+    Ok(params)
+}
+
+/// Flattens a JSON webhook body into name/value pairs (strings as they are, other values as JSON).
+fn parse_json(body: &[u8]) -> Result<Params, ApiError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request("malformed_body", format!("invalid JSON body: {e}")))?;
+    let Value::Object(map) = value else {
+        return Err(ApiError::bad_request(
+            "malformed_body",
+            "JSON body must be an object",
+        ));
+    };
+    Ok(map
+        .into_iter()
+        .map(|(k, v)| match v {
+            Value::String(s) => (k, s),
+            other => (k, other.to_string()),
+        })
+        .collect())
+}
+
+/// Every field Twilio sent as a JSON object; a repeated name becomes an array of its values.
+pub fn raw_payload(params: &Params) -> Value {
+    let mut map = Map::with_capacity(params.len());
+    for (k, v) in params {
+        match map.get_mut(k) {
+            None => {
+                map.insert(k.clone(), Value::String(v.clone()));
+            }
+            Some(Value::Array(values)) => values.push(Value::String(v.clone())),
+            Some(existing) => {
+                let first = existing.take();
+                *existing = Value::Array(vec![first, Value::String(v.clone())]);
+            }
+        }
+    }
+    Value::Object(map)
+}
+
+pub fn field<'a>(params: &'a Params, name: &str) -> Option<&'a str> {
+    params
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// The URL Twilio signed: PUBLIC_URL + path and query, or, when forwarded headers are trusted, the
+/// scheme and host the proxy reports.
+fn signed_url(state: &AppState, headers: &HeaderMap, uri: &axum::http::Uri) -> String {
+    let path_and_query = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    if state.cfg.trust_forwarded_headers {
+        let get = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.split(',').next())
+                .map(|v| v.trim().to_owned())
+        };
+        if let Some(host) = get("x-forwarded-host").or_else(|| get("host")) {
+            let proto = get("x-forwarded-proto").unwrap_or_else(|| "https".into());
+            return format!("{proto}://{host}{path_and_query}");
+        }
+    }
+    format!("{}{}", state.cfg.public_url, path_and_query)
+}
+
+/// Verifies the request and returns its fields; 400 for a body that cannot be read, 403 for a
+/// missing or wrong signature.
+pub fn verified_params(
+    state: &AppState,
+    headers: &HeaderMap,
+    uri: &axum::http::Uri,
+    body: &[u8],
+) -> Result<Params, ApiError> {
+    let url = signed_url(state, headers, uri);
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with("application/json"));
+    let params = if is_json {
+        parse_json(body)?
+    } else {
+        parse_form(body)?
+    };
+    let signature = headers
+        .get("x-twilio-signature")
+        .and_then(|v| v.to_str().ok())
+        .ok_or(ApiError::Forbidden("missing X-Twilio-Signature"))?;
+    let tokens = state.cfg.twilio.tokens();
+    let valid = if is_json {
+        signature::verify_json(&tokens, &url, body, signature)
+    } else {
+        signature::verify_form(&tokens, &url, &params, signature)
+    };
+    if !valid {
+        tracing::warn!(path = uri.path(), "webhook rejected: invalid signature");
+        return Err(ApiError::Forbidden("invalid X-Twilio-Signature"));
+    }
+    Ok(params)
+}
+
+pub fn twiml_ok() -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/xml; charset=utf-8")],
+        EMPTY_TWIML,
+    )
+        .into_response()
+}
+
+#[tracing::instrument(skip_all, fields(message_sid))]
+pub async fn inbound_sms(
+    State(state): State<AppState>,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(|e| body_rejection(e, state.cfg.max_body_bytes))?;
+    let params = verified_params(&state, &headers, &uri, &body)?;
+    let message_sid = field(&params, "MessageSid")
+        .or_else(|| field(&params, "SmsMessageSid"))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| ApiError::bad_request("missing_field", "MessageSid is required"))?
+        .to_owned();
+    tracing::Span::current().record("message_sid", message_sid.as_str());
+    let from = field(&params, "From").unwrap_or_default().to_owned();
+    let item = NewInbound {
+        body: field(&params, "Body").unwrap_or_default().to_owned(),
+        to: field(&params, "To").unwrap_or_default().to_owned(),
+        num_segments: field(&params, "NumSegments").and_then(|v| v.parse().ok()),
+        num_media: field(&params, "NumMedia").and_then(|v| v.parse().ok()),
+        raw: raw_payload(&params),
+        from,
+        message_sid,
+    };
+    let from_masked = phone::mask(&item.from);
+    match state.inbound.store(item).await {
+        Ok(Stored::New(id)) => {
+            state.metrics.webhook_stored();
+            tracing::info!(message_id = %id, from = %from_masked, "inbound webhook stored");
+            Ok(twiml_ok())
+        }
+        Ok(Stored::Duplicate) => {
+            state.metrics.webhook_duplicate();
+            tracing::info!(from = %from_masked, "duplicate inbound webhook skipped");
+            Ok(twiml_ok())
+        }
+        Err(StoreError::Unavailable) => Err(ApiError::Unavailable),
+        Err(StoreError::Failed(e)) => Err(ApiError::Internal(anyhow::anyhow!(e))),
+    }
+}
+
+pub fn body_rejection(err: axum::extract::rejection::BytesRejection, limit: usize) -> ApiError {
+    if err.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::PayloadTooLarge { limit }
+    } else {
+        ApiError::bad_request("malformed_body", err.body_text())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_payload_keeps_every_field_and_repeats() {
+        let params = vec![
+            ("Body".to_string(), "hi".to_string()),
+            ("MediaUrl".to_string(), "a".to_string()),
+            ("MediaUrl".to_string(), "b".to_string()),
+            ("Brand_New_Field".to_string(), "x".to_string()),
+        ];
+        let raw = raw_payload(&params);
+        assert_eq!(raw["Body"], "hi");
+        assert_eq!(raw["MediaUrl"], serde_json::json!(["a", "b"]));
+        assert_eq!(raw["Brand_New_Field"], "x");
+    }
+
+    #[test]
+    fn strict_form_parsing() {
+        assert!(parse_form(b"a=1&b=%E2%9C%93").is_ok());
+        assert!(parse_form(b"a=%FF").is_err());
+        assert!(parse_form(&[0x61, 0x3d, 0xff]).is_err());
+        // A literal replacement character in the text is data, not corruption.
+        assert!(parse_form("a=\u{FFFD}".as_bytes()).is_ok());
+    }
+}

@@ -1,0 +1,372 @@
+//! Settings read once from the environment at start-up and validated, so a bad value stops the
+//! process with the setting's name instead of failing later on a request.
+
+use std::{collections::HashMap, net::SocketAddr, str::FromStr, time::Duration};
+
+use phonenumber::country::Id;
+
+use crate::phone;
+
+/// A setting that is present but unusable, or missing where required.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration error: {setting}: {problem}")]
+pub struct ConfigError {
+    pub setting: &'static str,
+    pub problem: String,
+}
+
+impl ConfigError {
+    pub fn new(setting: &'static str, problem: impl Into<String>) -> Self {
+        Self {
+            setting,
+            problem: problem.into(),
+        }
+    }
+}
+
+/// Where settings come from: the process environment, or a map in tests.
+pub trait Source {
+    fn get(&self, key: &str) -> Option<String>;
+}
+
+pub struct Env;
+
+impl Source for Env {
+    fn get(&self, key: &str) -> Option<String> {
+        std::env::var(key).ok().filter(|v| !v.trim().is_empty())
+    }
+}
+
+impl Source for HashMap<String, String> {
+    fn get(&self, key: &str) -> Option<String> {
+        HashMap::get(self, key).cloned().filter(|v| !v.trim().is_empty())
+    }
+}
+
+pub(crate) fn parsed<T: FromStr>(src: &dyn Source, key: &'static str, default: T) -> Result<T, ConfigError>
+where
+    T::Err: std::fmt::Display,
+{
+    match src.get(key) {
+        None => Ok(default),
+        Some(v) => v
+            .trim()
+            .parse()
+            .map_err(|e| ConfigError::new(key, format!("cannot parse {v:?}: {e}"))),
+    }
+}
+
+fn required(src: &dyn Source, key: &'static str) -> Result<String, ConfigError> {
+    src.get(key)
+        .ok_or_else(|| ConfigError::new(key, "is required but not set"))
+}
+
+fn bool_setting(src: &dyn Source, key: &'static str, default: bool) -> Result<bool, ConfigError> {
+    match src.get(key).map(|v| v.trim().to_ascii_lowercase()) {
+        None => Ok(default),
+        Some(v) if ["1", "true", "yes", "on"].contains(&v.as_str()) => Ok(true),
+        Some(v) if ["0", "false", "no", "off"].contains(&v.as_str()) => Ok(false),
+        Some(v) => Err(ConfigError::new(key, format!("expected true or false, got {v:?}"))),
+    }
+}
+
+fn millis(src: &dyn Source, key: &'static str, default: u64) -> Result<Duration, ConfigError> {
+    parsed(src, key, default).map(Duration::from_millis)
+}
+
+fn secs(src: &dyn Source, key: &'static str, default: u64) -> Result<Duration, ConfigError> {
+    parsed(src, key, default).map(Duration::from_secs)
+}
+
+fn url_setting(src: &dyn Source, key: &'static str) -> Result<Option<String>, ConfigError> {
+    let Some(v) = src.get(key) else {
+        return Ok(None);
+    };
+    let parsed = url::Url::parse(v.trim())
+        .map_err(|e| ConfigError::new(key, format!("not a URL ({e}): {v:?}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(ConfigError::new(key, "must be an http:// or https:// URL"));
+    }
+    Ok(Some(v.trim().trim_end_matches('/').to_owned()))
+}
+
+/// Settings every binary shares.
+#[derive(Debug, Clone)]
+pub struct Common {
+    pub database_url: String,
+    pub database_max_connections: u32,
+    pub database_acquire_timeout: Duration,
+    pub default_region: Id,
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+impl Common {
+    pub fn load(src: &dyn Source, default_connections: u32) -> Result<Self, ConfigError> {
+        let database_url = required(src, "DATABASE_URL")?;
+        if !(database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {
+            return Err(ConfigError::new(
+                "DATABASE_URL",
+                "must start with postgres:// or postgresql://",
+            ));
+        }
+        let region = src.get("DEFAULT_REGION").unwrap_or_else(|| "US".into());
+        let default_region = phone::parse_region(&region).ok_or_else(|| {
+            ConfigError::new("DEFAULT_REGION", format!("unknown ISO country code {region:?}"))
+        })?;
+        let log_format = match src.get("LOG_FORMAT").as_deref().map(str::trim) {
+            None | Some("json") => LogFormat::Json,
+            Some("pretty") | Some("text") => LogFormat::Pretty,
+            Some(other) => {
+                return Err(ConfigError::new(
+                    "LOG_FORMAT",
+                    format!("expected json or pretty, got {other:?}"),
+                ));
+            }
+        };
+        let database_max_connections = parsed(src, "DATABASE_MAX_CONNECTIONS", default_connections)?;
+        if database_max_connections == 0 {
+            return Err(ConfigError::new("DATABASE_MAX_CONNECTIONS", "must be at least 1"));
+        }
+        Ok(Self {
+            database_url,
+            database_max_connections,
+            database_acquire_timeout: millis(src, "DATABASE_ACQUIRE_TIMEOUT_MS", 3000)?,
+            default_region,
+            log_format,
+        })
+    }
+}
+
+/// Twilio account settings.
+#[derive(Debug, Clone)]
+pub struct Twilio {
+    pub account_sid: Option<String>,
+    pub auth_token: String,
+    pub auth_token_secondary: Option<String>,
+    pub phone_number: Option<String>,
+}
+
+impl Twilio {
+    pub fn load(src: &dyn Source) -> Result<Self, ConfigError> {
+        let auth_token = required(src, "TWILIO_AUTH_TOKEN")?;
+        let account_sid = src.get("TWILIO_ACCOUNT_SID");
+        if let Some(sid) = &account_sid
+            && !(sid.starts_with("AC") && sid.len() == 34)
+        {
+            return Err(ConfigError::new(
+                "TWILIO_ACCOUNT_SID",
+                "must be AC followed by 32 characters",
+            ));
+        }
+        Ok(Self {
+            account_sid,
+            auth_token,
+            auth_token_secondary: src.get("TWILIO_AUTH_TOKEN_SECONDARY"),
+            phone_number: src.get("TWILIO_PHONE_NUMBER"),
+        })
+    }
+
+    /// Tokens a webhook signature may be made with: the current one, then the one being rotated in.
+    pub fn tokens(&self) -> Vec<&str> {
+        let mut t = vec![self.auth_token.as_str()];
+        if let Some(s) = &self.auth_token_secondary {
+            t.push(s);
+        }
+        t
+    }
+}
+
+/// The Collections Monitor, the directory of tenants by phone number.
+#[derive(Debug, Clone)]
+pub struct Monitor {
+    pub api_url: Option<String>,
+    pub api_key: Option<String>,
+    pub timeout: Duration,
+    pub max_attempts: u32,
+    pub backoff_base: Duration,
+}
+
+impl Monitor {
+    pub fn load(src: &dyn Source) -> Result<Self, ConfigError> {
+        let max_attempts = parsed(src, "MONITOR_MAX_ATTEMPTS", 3u32)?;
+        if max_attempts == 0 {
+            return Err(ConfigError::new("MONITOR_MAX_ATTEMPTS", "must be at least 1"));
+        }
+        Ok(Self {
+            api_url: url_setting(src, "MONITOR_API_URL")?,
+            api_key: src.get("MONITOR_API_KEY"),
+            timeout: millis(src, "MONITOR_TIMEOUT_MS", 2000)?,
+            max_attempts,
+            backoff_base: millis(src, "MONITOR_BACKOFF_MS", 100)?,
+        })
+    }
+}
+
+/// Tenant cache sizing and lifetimes.
+#[derive(Debug, Clone)]
+pub struct TenantCache {
+    pub ttl: Duration,
+    pub negative_ttl: Duration,
+    pub capacity: u64,
+}
+
+impl TenantCache {
+    pub fn load(src: &dyn Source) -> Result<Self, ConfigError> {
+        Ok(Self {
+            ttl: secs(src, "TENANT_CACHE_TTL_SECS", 300)?,
+            negative_ttl: secs(src, "TENANT_CACHE_NEGATIVE_TTL_SECS", 60)?,
+            capacity: parsed(src, "TENANT_CACHE_CAPACITY", 100_000u64)?,
+        })
+    }
+}
+
+/// Ingress (HTTP) settings.
+#[derive(Debug, Clone)]
+pub struct Ingress {
+    pub common: Common,
+    pub twilio: Twilio,
+    pub monitor: Monitor,
+    pub bind_addr: SocketAddr,
+    pub public_url: String,
+    pub trust_forwarded_headers: bool,
+    pub max_body_bytes: usize,
+    pub group_commit_max_batch: usize,
+    pub group_commit_writers: usize,
+}
+
+impl Ingress {
+    pub fn load(src: &dyn Source) -> Result<Self, ConfigError> {
+        let public_url = url_setting(src, "PUBLIC_URL")?
+            .ok_or_else(|| ConfigError::new("PUBLIC_URL", "is required: the URL Twilio calls, e.g. https://sms.example.com"))?;
+        let group_commit_max_batch = parsed(src, "GROUP_COMMIT_MAX_BATCH", 512usize)?;
+        let group_commit_writers = parsed(src, "GROUP_COMMIT_WRITERS", 4usize)?;
+        if group_commit_max_batch == 0 {
+            return Err(ConfigError::new("GROUP_COMMIT_MAX_BATCH", "must be at least 1"));
+        }
+        if group_commit_writers == 0 {
+            return Err(ConfigError::new("GROUP_COMMIT_WRITERS", "must be at least 1"));
+        }
+        Ok(Self {
+            common: Common::load(src, 16)?,
+            twilio: Twilio::load(src)?,
+            monitor: Monitor::load(src)?,
+            bind_addr: parsed(src, "BIND_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
+            public_url,
+            trust_forwarded_headers: bool_setting(src, "TRUST_FORWARDED_HEADERS", false)?,
+            max_body_bytes: parsed(src, "MAX_BODY_BYTES", 64 * 1024usize)?,
+            group_commit_max_batch,
+            group_commit_writers,
+        })
+    }
+}
+
+/// Worker settings.
+#[derive(Debug, Clone)]
+pub struct Worker {
+    pub common: Common,
+    pub monitor: Monitor,
+    pub tenant_cache: TenantCache,
+    pub concurrency: usize,
+    pub batch_size: usize,
+    pub heartbeat_interval: Duration,
+    pub missed_heartbeats: usize,
+    pub language_notify_max_attempts: u32,
+    pub metrics_bind_addr: Option<SocketAddr>,
+}
+
+impl Worker {
+    pub fn load(src: &dyn Source) -> Result<Self, ConfigError> {
+        let concurrency = parsed(src, "WORKER_CONCURRENCY", 64usize)?;
+        if concurrency == 0 {
+            return Err(ConfigError::new("WORKER_CONCURRENCY", "must be at least 1"));
+        }
+        let batch_size = parsed(src, "WORKER_BATCH_SIZE", 100usize)?;
+        if batch_size == 0 {
+            return Err(ConfigError::new("WORKER_BATCH_SIZE", "must be at least 1"));
+        }
+        let missed_heartbeats = parsed(src, "WORKER_MISSED_HEARTBEATS", 3usize)?;
+        if missed_heartbeats == 0 {
+            return Err(ConfigError::new("WORKER_MISSED_HEARTBEATS", "must be at least 1"));
+        }
+        let metrics_bind_addr = match src.get("WORKER_METRICS_ADDR") {
+            None => None,
+            Some(v) => Some(v.trim().parse().map_err(|e| {
+                ConfigError::new("WORKER_METRICS_ADDR", format!("cannot parse {v:?}: {e}"))
+            })?),
+        };
+        Ok(Self {
+            common: Common::load(src, 20)?,
+            monitor: Monitor::load(src)?,
+            tenant_cache: TenantCache::load(src)?,
+            concurrency,
+            batch_size,
+            heartbeat_interval: secs(src, "WORKER_HEARTBEAT_SECS", 5)?,
+            missed_heartbeats,
+            language_notify_max_attempts: parsed(src, "LANGUAGE_NOTIFY_MAX_ATTEMPTS", 8u32)?,
+            metrics_bind_addr,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn src(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    const BASE: &[(&str, &str)] = &[
+        ("DATABASE_URL", "postgres://localhost/sms"),
+        ("TWILIO_AUTH_TOKEN", "secret"),
+        ("PUBLIC_URL", "https://sms.example.com/"),
+    ];
+
+    #[test]
+    fn ingress_defaults() {
+        let cfg = Ingress::load(&src(BASE)).unwrap();
+        assert_eq!(cfg.public_url, "https://sms.example.com");
+        assert_eq!(cfg.max_body_bytes, 65536);
+        assert!(!cfg.trust_forwarded_headers);
+        assert_eq!(cfg.bind_addr.to_string(), "127.0.0.1:8080");
+        assert!(cfg.monitor.api_url.is_none());
+    }
+
+    #[test]
+    fn errors_name_the_setting() {
+        let mut s = src(BASE);
+        s.remove("DATABASE_URL");
+        assert_eq!(Ingress::load(&s).unwrap_err().setting, "DATABASE_URL");
+        let mut s = src(BASE);
+        s.insert("BIND_ADDR".into(), "nonsense".into());
+        let err = Ingress::load(&s).unwrap_err();
+        assert_eq!(err.setting, "BIND_ADDR");
+        assert!(err.to_string().contains("nonsense"));
+        let mut s = src(BASE);
+        s.insert("MONITOR_API_URL".into(), "ftp://x".into());
+        assert_eq!(Ingress::load(&s).unwrap_err().setting, "MONITOR_API_URL");
+        let mut s = src(BASE);
+        s.insert("TRUST_FORWARDED_HEADERS".into(), "maybe".into());
+        assert_eq!(Ingress::load(&s).unwrap_err().setting, "TRUST_FORWARDED_HEADERS");
+        let mut s = src(BASE);
+        s.insert("TWILIO_ACCOUNT_SID".into(), "XX1".into());
+        assert_eq!(Ingress::load(&s).unwrap_err().setting, "TWILIO_ACCOUNT_SID");
+    }
+
+    #[test]
+    fn secondary_token_is_offered() {
+        let mut s = src(BASE);
+        s.insert("TWILIO_AUTH_TOKEN_SECONDARY".into(), "next".into());
+        let cfg = Ingress::load(&s).unwrap();
+        assert_eq!(cfg.twilio.tokens(), vec!["secret", "next"]);
+    }
+}

@@ -1,0 +1,60 @@
+//! Queue names and job payloads. Jobs are pushed with apalis-postgres's `push_tasks` inside the
+//! caller's transaction, so a job exists exactly when the rows it refers to were committed.
+
+use std::time::Duration;
+
+use apalis_core::task::builder::TaskBuilder;
+use serde::{Deserialize, Serialize};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+/// Processing of a stored inbound webhook.
+pub const INBOUND: &str = "inbound";
+/// Telling the Collections Monitor about a tenant's language preference.
+pub const MONITOR_LANGUAGE: &str = "monitor-language";
+
+/// Every queue a worker can run, for `--queues`.
+pub const ALL_QUEUES: &[&str] = &[INBOUND, MONITOR_LANGUAGE];
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ProcessInbound {
+    pub message_id: Uuid,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NotifyLanguage {
+    pub tenant_id: String,
+    pub language: String,
+    pub confidence: f32,
+    /// Attempts made so far; our own durable retry count (apalis retries in memory only).
+    #[serde(default)]
+    pub attempt: u32,
+}
+
+/// apalis's own attempt limit. Handlers schedule their own durable retries and return Ok, so this
+/// only bounds immediate re-runs after errors that escape a handler (e.g. the database failing).
+const MAX_ATTEMPTS: usize = 25;
+
+/// Pushes jobs to `queue` on the caller's connection (normally inside its transaction).
+pub async fn push<J: Serialize>(
+    conn: &mut PgConnection,
+    queue: &str,
+    jobs: &[J],
+    run_after: Option<Duration>,
+) -> Result<(), apalis_postgres::Error> {
+    if jobs.is_empty() {
+        return Ok(());
+    }
+    let tasks = jobs
+        .iter()
+        .map(|job| {
+            let bytes = serde_json::to_vec(job).expect("job payloads are plain data");
+            let mut builder = TaskBuilder::new(bytes).max_attempts(MAX_ATTEMPTS);
+            if let Some(delay) = run_after {
+                builder = builder.run_after(delay);
+            }
+            builder.build()
+        })
+        .collect();
+    apalis_postgres::queries::push_tasks(conn, queue, tasks).await
+}

@@ -1,0 +1,10 @@
+//! Domain types, configuration, database access, job types and protocol helpers shared by the
+//! `sms-ingress`, `sms-worker` and `sms-sim` binaries.
+pub mod config;
+pub mod db;
+pub mod jobs;
+pub mod language;
+pub mod optout;
+pub mod phone;
+pub mod telemetry;
+pub mod twilio;

@@ -1,0 +1,2 @@
+//! Twilio protocol pieces shared by the ingress, the worker and the simulator.
+pub mod signature;
