@@ -1,1 +1,37 @@
-pub fn _x() {}
+//! `sms-worker`: apalis workers over the Postgres job queue. `--queues` picks which queues a
+//! replica runs, so operations scale each independently.
+
+pub mod inbound;
+pub mod language_notify;
+pub mod queues;
+
+use std::sync::Arc;
+
+use phonenumber::country::Id;
+use shared::{config, monitor::MonitorClient, tenants::TenantResolver};
+use sqlx::PgPool;
+
+/// What every handler needs, shared by all of a process's workers.
+pub struct Deps {
+    pub pool: PgPool,
+    pub tenants: TenantResolver,
+    pub region: Id,
+    pub language_notify_max_attempts: u32,
+}
+
+impl Deps {
+    pub fn new(cfg: &config::Worker, pool: PgPool) -> Arc<Self> {
+        let monitor = MonitorClient::from_config(&cfg.monitor);
+        Arc::new(Self {
+            tenants: TenantResolver::new(
+                pool.clone(),
+                monitor,
+                &cfg.tenant_cache,
+                cfg.common.default_region,
+            ),
+            pool,
+            region: cfg.common.default_region,
+            language_notify_max_attempts: cfg.language_notify_max_attempts,
+        })
+    }
+}

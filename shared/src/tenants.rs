@@ -1,0 +1,226 @@
+//! Which tenant is behind a phone number: our `tenant_profiles` first (any of a tenant's numbers),
+//! then the Collections Monitor. Answers, found and not found, are cached with a TTL.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use moka::{Expiry, future::Cache};
+use sqlx::PgPool;
+
+use crate::{
+    config,
+    monitor::{MonitorClient, MonitorError, MonitorTenant},
+    phone::{self, E164},
+};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantRef {
+    pub tenant_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resolution {
+    Found(TenantRef),
+    Unknown,
+    /// The directory could not answer (Monitor down): unknown for now, not cached, retried later.
+    Unavailable,
+}
+
+#[derive(Clone)]
+enum Cached {
+    Found(TenantRef),
+    NotFound,
+}
+
+struct TtlByAnswer {
+    found: Duration,
+    not_found: Duration,
+}
+
+impl Expiry<String, Cached> for TtlByAnswer {
+    fn expire_after_create(&self, _: &String, value: &Cached, _: Instant) -> Option<Duration> {
+        Some(match value {
+            Cached::Found(_) => self.found,
+            Cached::NotFound => self.not_found,
+        })
+    }
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    monitor_found: AtomicU64,
+    monitor_unavailable: AtomicU64,
+}
+
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct CacheStats {
+    pub hits: u64,
+    pub misses: u64,
+    pub hit_rate: f64,
+    pub monitor_found: u64,
+    pub monitor_unavailable: u64,
+}
+
+#[derive(Clone)]
+pub struct TenantResolver {
+    pool: PgPool,
+    monitor: Option<MonitorClient>,
+    cache: Cache<String, Cached>,
+    counters: Arc<Counters>,
+    region: phonenumber::country::Id,
+}
+
+impl TenantResolver {
+    pub fn new(
+        pool: PgPool,
+        monitor: Option<MonitorClient>,
+        cfg: &config::TenantCache,
+        region: phonenumber::country::Id,
+    ) -> Self {
+        let cache = Cache::builder()
+            .max_capacity(cfg.capacity)
+            .expire_after(TtlByAnswer {
+                found: cfg.ttl,
+                not_found: cfg.negative_ttl,
+            })
+            .build();
+        Self {
+            pool,
+            monitor,
+            cache,
+            counters: Arc::default(),
+            region,
+        }
+    }
+
+    pub fn monitor(&self) -> Option<&MonitorClient> {
+        self.monitor.as_ref()
+    }
+
+    pub fn stats(&self) -> CacheStats {
+        let c = &self.counters;
+        let hits = c.hits.load(Ordering::Relaxed);
+        let misses = c.misses.load(Ordering::Relaxed);
+        CacheStats {
+            hits,
+            misses,
+            hit_rate: if hits + misses == 0 {
+                0.0
+            } else {
+                hits as f64 / (hits + misses) as f64
+            },
+            monitor_found: c.monitor_found.load(Ordering::Relaxed),
+            monitor_unavailable: c.monitor_unavailable.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Forgets a number's cached answer (after the directory changed).
+    pub async fn invalidate(&self, key: &str) {
+        self.cache.invalidate(key).await;
+    }
+
+    /// Resolves the tenant behind `raw` (normalised as `e164` when it parsed).
+    pub async fn resolve(&self, raw: &str, e164: Option<&E164>) -> Result<Resolution, sqlx::Error> {
+        let key = e164.map_or_else(|| raw.trim().to_owned(), |e| e.as_str().to_owned());
+        if let Some(cached) = self.cache.get(&key).await {
+            self.counters.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(match cached {
+                Cached::Found(t) => Resolution::Found(t),
+                Cached::NotFound => Resolution::Unknown,
+            });
+        }
+        self.counters.misses.fetch_add(1, Ordering::Relaxed);
+        let variants = phone::lookup_variants(raw, e164);
+        let resolution = self.resolve_uncached(&variants, e164).await?;
+        match &resolution {
+            Resolution::Found(t) => self.cache.insert(key, Cached::Found(t.clone())).await,
+            Resolution::Unknown => self.cache.insert(key, Cached::NotFound).await,
+            Resolution::Unavailable => {}
+        }
+        Ok(resolution)
+    }
+
+    async fn resolve_uncached(
+        &self,
+        variants: &[String],
+        e164: Option<&E164>,
+    ) -> Result<Resolution, sqlx::Error> {
+        let local = sqlx::query_scalar!(
+            "SELECT tenant_id FROM tenant_profiles WHERE phone_numbers ?| $1::text[] ORDER BY updated_at DESC LIMIT 1",
+            variants
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        if let Some(tenant_id) = local {
+            return Ok(Resolution::Found(TenantRef { tenant_id }));
+        }
+        let Some(monitor) = &self.monitor else {
+            return Ok(Resolution::Unknown);
+        };
+        match monitor.lookup(variants).await {
+            Ok(Some(tenant)) => {
+                self.counters.monitor_found.fetch_add(1, Ordering::Relaxed);
+                self.remember(&tenant, e164).await?;
+                Ok(Resolution::Found(TenantRef {
+                    tenant_id: tenant.tenant_id,
+                }))
+            }
+            Ok(None) => Ok(Resolution::Unknown),
+            Err(err @ MonitorError::Unavailable(_)) | Err(err @ MonitorError::Rejected(_)) => {
+                self.counters
+                    .monitor_unavailable
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %err, "tenant directory unavailable; number treated as unknown for now");
+                Ok(Resolution::Unavailable)
+            }
+        }
+    }
+
+    /// Copies a tenant the Monitor found into `tenant_profiles`, with its numbers in E.164 and the
+    /// number that just matched, so the next lookup is local.
+    async fn remember(&self, tenant: &MonitorTenant, e164: Option<&E164>) -> Result<(), sqlx::Error> {
+        let mut numbers: Vec<String> = tenant
+            .phone_numbers
+            .iter()
+            .filter_map(|n| phone::normalize(n, self.region).ok())
+            .map(|e| e.as_str().to_owned())
+            .collect();
+        if let Some(e) = e164 {
+            numbers.push(e.as_str().to_owned());
+        }
+        numbers.sort();
+        numbers.dedup();
+        let language = tenant
+            .language_preference
+            .as_deref()
+            .map(|l| l.trim().to_ascii_lowercase())
+            .filter(|l| ["en", "es", "pt"].contains(&l.as_str()));
+        sqlx::query!(
+            r#"INSERT INTO tenant_profiles (tenant_id, name, phone_numbers, language_preference)
+               VALUES ($1, $2, to_jsonb($3::text[]), $4)
+               ON CONFLICT (tenant_id) DO UPDATE SET
+                   name = COALESCE(EXCLUDED.name, tenant_profiles.name),
+                   phone_numbers = (
+                       SELECT jsonb_agg(DISTINCT n ORDER BY n)
+                       FROM jsonb_array_elements(tenant_profiles.phone_numbers || EXCLUDED.phone_numbers) AS n
+                   ),
+                   -- Our own detections are newer evidence than the directory's stored value.
+                   language_preference = COALESCE(tenant_profiles.language_preference, EXCLUDED.language_preference),
+                   updated_at = now()"#,
+            tenant.tenant_id,
+            tenant.name,
+            &numbers,
+            language
+        )
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}

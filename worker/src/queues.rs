@@ -1,0 +1,183 @@
+//! Running and supervising one apalis worker per queue.
+//!
+//! apalis-postgres ends a worker's stream on the first fetch or heartbeat error (e.g. Postgres
+//! restarting), so each worker runs in a loop that starts a fresh one after a short pause. Every
+//! start gets a unique name: a restarted worker that reused its predecessor's name would keep the
+//! dead one's locked jobs looking alive.
+
+use std::{sync::Arc, time::Duration};
+
+use apalis::prelude::*;
+use futures::FutureExt;
+use apalis_postgres::{Config, PostgresStorage};
+use serde::{Serialize, de::DeserializeOwned};
+use shared::{
+    config,
+    jobs::{self, NotifyLanguage, ProcessInbound},
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::{Deps, inbound, language_notify};
+
+#[derive(Debug, Clone)]
+pub struct QueueSettings {
+    pub concurrency: usize,
+    pub batch_size: usize,
+    pub heartbeat_interval: Duration,
+    pub missed_heartbeats: usize,
+}
+
+impl From<&config::Worker> for QueueSettings {
+    fn from(cfg: &config::Worker) -> Self {
+        Self {
+            concurrency: cfg.concurrency,
+            batch_size: cfg.batch_size,
+            heartbeat_interval: cfg.heartbeat_interval,
+            missed_heartbeats: cfg.missed_heartbeats,
+        }
+    }
+}
+
+/// Validates `--queues` names.
+pub fn parse_queues(list: &str) -> Result<Vec<&'static str>, String> {
+    let mut out = Vec::new();
+    for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let q = jobs::ALL_QUEUES
+            .iter()
+            .find(|q| **q == name)
+            .ok_or_else(|| {
+                format!(
+                    "unknown queue {name:?}; queues are {}",
+                    jobs::ALL_QUEUES.join(", ")
+                )
+            })?;
+        if !out.contains(q) {
+            out.push(*q);
+        }
+    }
+    if out.is_empty() {
+        return Err("no queue named".into());
+    }
+    Ok(out)
+}
+
+/// Turns a panic in a handler into a job error instead of taking the worker down with it.
+async fn guarded<T>(fut: impl Future<Output = anyhow::Result<T>>) -> Result<(), BoxDynError> {
+    match std::panic::AssertUnwindSafe(fut).catch_unwind().await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e.into()),
+        Err(_) => Err("handler panicked".into()),
+    }
+}
+
+async fn handle_inbound(job: ProcessInbound, deps: Data<Arc<Deps>>) -> Result<(), BoxDynError> {
+    guarded(inbound::process(&deps, job.message_id)).await
+}
+
+async fn handle_language(job: NotifyLanguage, deps: Data<Arc<Deps>>) -> Result<(), BoxDynError> {
+    guarded(language_notify::process(&deps, job)).await
+}
+
+/// Runs the named queues until `shutdown`, restarting any worker whose backend fails.
+pub async fn run(
+    deps: Arc<Deps>,
+    queues: Vec<&'static str>,
+    settings: QueueSettings,
+    shutdown: CancellationToken,
+) {
+    let boot = ulid::Ulid::generate().to_string().to_lowercase();
+    let host = hostname();
+    let mut tasks = tokio::task::JoinSet::new();
+    for queue in queues {
+        let (deps, settings, shutdown) = (deps.clone(), settings.clone(), shutdown.clone());
+        let prefix = format!("{host}-{queue}-{boot}");
+        tasks.spawn(async move {
+            match queue {
+                jobs::INBOUND => {
+                    supervise(queue, prefix, deps, settings, shutdown, handle_inbound).await
+                }
+                jobs::MONITOR_LANGUAGE => {
+                    supervise(queue, prefix, deps, settings, shutdown, handle_language).await
+                }
+                other => unreachable!("queue {other} validated by parse_queues"),
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+async fn supervise<J, F, Fut>(
+    queue: &'static str,
+    prefix: String,
+    deps: Arc<Deps>,
+    settings: QueueSettings,
+    shutdown: CancellationToken,
+    handler: F,
+) where
+    J: Serialize + DeserializeOwned + Send + Sync + Unpin + 'static,
+    F: Fn(J, Data<Arc<Deps>>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), BoxDynError>> + Send + 'static,
+{
+    let mut generation = 0u32;
+    while !shutdown.is_cancelled() {
+        generation += 1;
+        let name = format!("{prefix}-{generation}");
+        let config = Config::default()
+            .queue(queue)
+            .batch_size(settings.batch_size)
+            .heartbeat_interval(settings.heartbeat_interval)
+            .missed_heartbeats(settings.missed_heartbeats);
+        let backend = PostgresStorage::<J>::new(&deps.pool)
+            .with_config(config)
+            .with_pubsub();
+        let worker = WorkerBuilder::new(name.as_str())
+            .backend(backend)
+            .data(deps.clone())
+            .concurrency(settings.concurrency)
+            .build(handler.clone());
+        tracing::info!(queue, worker = %name, "worker starting");
+        let stop = shutdown.clone();
+        let result = worker
+            .run_until(async move {
+                stop.cancelled().await;
+                Ok::<(), std::io::Error>(())
+            })
+            .await;
+        if shutdown.is_cancelled() {
+            break;
+        }
+        match result {
+            Ok(()) => tracing::warn!(queue, worker = %name, "worker stopped; restarting"),
+            Err(e) => tracing::error!(queue, worker = %name, error = %e, "worker failed; restarting"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.cancelled() => break,
+        }
+    }
+    tracing::info!(queue, "worker stopped");
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "worker".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_names_are_checked() {
+        assert_eq!(parse_queues("inbound").unwrap(), vec!["inbound"]);
+        assert_eq!(
+            parse_queues("inbound, monitor-language,inbound").unwrap(),
+            vec!["inbound", "monitor-language"]
+        );
+        assert!(parse_queues("nope").is_err());
+        assert!(parse_queues("").is_err());
+    }
+}
