@@ -277,7 +277,6 @@ pub struct Worker {
     pub heartbeat_interval: Duration,
     pub missed_heartbeats: usize,
     pub language_notify_max_attempts: u32,
-    pub metrics_bind_addr: Option<SocketAddr>,
 }
 
 impl Worker {
@@ -286,7 +285,7 @@ impl Worker {
         if concurrency == 0 {
             return Err(ConfigError::new("WORKER_CONCURRENCY", "must be at least 1"));
         }
-        let batch_size = parsed(src, "WORKER_BATCH_SIZE", 100usize)?;
+        let batch_size = parsed(src, "WORKER_BATCH_SIZE", 200usize)?;
         if batch_size == 0 {
             return Err(ConfigError::new("WORKER_BATCH_SIZE", "must be at least 1"));
         }
@@ -294,12 +293,6 @@ impl Worker {
         if missed_heartbeats == 0 {
             return Err(ConfigError::new("WORKER_MISSED_HEARTBEATS", "must be at least 1"));
         }
-        let metrics_bind_addr = match src.get("WORKER_METRICS_ADDR") {
-            None => None,
-            Some(v) => Some(v.trim().parse().map_err(|e| {
-                ConfigError::new("WORKER_METRICS_ADDR", format!("cannot parse {v:?}: {e}"))
-            })?),
-        };
         Ok(Self {
             common: Common::load(src, 20)?,
             monitor: Monitor::load(src)?,
@@ -309,7 +302,6 @@ impl Worker {
             heartbeat_interval: secs(src, "WORKER_HEARTBEAT_SECS", 5)?,
             missed_heartbeats,
             language_notify_max_attempts: parsed(src, "LANGUAGE_NOTIFY_MAX_ATTEMPTS", 8u32)?,
-            metrics_bind_addr,
         })
     }
 }

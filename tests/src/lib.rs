@@ -1,1 +1,4 @@
-
+//! Test support: a real PostgreSQL per test process (`pg`) and the service started on real
+//! sockets (`app`).
+pub mod app;
+pub mod pg;

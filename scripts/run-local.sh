@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# One command for a local run: a project-local Postgres (created once, reused), migrations, the
+# simulator standing in for the Collections Monitor with demo tenants, the ingress and a worker.
+# With DATABASE_URL set, that database is used instead of the local cluster. Ctrl-C stops all.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+echo "building (release)..." >&2
+cargo build --release --quiet -p sms-ingress -p sms-worker -p sms-sim
+bin="$root/target/release"
+
+started_pg=0
+if [ -z "${DATABASE_URL:-}" ]; then
+  DATABASE_URL=$(scripts/pg-local.sh start)
+  started_pg=1
+fi
+export DATABASE_URL
+export BIND_ADDR=${BIND_ADDR:-127.0.0.1:8080}
+export PUBLIC_URL=${PUBLIC_URL:-http://$BIND_ADDR}
+export LOG_FORMAT=${LOG_FORMAT:-pretty}
+sim_addr=${SIM_ADDR:-127.0.0.1:8089}
+if [ -z "${TWILIO_AUTH_TOKEN:-}" ]; then
+  export TWILIO_AUTH_TOKEN=local-dev-token
+  export TWILIO_ACCOUNT_SID=AC00000000000000000000000000000000
+  export TWILIO_PHONE_NUMBER=+15550001000
+fi
+if [ -z "${MONITOR_API_URL:-}" ]; then
+  export MONITOR_API_URL=http://$sim_addr
+  run_sim=1
+else
+  run_sim=0
+fi
+
+pids=()
+cleanup() {
+  trap - INT TERM EXIT
+  echo "stopping..." >&2
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  if [ "$started_pg" = 1 ]; then scripts/pg-local.sh stop; fi
+}
+trap cleanup INT TERM EXIT
+
+"$bin/sms-ingress" migrate
+if [ "$run_sim" = 1 ]; then
+  "$bin/sms-sim" serve --bind "$sim_addr" --seed-demo & pids+=($!)
+fi
+"$bin/sms-ingress" serve & pids+=($!)
+"$bin/sms-worker" & pids+=($!)
+key=$("$bin/sms-ingress" api-key create --name local-dev --scope read --scope send)
+sleep 1
+
+cat <<MSG
+
+SMS Foundation is running.
+  ingress        $PUBLIC_URL   (health: $PUBLIC_URL/health)
+  database       $DATABASE_URL
+  monitor (sim)  $MONITOR_API_URL
+  API key        $key
+
+Send a signed test SMS (a demo tenant's number) and read the conversation:
+  $bin/sms-sim send-one --url $PUBLIC_URL/webhook/twilio/sms --auth-token $TWILIO_AUTH_TOKEN --from +15551230001 --body "Sí, gracias"
+  curl -s -H "Authorization: Bearer $key" $PUBLIC_URL/conversations/+15551230001
+
+Ctrl-C stops everything.
+MSG
+wait -n "${pids[@]}"

@@ -1,0 +1,206 @@
+//! The service under test, started in-process on real sockets: the ingress on 127.0.0.1:0 and,
+//! on demand, workers for chosen queues. Tests talk to it over HTTP like Twilio and clients do.
+
+use std::{collections::HashMap, future::Future, sync::Arc, time::Duration};
+
+use shared::config;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::pg::TestDb;
+
+pub const AUTH_TOKEN: &str = "test-auth-token";
+pub const ACCOUNT_SID: &str = "AC00000000000000000000000000000000";
+pub const OUR_NUMBER: &str = "+15550001000";
+
+/// Settings for one test app, as environment-style key/values.
+#[derive(Clone, Debug)]
+pub struct Settings(pub HashMap<String, String>);
+
+impl Settings {
+    pub fn new(db: &TestDb) -> Self {
+        let mut m = HashMap::new();
+        for (k, v) in [
+            ("DATABASE_URL", db.url.as_str()),
+            ("TWILIO_AUTH_TOKEN", AUTH_TOKEN),
+            ("TWILIO_ACCOUNT_SID", ACCOUNT_SID),
+            ("TWILIO_PHONE_NUMBER", OUR_NUMBER),
+            ("DATABASE_MAX_CONNECTIONS", "10"),
+            ("WORKER_CONCURRENCY", "16"),
+            ("WORKER_HEARTBEAT_SECS", "2"),
+            ("MONITOR_TIMEOUT_MS", "500"),
+            ("MONITOR_BACKOFF_MS", "20"),
+            ("LOG_FORMAT", "pretty"),
+        ] {
+            m.insert(k.to_owned(), v.to_owned());
+        }
+        Self(m)
+    }
+
+    pub fn set(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.0.insert(key.to_owned(), value.into());
+        self
+    }
+}
+
+pub struct TestApp {
+    pub base_url: String,
+    /// The URL webhooks are signed against (PUBLIC_URL + path).
+    pub public_url: String,
+    pub pool: PgPool,
+    pub settings: Settings,
+    pub http: reqwest::Client,
+    shutdown: CancellationToken,
+    workers: Vec<(CancellationToken, tokio::task::JoinHandle<()>)>,
+}
+
+impl TestApp {
+    /// Starts the ingress. PUBLIC_URL defaults to the listener's own address.
+    pub async fn spawn(settings: Settings) -> Self {
+        init_logs();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let base_url = format!("http://{addr}");
+        let settings = if settings.0.contains_key("PUBLIC_URL") {
+            settings
+        } else {
+            settings.set("PUBLIC_URL", base_url.clone())
+        };
+        let cfg = config::Ingress::load(&settings.0).expect("test settings are valid");
+        let public_url = cfg.public_url.clone();
+        let pool = shared::db::lazy_pool(&cfg.common).unwrap();
+        let state = ingress::AppState::new(cfg, pool.clone());
+        let shutdown = CancellationToken::new();
+        tokio::spawn(ingress::serve(listener, state, shutdown.clone()));
+        Self {
+            base_url,
+            public_url,
+            pool,
+            settings,
+            http: reqwest::Client::new(),
+            shutdown,
+            workers: Vec::new(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base_url, path)
+    }
+
+    pub fn webhook_url(&self) -> String {
+        format!("{}/webhook/twilio/sms", self.public_url)
+    }
+
+    /// Starts a worker process's queues in-process and returns its dependencies (for cache stats).
+    pub async fn start_worker(&mut self, queues: &[&'static str]) -> Arc<worker::Deps> {
+        let cfg = config::Worker::load(&self.settings.0).expect("worker settings are valid");
+        let pool = shared::db::lazy_pool(&cfg.common).unwrap();
+        let deps = worker::Deps::new(&cfg, pool);
+        let token = CancellationToken::new();
+        let handle = tokio::spawn(worker::queues::run(
+            deps.clone(),
+            queues.to_vec(),
+            worker::queues::QueueSettings::from(&cfg),
+            token.clone(),
+        ));
+        self.workers.push((token, handle));
+        deps
+    }
+
+    /// Stops all workers and waits for them to hand back or finish their jobs.
+    pub async fn stop_workers(&mut self) {
+        for (token, handle) in self.workers.drain(..) {
+            token.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(10), handle).await;
+        }
+    }
+
+    /// Signs and posts an inbound webhook with these params.
+    pub async fn post_webhook(&self, params: &[(String, String)]) -> reqwest::Response {
+        sim::webhook::send_to(
+            &self.http,
+            &self.url("/webhook/twilio/sms"),
+            &self.webhook_url(),
+            AUTH_TOKEN,
+            params,
+        )
+        .await
+        .expect("request reaches the ingress")
+    }
+
+    /// Posts a new inbound SMS from `from` with `body`; returns its MessageSid.
+    pub async fn inbound(&self, from: &str, body: &str) -> String {
+        let sms = sim::webhook::InboundSms::new(from, OUR_NUMBER, body);
+        let resp = self.post_webhook(&sms.params(ACCOUNT_SID)).await;
+        assert_eq!(resp.status(), 200, "webhook accepted");
+        sms.message_sid
+    }
+
+    /// Runs a `SELECT count(*) ...`.
+    pub async fn count(&self, sql: &'static str) -> i64 {
+        sqlx::query_scalar::<_, i64>(sql)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    /// Jobs of `queue` not yet finished.
+    pub async fn pending_jobs(&self, queue: &str) -> i64 {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM apalis.jobs WHERE job_type = $1 AND status IN ('Pending', 'Queued', 'Running')",
+        )
+        .bind(queue)
+        .fetch_one(&self.pool)
+        .await
+        .unwrap()
+    }
+
+    /// Waits until every job of `queue` is done (the running workers drain it).
+    pub async fn drain(&self, queue: &str) {
+        wait_until(Duration::from_secs(20), || async {
+            self.pending_jobs(queue).await == 0
+        })
+        .await
+        .unwrap_or_else(|_| panic!("queue {queue} did not drain"));
+    }
+
+    pub async fn api_key(&self, scopes: &[&str], tenant: Option<&str>) -> String {
+        let scopes: Vec<String> = scopes.iter().map(|s| s.to_string()).collect();
+        ingress::auth::create_key(&self.pool, "test", &scopes, tenant)
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        for (token, _) in &self.workers {
+            token.cancel();
+        }
+    }
+}
+
+/// Polls `cond` until it holds or `timeout` passes.
+pub async fn wait_until<F, Fut>(timeout: Duration, mut cond: F) -> Result<(), ()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if cond().await {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(());
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+fn init_logs() {
+    if std::env::var_os("TEST_LOG").is_some() {
+        shared::telemetry::init(config::LogFormat::Pretty);
+    }
+}

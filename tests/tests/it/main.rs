@@ -1,0 +1,6 @@
+//! Integration tests: the service on real sockets against a real Postgres, with external
+//! services played by `sms-sim` over HTTP.
+
+mod conversations;
+mod inbound_worker;
+mod webhook;
