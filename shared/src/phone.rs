@@ -54,8 +54,15 @@ pub fn normalize(raw: &str, region: Id) -> Result<E164, PhoneError> {
     if trimmed.is_empty() {
         return Err(PhoneError::Empty);
     }
-    let parsed = phonenumber::parse(Some(region), trimmed)
-        .map_err(|e| PhoneError::Unparseable(e.to_string()))?;
+    // An international form is parsed without a region: the phonenumber crate otherwise applies
+    // the region's rules to it and can drop digits (+55 11 9... lost its area code as US).
+    let hint = if trimmed.starts_with('+') {
+        None
+    } else {
+        Some(region)
+    };
+    let parsed =
+        phonenumber::parse(hint, trimmed).map_err(|e| PhoneError::Unparseable(e.to_string()))?;
     let national_digits = parsed.national().to_string();
     if !(4..=14).contains(&national_digits.len()) {
         return Err(PhoneError::BadLength);

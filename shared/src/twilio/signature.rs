@@ -20,8 +20,10 @@ pub fn compute(auth_token: &str, url: &str, params: &[(String, String)]) -> Stri
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
-    // Sorting by (name, value) puts names in order and, within a repeated name, its values.
+    // Sorting by (name, value) puts names in order and, within a repeated name, its values; like
+    // twilio-python (`sorted(set(values))`), a value repeated under one name counts once.
     sorted.sort_unstable();
+    sorted.dedup();
     let mut mac = HmacSha1::new_from_slice(auth_token.as_bytes()).expect("HMAC takes any key");
     mac.update(url.as_bytes());
     for (k, v) in sorted {
