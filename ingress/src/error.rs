@@ -66,9 +66,17 @@ impl IntoResponse for ApiError {
         let (status, code) = self.status_and_code();
         let mut response = if let Self::Internal(err) = &self {
             tracing::error!(error = ?err, "request failed");
-            (status, Json(json!({"code": code, "detail": "internal error"}))).into_response()
+            (
+                status,
+                Json(json!({"code": code, "detail": "internal error"})),
+            )
+                .into_response()
         } else {
-            (status, Json(json!({"code": code, "detail": self.to_string()}))).into_response()
+            (
+                status,
+                Json(json!({"code": code, "detail": self.to_string()})),
+            )
+                .into_response()
         };
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response

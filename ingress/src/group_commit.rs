@@ -70,7 +70,11 @@ impl GroupCommit {
     }
 }
 
-async fn writer(pool: PgPool, rx: Arc<Mutex<mpsc::Receiver<(NewInbound, Reply)>>>, max_batch: usize) {
+async fn writer(
+    pool: PgPool,
+    rx: Arc<Mutex<mpsc::Receiver<(NewInbound, Reply)>>>,
+    max_batch: usize,
+) {
     let mut batch = Vec::with_capacity(max_batch);
     loop {
         {
@@ -91,9 +95,7 @@ async fn write_batch(pool: &PgPool, batch: &mut Vec<(NewInbound, Reply)>) {
     for (i, (item, _)) in batch.iter().enumerate() {
         first.entry(item.message_sid.clone()).or_insert(i);
     }
-    let mut candidates: Vec<usize> = first.values().copied().collect();
-    candidates.sort_unstable();
-    let inserted = match insert(pool, batch, &candidates).await {
+    let inserted = match insert(pool, batch, &first).await {
         Ok(rows) => rows,
         Err(err) => {
             let err = if shared::db::is_unavailable(&err) {
@@ -117,28 +119,32 @@ async fn write_batch(pool: &PgPool, batch: &mut Vec<(NewInbound, Reply)>) {
     }
 }
 
+/// Inserts the batch's first occurrence of each MessageSid and one job for the rows that were
+/// new, in one transaction. Returns the new rows' ids by MessageSid.
 async fn insert(
     pool: &PgPool,
     batch: &[(NewInbound, Reply)],
-    candidates: &[usize],
+    first: &HashMap<String, usize>,
 ) -> Result<HashMap<String, Uuid>, sqlx::Error> {
-    let n = candidates.len();
-    let mut sids = Vec::with_capacity(n);
-    let mut bodies = Vec::with_capacity(n);
-    let mut froms = Vec::with_capacity(n);
-    let mut tos = Vec::with_capacity(n);
+    let n = first.len();
+    let mut sids: Vec<&str> = Vec::with_capacity(n);
+    let mut bodies: Vec<&str> = Vec::with_capacity(n);
+    let mut froms: Vec<&str> = Vec::with_capacity(n);
+    let mut tos: Vec<&str> = Vec::with_capacity(n);
     let mut segments = Vec::with_capacity(n);
     let mut media = Vec::with_capacity(n);
-    let mut raws = Vec::with_capacity(n);
-    for &i in candidates {
-        let item = &batch[i].0;
-        sids.push(item.message_sid.clone());
-        bodies.push(item.body.clone());
-        froms.push(item.from.clone());
-        tos.push(item.to.clone());
+    let mut raws: Vec<&Value> = Vec::with_capacity(n);
+    for (i, (item, _)) in batch.iter().enumerate() {
+        if first.get(&item.message_sid) != Some(&i) {
+            continue;
+        }
+        sids.push(&item.message_sid);
+        bodies.push(&item.body);
+        froms.push(&item.from);
+        tos.push(&item.to);
         segments.push(item.num_segments);
         media.push(item.num_media);
-        raws.push(item.raw.clone());
+        raws.push(&item.raw);
     }
     let mut tx = tokio::time::timeout(Duration::from_secs(10), pool.begin())
         .await
@@ -152,26 +158,27 @@ async fn insert(
                 AS u(sid, body, from_number, to_number, segments, media, raw)
            ON CONFLICT (twilio_sid) DO NOTHING
            RETURNING id, twilio_sid AS "twilio_sid!""#,
-        &sids,
-        &bodies,
-        &froms,
-        &tos,
+        &sids as &[&str],
+        &bodies as &[&str],
+        &froms as &[&str],
+        &tos as &[&str],
         &segments as &[Option<i32>],
         &media as &[Option<i32>],
-        &raws,
+        &raws as &[&Value],
     )
     .fetch_all(&mut *tx)
     .await?;
-    let jobs: Vec<ProcessInbound> = rows
-        .iter()
-        .map(|r| ProcessInbound { message_id: r.id })
-        .collect();
-    jobs::push(&mut tx, jobs::INBOUND, &jobs, None)
-        .await
-        .map_err(|e| match e {
-            apalis_postgres::Error::Database(db) => db,
-            other => sqlx::Error::Protocol(other.to_string()),
-        })?;
+    if !rows.is_empty() {
+        let job = ProcessInbound {
+            message_ids: rows.iter().map(|r| r.id).collect(),
+        };
+        jobs::push(&mut tx, jobs::INBOUND, &[job], None)
+            .await
+            .map_err(|e| match e {
+                apalis_postgres::Error::Database(db) => db,
+                other => sqlx::Error::Protocol(other.to_string()),
+            })?;
+    }
     tx.commit().await?;
     Ok(rows.into_iter().map(|r| (r.twilio_sid, r.id)).collect())
 }

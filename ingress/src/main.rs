@@ -4,7 +4,11 @@ use shared::{config, telemetry};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "sms-ingress", version, about = "Twilio webhooks and the SMS HTTP API")]
+#[command(
+    name = "sms-ingress",
+    version,
+    about = "Twilio webhooks and the SMS HTTP API"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -61,7 +65,12 @@ async fn main() -> anyhow::Result<()> {
             tracing::info!("migrations applied");
         }
         Command::ApiKey {
-            command: ApiKeyCommand::Create { name, scopes, tenant },
+            command:
+                ApiKeyCommand::Create {
+                    name,
+                    scopes,
+                    tenant,
+                },
         } => {
             let common = config::Common::load(&config::Env, 2).unwrap_or_else(|e| exit_config(e));
             let pool = shared::db::lazy_pool(&common)?;

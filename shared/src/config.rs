@@ -39,11 +39,17 @@ impl Source for Env {
 
 impl Source for HashMap<String, String> {
     fn get(&self, key: &str) -> Option<String> {
-        HashMap::get(self, key).cloned().filter(|v| !v.trim().is_empty())
+        HashMap::get(self, key)
+            .cloned()
+            .filter(|v| !v.trim().is_empty())
     }
 }
 
-pub(crate) fn parsed<T: FromStr>(src: &dyn Source, key: &'static str, default: T) -> Result<T, ConfigError>
+pub(crate) fn parsed<T: FromStr>(
+    src: &dyn Source,
+    key: &'static str,
+    default: T,
+) -> Result<T, ConfigError>
 where
     T::Err: std::fmt::Display,
 {
@@ -66,7 +72,10 @@ fn bool_setting(src: &dyn Source, key: &'static str, default: bool) -> Result<bo
         None => Ok(default),
         Some(v) if ["1", "true", "yes", "on"].contains(&v.as_str()) => Ok(true),
         Some(v) if ["0", "false", "no", "off"].contains(&v.as_str()) => Ok(false),
-        Some(v) => Err(ConfigError::new(key, format!("expected true or false, got {v:?}"))),
+        Some(v) => Err(ConfigError::new(
+            key,
+            format!("expected true or false, got {v:?}"),
+        )),
     }
 }
 
@@ -117,7 +126,10 @@ impl Common {
         }
         let region = src.get("DEFAULT_REGION").unwrap_or_else(|| "US".into());
         let default_region = phone::parse_region(&region).ok_or_else(|| {
-            ConfigError::new("DEFAULT_REGION", format!("unknown ISO country code {region:?}"))
+            ConfigError::new(
+                "DEFAULT_REGION",
+                format!("unknown ISO country code {region:?}"),
+            )
         })?;
         let log_format = match src.get("LOG_FORMAT").as_deref().map(str::trim) {
             None | Some("json") => LogFormat::Json,
@@ -129,9 +141,13 @@ impl Common {
                 ));
             }
         };
-        let database_max_connections = parsed(src, "DATABASE_MAX_CONNECTIONS", default_connections)?;
+        let database_max_connections =
+            parsed(src, "DATABASE_MAX_CONNECTIONS", default_connections)?;
         if database_max_connections == 0 {
-            return Err(ConfigError::new("DATABASE_MAX_CONNECTIONS", "must be at least 1"));
+            return Err(ConfigError::new(
+                "DATABASE_MAX_CONNECTIONS",
+                "must be at least 1",
+            ));
         }
         Ok(Self {
             database_url,
@@ -196,7 +212,10 @@ impl Monitor {
     pub fn load(src: &dyn Source) -> Result<Self, ConfigError> {
         let max_attempts = parsed(src, "MONITOR_MAX_ATTEMPTS", 3u32)?;
         if max_attempts == 0 {
-            return Err(ConfigError::new("MONITOR_MAX_ATTEMPTS", "must be at least 1"));
+            return Err(ConfigError::new(
+                "MONITOR_MAX_ATTEMPTS",
+                "must be at least 1",
+            ));
         }
         Ok(Self {
             api_url: url_setting(src, "MONITOR_API_URL")?,
@@ -242,15 +261,25 @@ pub struct Ingress {
 
 impl Ingress {
     pub fn load(src: &dyn Source) -> Result<Self, ConfigError> {
-        let public_url = url_setting(src, "PUBLIC_URL")?
-            .ok_or_else(|| ConfigError::new("PUBLIC_URL", "is required: the URL Twilio calls, e.g. https://sms.example.com"))?;
+        let public_url = url_setting(src, "PUBLIC_URL")?.ok_or_else(|| {
+            ConfigError::new(
+                "PUBLIC_URL",
+                "is required: the URL Twilio calls, e.g. https://sms.example.com",
+            )
+        })?;
         let group_commit_max_batch = parsed(src, "GROUP_COMMIT_MAX_BATCH", 512usize)?;
         let group_commit_writers = parsed(src, "GROUP_COMMIT_WRITERS", 4usize)?;
         if group_commit_max_batch == 0 {
-            return Err(ConfigError::new("GROUP_COMMIT_MAX_BATCH", "must be at least 1"));
+            return Err(ConfigError::new(
+                "GROUP_COMMIT_MAX_BATCH",
+                "must be at least 1",
+            ));
         }
         if group_commit_writers == 0 {
-            return Err(ConfigError::new("GROUP_COMMIT_WRITERS", "must be at least 1"));
+            return Err(ConfigError::new(
+                "GROUP_COMMIT_WRITERS",
+                "must be at least 1",
+            ));
         }
         Ok(Self {
             common: Common::load(src, 16)?,
@@ -291,7 +320,10 @@ impl Worker {
         }
         let missed_heartbeats = parsed(src, "WORKER_MISSED_HEARTBEATS", 3usize)?;
         if missed_heartbeats == 0 {
-            return Err(ConfigError::new("WORKER_MISSED_HEARTBEATS", "must be at least 1"));
+            return Err(ConfigError::new(
+                "WORKER_MISSED_HEARTBEATS",
+                "must be at least 1",
+            ));
         }
         Ok(Self {
             common: Common::load(src, 20)?,
@@ -348,7 +380,10 @@ mod tests {
         assert_eq!(Ingress::load(&s).unwrap_err().setting, "MONITOR_API_URL");
         let mut s = src(BASE);
         s.insert("TRUST_FORWARDED_HEADERS".into(), "maybe".into());
-        assert_eq!(Ingress::load(&s).unwrap_err().setting, "TRUST_FORWARDED_HEADERS");
+        assert_eq!(
+            Ingress::load(&s).unwrap_err().setting,
+            "TRUST_FORWARDED_HEADERS"
+        );
         let mut s = src(BASE);
         s.insert("TWILIO_ACCOUNT_SID".into(), "XX1".into());
         assert_eq!(Ingress::load(&s).unwrap_err().setting, "TWILIO_ACCOUNT_SID");

@@ -11,11 +11,11 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 /// A pool that connects lazily, so a process starts (and answers health checks and 503s) while the
 /// database is down, and recovers by itself when it returns.
 pub fn lazy_pool(common: &Common) -> Result<PgPool, sqlx::Error> {
-    Ok(PgPoolOptions::new()
+    PgPoolOptions::new()
         .max_connections(common.database_max_connections)
         .acquire_timeout(common.database_acquire_timeout)
         .idle_timeout(Duration::from_secs(300))
-        .connect_lazy(&common.database_url)?)
+        .connect_lazy(&common.database_url)
 }
 
 /// Applies our migrations and apalis-postgres's (kept in its own `apalis` schema and history

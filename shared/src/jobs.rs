@@ -16,9 +16,12 @@ pub const MONITOR_LANGUAGE: &str = "monitor-language";
 /// Every queue a worker can run, for `--queues`.
 pub const ALL_QUEUES: &[&str] = &[INBOUND, MONITOR_LANGUAGE];
 
+/// Stored inbound webhooks to process: the messages one group commit stored. One job per commit
+/// rather than per message keeps the queue's own writes off the webhook hot path; processing is
+/// per message and idempotent, so a re-run only does what is left.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ProcessInbound {
-    pub message_id: Uuid,
+    pub message_ids: Vec<Uuid>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

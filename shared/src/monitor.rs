@@ -135,7 +135,9 @@ impl MonitorClient {
             match resp.json::<MonitorTenant>().await {
                 Ok(t) => Ok(Attempt::Done(Some(t))),
                 Err(e) if e.is_timeout() => Ok(Attempt::Retry("timeout reading body".into())),
-                Err(e) => Err(MonitorError::Rejected(format!("unexpected lookup body: {e}"))),
+                Err(e) => Err(MonitorError::Rejected(format!(
+                    "unexpected lookup body: {e}"
+                ))),
             }
         })
         .await

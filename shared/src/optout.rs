@@ -55,7 +55,10 @@ mod tests {
     fn whole_body_keywords() {
         assert_eq!(keyword("STOP"), Some((OptChange::OptOut, "STOP")));
         assert_eq!(keyword(" stop. "), Some((OptChange::OptOut, "STOP")));
-        assert_eq!(keyword("Unsubscribe"), Some((OptChange::OptOut, "UNSUBSCRIBE")));
+        assert_eq!(
+            keyword("Unsubscribe"),
+            Some((OptChange::OptOut, "UNSUBSCRIBE"))
+        );
         assert_eq!(keyword("optout"), Some((OptChange::OptOut, "OPTOUT")));
         assert_eq!(keyword("start"), Some((OptChange::OptIn, "START")));
         assert_eq!(keyword("Yes!"), Some((OptChange::OptIn, "YES")));

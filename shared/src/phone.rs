@@ -78,7 +78,9 @@ pub fn normalize_strict(raw: &str, region: Id) -> Result<E164, PhoneError> {
     if phonenumber::is_valid(&parsed) {
         Ok(e164)
     } else {
-        Err(PhoneError::Unparseable("not a valid number for its region".into()))
+        Err(PhoneError::Unparseable(
+            "not a valid number for its region".into(),
+        ))
     }
 }
 
@@ -130,7 +132,11 @@ mod tests {
             "1 (555) 123 4567",
             " +1 555.123.4567 ",
         ] {
-            assert_eq!(normalize(raw, Id::US).unwrap().as_str(), "+15551234567", "{raw}");
+            assert_eq!(
+                normalize(raw, Id::US).unwrap().as_str(),
+                "+15551234567",
+                "{raw}"
+            );
         }
     }
 
@@ -140,7 +146,10 @@ mod tests {
             normalize("+55 11 91234-5678", Id::US).unwrap().as_str(),
             "+5511912345678"
         );
-        assert_eq!(normalize("+34 612 345 678", Id::US).unwrap().as_str(), "+34612345678");
+        assert_eq!(
+            normalize("+34 612 345 678", Id::US).unwrap().as_str(),
+            "+34612345678"
+        );
     }
 
     #[test]

@@ -185,7 +185,11 @@ impl TenantResolver {
 
     /// Copies a tenant the Monitor found into `tenant_profiles`, with its numbers in E.164 and the
     /// number that just matched, so the next lookup is local.
-    async fn remember(&self, tenant: &MonitorTenant, e164: Option<&E164>) -> Result<(), sqlx::Error> {
+    async fn remember(
+        &self,
+        tenant: &MonitorTenant,
+        e164: Option<&E164>,
+    ) -> Result<(), sqlx::Error> {
         let mut numbers: Vec<String> = tenant
             .phone_numbers
             .iter()

@@ -1,5 +1,8 @@
-//! `sms-sim`: plays the services around SMS Foundation over real HTTP (the Collections Monitor),
-//! sends correctly signed Twilio webhooks, and generates load.
+//! `sms-sim`: plays the services around SMS Foundation over real HTTP for tests, benchmarks and
+//! local runs: the Collections Monitor ([`monitor`]), correctly signed Twilio webhooks
+//! ([`webhook`]) and load ([`load`]), served by [`server`] and driven from [`cli`].
+pub mod cli;
 pub mod load;
 pub mod monitor;
+pub mod server;
 pub mod webhook;

@@ -1,6 +1,12 @@
-//! Correctly signed Twilio inbound webhooks.
+//! Correctly signed Twilio inbound webhooks: the field set Twilio really posts, form-encoded, with
+//! the X-Twilio-Signature computed by the same code the ingress verifies with.
 
 use rand::RngCore;
+
+/// Account SID used when none is given (the shape Twilio's are: `AC` + 32 characters).
+pub const DEFAULT_ACCOUNT_SID: &str = "AC00000000000000000000000000000000";
+/// Our number used when none is given (the local run's `TWILIO_PHONE_NUMBER`).
+pub const DEFAULT_TO: &str = "+15550001000";
 
 /// One inbound SMS as Twilio would post it.
 #[derive(Debug, Clone)]
@@ -15,14 +21,20 @@ pub struct InboundSms {
 
 /// "SM" + 32 lowercase hex characters, like Twilio's.
 pub fn new_message_sid() -> String {
+    new_message_sid_with(&mut rand::rng())
+}
+
+/// A MessageSid drawn from `rng`, for reproducible runs.
+pub fn new_message_sid_with(rng: &mut impl RngCore) -> String {
     let mut bytes = [0u8; 16];
-    rand::rng().fill_bytes(&mut bytes);
+    rng.fill_bytes(&mut bytes);
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     format!("SM{hex}")
 }
 
 impl InboundSms {
-    pub fn new(from: &str, to: &str, body: &str) -> Self {
+    /// A new message with a fresh MessageSid.
+    pub fn new(from: impl Into<String>, to: impl Into<String>, body: impl Into<String>) -> Self {
         Self {
             message_sid: new_message_sid(),
             from: from.into(),
@@ -32,8 +44,15 @@ impl InboundSms {
         }
     }
 
+    /// Adds a field after the standard ones.
+    pub fn with_extra(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.extra.push((name.into(), value.into()));
+        self
+    }
+
     /// The full field set Twilio sends for an inbound SMS, then `extra`.
     pub fn params(&self, account_sid: &str) -> Vec<(String, String)> {
+        let segments = num_segments(&self.body).to_string();
         let mut p: Vec<(String, String)> = [
             ("ToCountry", "US"),
             ("ToState", "CA"),
@@ -49,7 +68,7 @@ impl InboundSms {
             ("FromCountry", "US"),
             ("To", self.to.as_str()),
             ("ToZip", "94105"),
-            ("NumSegments", "1"),
+            ("NumSegments", segments.as_str()),
             ("MessageSid", self.message_sid.as_str()),
             ("AccountSid", account_sid),
             ("From", self.from.as_str()),
@@ -63,6 +82,39 @@ impl InboundSms {
     }
 }
 
+/// GSM 03.38 basic characters (one septet each).
+const GSM_BASIC: &str = "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?¡\
+    ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà";
+/// GSM 03.38 extension characters (two septets each).
+const GSM_EXTENDED: &str = "^{}\\[~]|€\u{c}";
+
+/// Segments Twilio would count for `body`: GSM-7 (160, or 153 per part) when every character is
+/// in the GSM alphabet, else UCS-2 (70, or 67 UTF-16 units per part). Keeps `NumSegments`
+/// consistent with accented and emoji bodies.
+pub fn num_segments(body: &str) -> usize {
+    let septets: Option<usize> = body
+        .chars()
+        .map(|c| {
+            if GSM_BASIC.contains(c) {
+                Some(1)
+            } else if GSM_EXTENDED.contains(c) {
+                Some(2)
+            } else {
+                None
+            }
+        })
+        .sum();
+    let (units, single, part) = match septets {
+        Some(n) => (n, 160, 153),
+        None => (body.encode_utf16().count(), 70, 67),
+    };
+    if units <= single {
+        1
+    } else {
+        units.div_ceil(part)
+    }
+}
+
 /// The form body and the X-Twilio-Signature for `params` posted to `url`.
 pub fn signed_request(
     auth_token: &str,
@@ -72,7 +124,10 @@ pub fn signed_request(
     let body = url::form_urlencoded::Serializer::new(String::new())
         .extend_pairs(params)
         .finish();
-    (body, shared::twilio::signature::compute(auth_token, url, params))
+    (
+        body,
+        shared::twilio::signature::compute(auth_token, url, params),
+    )
 }
 
 /// Posts a signed webhook to `url` (signed for that same URL).

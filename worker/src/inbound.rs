@@ -36,6 +36,25 @@ struct Stored {
     created_at: DateTime<Utc>,
 }
 
+/// Messages of one job processed at once.
+const MESSAGES_IN_FLIGHT: usize = 16;
+
+/// Processes every message of a job. All are attempted even when some fail; the job then fails
+/// and its re-run skips the messages already linked.
+pub async fn process_batch(deps: &Deps, message_ids: &[Uuid]) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    let failures: Vec<anyhow::Error> = futures::stream::iter(message_ids.to_vec())
+        .map(|id| process(deps, id))
+        .buffer_unordered(MESSAGES_IN_FLIGHT)
+        .filter_map(|r| async move { r.err() })
+        .collect()
+        .await;
+    match failures.into_iter().next() {
+        None => Ok(()),
+        Some(first) => Err(first.context("processing an inbound batch")),
+    }
+}
+
 #[tracing::instrument(skip_all, fields(message_id = %message_id), err)]
 pub async fn process(deps: &Deps, message_id: Uuid) -> anyhow::Result<Outcome> {
     let Some(row) = sqlx::query!(
@@ -144,8 +163,12 @@ pub async fn process(deps: &Deps, message_id: Uuid) -> anyhow::Result<Outcome> {
     tx.commit().await?;
 
     match (&resolution, &effective_tenant) {
-        (_, Some(t)) => tracing::info!(tenant_id = %t, from = %phone::mask(&number), "inbound message linked to tenant"),
-        (Resolution::Unavailable, None) => tracing::info!(from = %phone::mask(&number), "inbound message stored without tenant: directory unavailable"),
+        (_, Some(t)) => {
+            tracing::info!(tenant_id = %t, from = %phone::mask(&number), "inbound message linked to tenant")
+        }
+        (Resolution::Unavailable, None) => {
+            tracing::info!(from = %phone::mask(&number), "inbound message stored without tenant: directory unavailable")
+        }
         _ => tracing::info!(from = %phone::mask(&number), "inbound message from unknown number"),
     }
     Ok(Outcome::Processed {
@@ -183,7 +206,10 @@ async fn update_tenant(
     let (Some(tenant), Some(new)) = (tenant, detection) else {
         return Ok(());
     };
-    let current = stored_detection(tenant.language_preference.as_deref(), tenant.language_confidence);
+    let current = stored_detection(
+        tenant.language_preference.as_deref(),
+        tenant.language_confidence,
+    );
     let merged = language::merge(current, new);
     if Some(merged) == current {
         return Ok(());
@@ -263,7 +289,12 @@ async fn record_opt_change(
                 r#"UPDATE sms_opt_outs SET opted_out = false, keyword = $3, opt_out_type = $4,
                        message_id = $5, changed_at = $6
                    WHERE our_number = $1 AND their_number = $2 AND changed_at <= $6"#,
-                our_number, their_number, keyword, kind, message_id, msg.created_at
+                our_number,
+                their_number,
+                keyword,
+                kind,
+                message_id,
+                msg.created_at
             )
             .execute(&mut *tx)
             .await?;

@@ -8,8 +8,8 @@
 use std::{sync::Arc, time::Duration};
 
 use apalis::prelude::*;
-use futures::FutureExt;
 use apalis_postgres::{Config, PostgresStorage};
+use futures::FutureExt;
 use serde::{Serialize, de::DeserializeOwned};
 use shared::{
     config,
@@ -71,7 +71,7 @@ async fn guarded<T>(fut: impl Future<Output = anyhow::Result<T>>) -> Result<(), 
 }
 
 async fn handle_inbound(job: ProcessInbound, deps: Data<Arc<Deps>>) -> Result<(), BoxDynError> {
-    guarded(inbound::process(&deps, job.message_id)).await
+    guarded(inbound::process_batch(&deps, &job.message_ids)).await
 }
 
 async fn handle_language(job: NotifyLanguage, deps: Data<Arc<Deps>>) -> Result<(), BoxDynError> {
@@ -148,7 +148,9 @@ async fn supervise<J, F, Fut>(
         }
         match result {
             Ok(()) => tracing::warn!(queue, worker = %name, "worker stopped; restarting"),
-            Err(e) => tracing::error!(queue, worker = %name, error = %e, "worker failed; restarting"),
+            Err(e) => {
+                tracing::error!(queue, worker = %name, error = %e, "worker failed; restarting")
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}

@@ -231,7 +231,12 @@ mod tests {
         let sig = compute("12345", &url, &[]);
         assert!(verify_json(&["12345"], &url, body, &sig));
         assert!(!verify_json(&["12345"], &url, b"{}", &sig));
-        assert!(!verify_json(&["12345"], URL, body, &compute("12345", URL, &[])));
+        assert!(!verify_json(
+            &["12345"],
+            URL,
+            body,
+            &compute("12345", URL, &[])
+        ));
     }
 
     #[test]

@@ -11,7 +11,9 @@ use shared::jobs;
 use sim::monitor::{Faults, MonitorSim, MonitorSimHandle, Tenant};
 
 async fn monitor_with(tenants: Vec<Tenant>) -> MonitorSimHandle {
-    let m = MonitorSim::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let m = MonitorSim::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
     m.seed(tenants);
     m
 }
@@ -53,9 +55,13 @@ async fn unknown_number_gets_a_conversation_without_tenant() {
     let db = pg::fresh_db().await;
     let mut app = TestApp::spawn(Settings::new(&db)).await;
     app.start_worker(&[jobs::INBOUND]).await;
-    let sid = app.inbound("(555) 987-6543", "Hello, is the office open?").await;
+    let sid = app
+        .inbound("(555) 987-6543", "Hello, is the office open?")
+        .await;
     app.drain(jobs::INBOUND).await;
-    let conv = conversation(&app, "+15559876543").await.expect("conversation created");
+    let conv = conversation(&app, "+15559876543")
+        .await
+        .expect("conversation created");
     assert_eq!(conv.tenant_id, None);
     assert_eq!(conv.phone_number_original, "(555) 987-6543");
     let msg = sqlx::query!(
@@ -85,11 +91,12 @@ async fn local_directory_matches_any_of_a_tenants_numbers() {
     app.drain(jobs::INBOUND).await;
     let conv = conversation(&app, "+15551110002").await.unwrap();
     assert_eq!(conv.tenant_id.as_deref(), Some("t-1"));
-    let last_used: Option<String> =
-        sqlx::query_scalar("SELECT last_used_phone_number FROM tenant_profiles WHERE tenant_id = 't-1'")
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
+    let last_used: Option<String> = sqlx::query_scalar(
+        "SELECT last_used_phone_number FROM tenant_profiles WHERE tenant_id = 't-1'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
     assert_eq!(last_used.as_deref(), Some("+15551110002"));
 }
 
@@ -98,7 +105,8 @@ async fn monitor_lookup_tries_variants_and_remembers_the_tenant() {
     let db = pg::fresh_db().await;
     // The Monitor stored the number in national format only.
     let monitor = monitor_with(vec![tenant("t-42", &["(555) 222-0042"], Some("es"))]).await;
-    let mut app = TestApp::spawn(Settings::new(&db).set("MONITOR_API_URL", monitor.base_url())).await;
+    let mut app =
+        TestApp::spawn(Settings::new(&db).set("MONITOR_API_URL", monitor.base_url())).await;
     let deps = app.start_worker(&[jobs::INBOUND]).await;
     app.inbound("+15552220042", "Hola, ya pagué la renta").await;
     app.drain(jobs::INBOUND).await;
@@ -106,10 +114,12 @@ async fn monitor_lookup_tries_variants_and_remembers_the_tenant() {
     assert_eq!(conv.tenant_id.as_deref(), Some("t-42"));
     let stats = monitor.stats();
     assert_eq!(stats.lookup_phones, vec!["+15552220042", "(555) 222-0042"]);
-    let profile = sqlx::query!("SELECT phone_numbers, language_preference FROM tenant_profiles WHERE tenant_id = 't-42'")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let profile = sqlx::query!(
+        "SELECT phone_numbers, language_preference FROM tenant_profiles WHERE tenant_id = 't-42'"
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
     assert_eq!(profile.phone_numbers, serde_json::json!(["+15552220042"]));
     assert_eq!(profile.language_preference.as_deref(), Some("es"));
 
@@ -118,14 +128,18 @@ async fn monitor_lookup_tries_variants_and_remembers_the_tenant() {
     app.drain(jobs::INBOUND).await;
     assert_eq!(monitor.stats().lookups, 2);
     assert!(deps.tenants.stats().hits >= 1);
-    assert_eq!(count(&app, "SELECT count(*) FROM sms_conversations").await, 1);
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM sms_conversations").await,
+        1
+    );
 }
 
 #[tokio::test]
 async fn monitor_404_is_unknown_and_cached() {
     let db = pg::fresh_db().await;
     let monitor = monitor_with(vec![]).await;
-    let mut app = TestApp::spawn(Settings::new(&db).set("MONITOR_API_URL", monitor.base_url())).await;
+    let mut app =
+        TestApp::spawn(Settings::new(&db).set("MONITOR_API_URL", monitor.base_url())).await;
     app.start_worker(&[jobs::INBOUND]).await;
     app.inbound("+15553330001", "hi").await;
     app.drain(jobs::INBOUND).await;
@@ -134,14 +148,21 @@ async fn monitor_404_is_unknown_and_cached() {
     app.inbound("+15553330001", "hello again").await;
     app.drain(jobs::INBOUND).await;
     assert_eq!(monitor.stats().lookups, first, "not-found answer cached");
-    assert_eq!(conversation(&app, "+15553330001").await.unwrap().tenant_id, None);
+    assert_eq!(
+        conversation(&app, "+15553330001").await.unwrap().tenant_id,
+        None
+    );
 }
 
 #[tokio::test]
 async fn monitor_5xx_is_retried_then_succeeds() {
     let db = pg::fresh_db().await;
     let monitor = monitor_with(vec![tenant("t-7", &["+15554440007"], None)]).await;
-    monitor.set_faults(Faults { fail_next: 2, fail_status: 503, ..Faults::default() });
+    monitor.set_faults(Faults {
+        fail_next: 2,
+        fail_status: 503,
+        ..Faults::default()
+    });
     let mut app = TestApp::spawn(
         Settings::new(&db)
             .set("MONITOR_API_URL", monitor.base_url())
@@ -151,7 +172,14 @@ async fn monitor_5xx_is_retried_then_succeeds() {
     app.start_worker(&[jobs::INBOUND]).await;
     app.inbound("+15554440007", "ok").await;
     app.drain(jobs::INBOUND).await;
-    assert_eq!(conversation(&app, "+15554440007").await.unwrap().tenant_id.as_deref(), Some("t-7"));
+    assert_eq!(
+        conversation(&app, "+15554440007")
+            .await
+            .unwrap()
+            .tenant_id
+            .as_deref(),
+        Some("t-7")
+    );
     assert_eq!(monitor.stats().lookups, 3);
 }
 
@@ -159,7 +187,10 @@ async fn monitor_5xx_is_retried_then_succeeds() {
 async fn monitor_timeouts_are_bounded_and_the_message_is_kept() {
     let db = pg::fresh_db().await;
     let monitor = monitor_with(vec![tenant("t-8", &["+15554440008"], None)]).await;
-    monitor.set_faults(Faults { timeout_next: 10, ..Faults::default() });
+    monitor.set_faults(Faults {
+        timeout_next: 10,
+        ..Faults::default()
+    });
     let mut app = TestApp::spawn(
         Settings::new(&db)
             .set("MONITOR_API_URL", monitor.base_url())
@@ -171,7 +202,10 @@ async fn monitor_timeouts_are_bounded_and_the_message_is_kept() {
     app.inbound("+15554440008", "ok").await;
     app.drain(jobs::INBOUND).await;
     // Stored and linked without tenant; two attempts on the first variant, then it gave up.
-    assert_eq!(conversation(&app, "+15554440008").await.unwrap().tenant_id, None);
+    assert_eq!(
+        conversation(&app, "+15554440008").await.unwrap().tenant_id,
+        None
+    );
     assert_eq!(monitor.stats().lookups, 2);
 }
 
@@ -179,7 +213,10 @@ async fn monitor_timeouts_are_bounded_and_the_message_is_kept() {
 async fn unknown_then_known_attaches_the_tenant_to_the_same_conversation() {
     let db = pg::fresh_db().await;
     let monitor = monitor_with(vec![tenant("t-9", &["+15554440009"], None)]).await;
-    monitor.set_faults(Faults { down: true, ..Faults::default() });
+    monitor.set_faults(Faults {
+        down: true,
+        ..Faults::default()
+    });
     let mut app = TestApp::spawn(
         Settings::new(&db)
             .set("MONITOR_API_URL", monitor.base_url())
@@ -199,10 +236,17 @@ async fn unknown_then_known_attaches_the_tenant_to_the_same_conversation() {
     let after = conversation(&app, "+15554440009").await.unwrap();
     assert_eq!(after.id, before.id);
     assert_eq!(after.tenant_id.as_deref(), Some("t-9"));
-    assert_eq!(count(&app, "SELECT count(*) FROM sms_conversations").await, 1);
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM sms_conversations").await,
+        1
+    );
     assert_eq!(count(&app, "SELECT count(*) FROM sms_messages").await, 2);
     assert_eq!(
-        count(&app, "SELECT count(*) FROM sms_messages WHERE conversation_id IS NULL").await,
+        count(
+            &app,
+            "SELECT count(*) FROM sms_messages WHERE conversation_id IS NULL"
+        )
+        .await,
         0
     );
 }
@@ -225,24 +269,36 @@ async fn each_message_is_processed_exactly_once_even_when_jobs_rerun() {
     );
     let outcomes = [a.unwrap(), b.unwrap()];
     assert_eq!(
-        outcomes.iter().filter(|o| matches!(o, worker::inbound::Outcome::Processed { .. })).count(),
+        outcomes
+            .iter()
+            .filter(|o| matches!(o, worker::inbound::Outcome::Processed { .. }))
+            .count(),
         1
     );
     assert_eq!(
         worker::inbound::process(&deps, id).await.unwrap(),
         worker::inbound::Outcome::AlreadyProcessed
     );
-    assert_eq!(count(&app, "SELECT count(*) FROM sms_conversations").await, 1);
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM sms_conversations").await,
+        1
+    );
 }
 
 #[tokio::test]
 async fn language_follows_the_prd_rule_and_updates_the_tenant() {
     let db = pg::fresh_db().await;
     let monitor = monitor_with(vec![tenant("t-lang", &["+15557770001"], None)]).await;
-    let mut app = TestApp::spawn(Settings::new(&db).set("MONITOR_API_URL", monitor.base_url())).await;
-    app.start_worker(&[jobs::INBOUND, jobs::MONITOR_LANGUAGE]).await;
+    let mut app =
+        TestApp::spawn(Settings::new(&db).set("MONITOR_API_URL", monitor.base_url())).await;
+    app.start_worker(&[jobs::INBOUND, jobs::MONITOR_LANGUAGE])
+        .await;
 
-    app.inbound("+15557770001", "Hola, no tengo el dinero de la renta esta semana").await;
+    app.inbound(
+        "+15557770001",
+        "Hola, no tengo el dinero de la renta esta semana",
+    )
+    .await;
     app.drain(jobs::INBOUND).await;
     app.drain(jobs::MONITOR_LANGUAGE).await;
     let conv = conversation(&app, "+15557770001").await.unwrap();
@@ -257,16 +313,21 @@ async fn language_follows_the_prd_rule_and_updates_the_tenant() {
     assert_eq!(conv.language_confidence, Some(strong));
 
     // A strong message in another language wins, and the Monitor is told.
-    app.inbound("+15557770001", "Olá, eu já paguei o aluguel ontem, obrigado pela paciência").await;
+    app.inbound(
+        "+15557770001",
+        "Olá, eu já paguei o aluguel ontem, obrigado pela paciência",
+    )
+    .await;
     app.drain(jobs::INBOUND).await;
     app.drain(jobs::MONITOR_LANGUAGE).await;
     let conv = conversation(&app, "+15557770001").await.unwrap();
     assert_eq!(conv.language_detected.as_deref(), Some("pt"));
-    let pref: Option<String> =
-        sqlx::query_scalar("SELECT language_preference FROM tenant_profiles WHERE tenant_id = 't-lang'")
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
+    let pref: Option<String> = sqlx::query_scalar(
+        "SELECT language_preference FROM tenant_profiles WHERE tenant_id = 't-lang'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
     assert_eq!(pref.as_deref(), Some("pt"));
     let updates = monitor.stats().language_updates;
     let langs: Vec<&str> = updates.iter().map(|u| u.language.as_str()).collect();
@@ -278,16 +339,24 @@ async fn language_follows_the_prd_rule_and_updates_the_tenant() {
 async fn monitor_language_update_is_retried_durably() {
     let db = pg::fresh_db().await;
     let monitor = monitor_with(vec![tenant("t-r", &["+15557770002"], None)]).await;
-    let mut app = TestApp::spawn(Settings::new(&db).set("MONITOR_API_URL", monitor.base_url())).await;
+    let mut app =
+        TestApp::spawn(Settings::new(&db).set("MONITOR_API_URL", monitor.base_url())).await;
     app.start_worker(&[jobs::INBOUND]).await;
-    app.inbound("+15557770002", "Muchas gracias, pago el viernes").await;
+    app.inbound("+15557770002", "Muchas gracias, pago el viernes")
+        .await;
     app.drain(jobs::INBOUND).await;
     // Only the language queue is affected by the outage.
-    monitor.set_faults(Faults { fail_next: 1, fail_status: 500, ..Faults::default() });
+    monitor.set_faults(Faults {
+        fail_next: 1,
+        fail_status: 500,
+        ..Faults::default()
+    });
     app.start_worker(&[jobs::MONITOR_LANGUAGE]).await;
-    wait_until(Duration::from_secs(15), || async { !monitor.stats().language_updates.is_empty() })
-        .await
-        .expect("language update delivered after a retry");
+    wait_until(Duration::from_secs(15), || async {
+        !monitor.stats().language_updates.is_empty()
+    })
+    .await
+    .expect("language update delivered after a retry");
     let attempts: Vec<i64> = sqlx::query_scalar(
         "SELECT (convert_from(job, 'UTF8')::jsonb->>'attempt')::bigint FROM apalis.jobs WHERE job_type = 'monitor-language' ORDER BY run_at",
     )
@@ -315,23 +384,36 @@ async fn opt_out_keywords_and_opt_out_type_are_recorded() {
 
     app.inbound("+15558880001", "start").await;
     app.drain(jobs::INBOUND).await;
-    let opted_out: bool = sqlx::query_scalar("SELECT opted_out FROM sms_opt_outs WHERE their_number = '+15558880001'")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let opted_out: bool = sqlx::query_scalar(
+        "SELECT opted_out FROM sms_opt_outs WHERE their_number = '+15558880001'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
     assert!(!opted_out);
 
     // Twilio's OptOutType field counts even when the body is not a bare keyword.
-    let mut sms = sim::webhook::InboundSms::new("+15558880002", harness::app::OUR_NUMBER, "please stop texting me");
+    let mut sms = sim::webhook::InboundSms::new(
+        "+15558880002",
+        harness::app::OUR_NUMBER,
+        "please stop texting me",
+    );
     sms.extra.push(("OptOutType".into(), "STOP".into()));
-    assert_eq!(app.post_webhook(&sms.params(harness::app::ACCOUNT_SID)).await.status(), 200);
+    assert_eq!(
+        app.post_webhook(&sms.params(harness::app::ACCOUNT_SID))
+            .await
+            .status(),
+        200
+    );
     // A "yes" from someone who never opted out records nothing.
     app.inbound("+15558880003", "Yes").await;
     app.drain(jobs::INBOUND).await;
-    let rows = sqlx::query!("SELECT their_number, opted_out, opt_out_type FROM sms_opt_outs ORDER BY their_number")
-        .fetch_all(&app.pool)
-        .await
-        .unwrap();
+    let rows = sqlx::query!(
+        "SELECT their_number, opted_out, opt_out_type FROM sms_opt_outs ORDER BY their_number"
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
     assert_eq!(rows.len(), 2);
     assert_eq!(rows[1].their_number, "+15558880002");
     assert!(rows[1].opted_out);

@@ -15,8 +15,14 @@ async fn messages(app: &TestApp) -> i64 {
     count(app, "SELECT count(*) FROM sms_messages").await
 }
 
+/// Messages enqueued for processing (a job carries the messages of one group commit).
 async fn inbound_jobs(app: &TestApp) -> i64 {
-    count(app, "SELECT count(*) FROM apalis.jobs WHERE job_type = 'inbound'").await
+    count(
+        app,
+        "SELECT count(*) FROM apalis.jobs, jsonb_array_elements_text(convert_from(job, 'UTF8')::jsonb -> 'message_ids') \
+         WHERE job_type = 'inbound'",
+    )
+    .await
 }
 
 fn form(params: &[(String, String)]) -> String {
@@ -29,13 +35,25 @@ fn form(params: &[(String, String)]) -> String {
 async fn valid_webhook_stores_every_field_and_one_job() {
     let db = pg::fresh_db().await;
     let app = TestApp::spawn(Settings::new(&db)).await;
-    let mut sms = InboundSms::new("+15551230001", OUR_NUMBER, "Olá, já paguei 👍 '; DROP TABLE x;--");
-    sms.extra.push(("SomeFieldTwilioAddsLater".into(), "v1".into()));
-    sms.extra.push(("MediaUrl".into(), "https://a.example/1".into()));
-    sms.extra.push(("MediaUrl".into(), "https://a.example/2".into()));
+    let mut sms = InboundSms::new(
+        "+15551230001",
+        OUR_NUMBER,
+        "Olá, já paguei 👍 '; DROP TABLE x;--",
+    );
+    sms.extra
+        .push(("SomeFieldTwilioAddsLater".into(), "v1".into()));
+    sms.extra
+        .push(("MediaUrl".into(), "https://a.example/1".into()));
+    sms.extra
+        .push(("MediaUrl".into(), "https://a.example/2".into()));
     let resp = app.post_webhook(&sms.params(ACCOUNT_SID)).await;
     assert_eq!(resp.status(), 200);
-    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/xml"));
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/xml")
+    );
     assert!(resp.text().await.unwrap().contains("<Response></Response>"));
 
     let row = sqlx::query!(
@@ -54,7 +72,10 @@ async fn valid_webhook_stores_every_field_and_one_job() {
         assert!(raw.get(&k).is_some(), "raw payload keeps {k}");
     }
     assert_eq!(raw["SomeFieldTwilioAddsLater"], "v1");
-    assert_eq!(raw["MediaUrl"], serde_json::json!(["https://a.example/1", "https://a.example/2"]));
+    assert_eq!(
+        raw["MediaUrl"],
+        serde_json::json!(["https://a.example/1", "https://a.example/2"])
+    );
     assert_eq!(inbound_jobs(&app).await, 1);
 }
 
@@ -151,9 +172,15 @@ async fn query_string_is_signed_and_repeated_keys_verify() {
     assert_eq!(resp.status(), 200);
     // Signed without the query string: refused.
     let other = InboundSms::new("+15551230001", OUR_NUMBER, "hi").params(ACCOUNT_SID);
-    let resp = sim::webhook::send_to(&app.http, &app.url(path), &app.webhook_url(), AUTH_TOKEN, &other)
-        .await
-        .unwrap();
+    let resp = sim::webhook::send_to(
+        &app.http,
+        &app.url(path),
+        &app.webhook_url(),
+        AUTH_TOKEN,
+        &other,
+    )
+    .await
+    .unwrap();
     assert_eq!(resp.status(), 403);
 }
 
@@ -176,7 +203,13 @@ async fn json_body_with_body_sha256_is_verified() {
             .body(body)
             .send()
     };
-    assert_eq!(send(body.clone().replace("hola", "adios"), sig.clone()).await.unwrap().status(), 403);
+    assert_eq!(
+        send(body.clone().replace("hola", "adios"), sig.clone())
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
     assert_eq!(send(body, sig).await.unwrap().status(), 200);
     assert_eq!(messages(&app).await, 1);
 }
@@ -253,19 +286,30 @@ async fn bad_input_gets_json_errors() {
     let (body, sig) = sim::webhook::signed_request(AUTH_TOKEN, &app.webhook_url(), &big);
     let resp = post(body.into_bytes(), sig).await.unwrap();
     assert_eq!(resp.status(), 413);
-    assert_eq!(resp.json::<serde_json::Value>().await.unwrap()["code"], "payload_too_large");
+    assert_eq!(
+        resp.json::<serde_json::Value>().await.unwrap()["code"],
+        "payload_too_large"
+    );
 
     // Not UTF-8: 400.
-    let resp = post(vec![b'B', b'=', 0xff, 0xfe], "x".into()).await.unwrap();
+    let resp = post(vec![b'B', b'=', 0xff, 0xfe], "x".into())
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 400);
-    assert_eq!(resp.json::<serde_json::Value>().await.unwrap()["code"], "malformed_body");
+    assert_eq!(
+        resp.json::<serde_json::Value>().await.unwrap()["code"],
+        "malformed_body"
+    );
 
     // A percent-escape that is not UTF-8: 400.
     let resp = post(b"Body=%C3%28".to_vec(), "x".into()).await.unwrap();
     assert_eq!(resp.status(), 400);
 
     // Signed, but no MessageSid: 400.
-    let params = vec![("From".to_string(), "+15551230001".to_string()), ("Body".to_string(), "hi".to_string())];
+    let params = vec![
+        ("From".to_string(), "+15551230001".to_string()),
+        ("Body".to_string(), "hi".to_string()),
+    ];
     let (body, sig) = sim::webhook::signed_request(AUTH_TOKEN, &app.webhook_url(), &params);
     let resp = post(body.into_bytes(), sig).await.unwrap();
     assert_eq!(resp.status(), 400);
@@ -297,14 +341,20 @@ async fn database_down_is_503_never_200() {
         l.local_addr().unwrap().port()
     };
     let settings = Settings::new(&db)
-        .set("DATABASE_URL", format!("postgres://postgres@127.0.0.1:{port}/none"))
+        .set(
+            "DATABASE_URL",
+            format!("postgres://postgres@127.0.0.1:{port}/none"),
+        )
         .set("DATABASE_ACQUIRE_TIMEOUT_MS", "500");
     let app = TestApp::spawn(settings).await;
     let params = InboundSms::new("+15551230001", OUR_NUMBER, "hi").params(ACCOUNT_SID);
     let resp = app.post_webhook(&params).await;
     assert_eq!(resp.status(), 503);
     assert!(resp.headers().contains_key("retry-after"));
-    assert_eq!(resp.json::<serde_json::Value>().await.unwrap()["code"], "unavailable");
+    assert_eq!(
+        resp.json::<serde_json::Value>().await.unwrap()["code"],
+        "unavailable"
+    );
 
     let ready = app.http.get(app.url("/health/ready")).send().await.unwrap();
     assert_eq!(ready.status(), 503);
@@ -318,7 +368,9 @@ async fn database_down_is_503_never_200() {
 #[tokio::test]
 async fn health_ready_reports_database_and_monitor() {
     let db = pg::fresh_db().await;
-    let monitor = sim::monitor::MonitorSim::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let monitor = sim::monitor::MonitorSim::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
     let app = TestApp::spawn(Settings::new(&db).set("MONITOR_API_URL", monitor.base_url())).await;
     let resp = app.http.get(app.url("/health/ready")).send().await.unwrap();
     assert_eq!(resp.status(), 200);

@@ -1,0 +1,165 @@
+//! Serving simulators over HTTP: one composable Axum app, a server handle that stops on drop, and
+//! the `serve` entry point of the binary.
+
+use std::{net::SocketAddr, time::Duration, time::Instant};
+
+use anyhow::Context;
+use axum::{
+    Json, Router,
+    extract::Request,
+    http::StatusCode,
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use serde_json::json;
+use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
+
+use crate::monitor::{MonitorState, demo_tenants, monitor_router};
+
+/// How long `shutdown` waits for in-flight requests before cutting them.
+const GRACE: Duration = Duration::from_secs(5);
+
+/// Merges simulator routers (each without a fallback) into one app with `GET /_sim/health`, a
+/// JSON 404 fallback and a request log line. More simulators (Twilio REST, agents) are added by
+/// passing their routers here.
+pub fn app(routers: impl IntoIterator<Item = Router>) -> Router {
+    let mut app = Router::new().route("/_sim/health", get(health));
+    for r in routers {
+        app = app.merge(r);
+    }
+    app.fallback(not_found)
+        .layer(middleware::from_fn(log_request))
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(json!({"ok": true, "service": "sms-sim"}))
+}
+
+async fn not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Json(json!({"error": "no_such_route"})),
+    )
+        .into_response()
+}
+
+/// One line per request (path only: queries can hold phone numbers), so a local run shows what
+/// the services asked. Without a subscriber (tests) this costs next to nothing.
+async fn log_request(req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let started = Instant::now();
+    let resp = next.run(req).await;
+    tracing::info!(
+        %method,
+        path,
+        status = resp.status().as_u16(),
+        ms = started.elapsed().as_millis() as u64,
+        "sim request"
+    );
+    resp
+}
+
+/// A running HTTP server; stops accepting when dropped or shut down.
+pub struct SimServer {
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl SimServer {
+    /// Binds `bind` (port 0 picks a free port) and serves `router` in a background task.
+    pub async fn start(bind: SocketAddr, router: Router) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(bind)
+            .await
+            .with_context(|| format!("binding {bind}"))?;
+        let addr = listener.local_addr()?;
+        let (stop, mut stopped) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move {
+                    // Also resolves when the sender is gone.
+                    let _ = stopped.wait_for(|s| *s).await;
+                })
+                .await
+        });
+        Ok(Self {
+            addr,
+            stop,
+            task: Some(task),
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://IP:PORT`, no trailing slash.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops accepting and lets in-flight requests finish, waiting at most [`GRACE`].
+    pub async fn shutdown(mut self) {
+        self.stop.send_replace(true);
+        if let Some(mut task) = self.task.take()
+            && tokio::time::timeout(GRACE, &mut task).await.is_err()
+        {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for SimServer {
+    fn drop(&mut self) {
+        self.stop.send_replace(true);
+    }
+}
+
+/// Options of `sms-sim serve`.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub bind: SocketAddr,
+    /// When set, Monitor requests need `Authorization: Bearer <key>`.
+    pub monitor_api_key: Option<String>,
+    /// Start with [`demo_tenants`].
+    pub seed_demo: bool,
+}
+
+/// Serves the simulators until Ctrl-C or SIGTERM.
+pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
+    let monitor = MonitorState::new(opts.monitor_api_key.clone());
+    if opts.seed_demo {
+        monitor.seed(demo_tenants());
+    }
+    let server = SimServer::start(opts.bind, app([monitor_router(monitor.clone())])).await?;
+    tracing::info!(
+        url = %server.base_url(),
+        api_key = opts.monitor_api_key.is_some(),
+        tenants = monitor.tenants().len(),
+        "Collections Monitor simulator listening"
+    );
+    wait_for_signal().await?;
+    tracing::info!("shutting down");
+    monitor.close();
+    server.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
+    Ok(())
+}
