@@ -6,7 +6,7 @@
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use serde_json::Value;
-use shared::jobs::{self, ProcessInbound};
+use shared::jobs;
 use sqlx::PgPool;
 use tokio::sync::{Mutex, mpsc, oneshot};
 use uuid::Uuid;
@@ -77,25 +77,30 @@ async fn writer(
 ) {
     let mut batch = Vec::with_capacity(max_batch);
     loop {
-        {
-            // Whoever holds the receiver takes what is waiting; the others are committing
-            // meanwhile, so batches grow with load and a lone request is written at once.
-            let mut rx = rx.lock().await;
-            if rx.recv_many(&mut batch, max_batch).await == 0 {
-                return; // every sender is gone: shutting down
-            }
+        // The writer holding the receiver collects what is waiting and writes it; it lets go
+        // before COMMIT, so the next writer's batch (everything that arrived meanwhile) is
+        // inserted while this one's commit is flushed to disk.
+        let mut rx_guard = rx.lock().await;
+        if rx_guard.recv_many(&mut batch, max_batch).await == 0 {
+            return; // every sender is gone: shutting down
         }
-        write_batch(&pool, &mut batch).await;
+        let (rows, started) = (batch.len(), std::time::Instant::now());
+        write_batch(&pool, &mut batch, rx_guard).await;
+        tracing::debug!(
+            rows,
+            micros = started.elapsed().as_micros() as u64,
+            "group commit"
+        );
     }
 }
 
-async fn write_batch(pool: &PgPool, batch: &mut Vec<(NewInbound, Reply)>) {
+async fn write_batch<G>(pool: &PgPool, batch: &mut Vec<(NewInbound, Reply)>, rx_guard: G) {
     // A MessageSid twice in one batch: the first is the candidate, later ones are duplicates.
     let mut first: HashMap<String, usize> = HashMap::with_capacity(batch.len());
     for (i, (item, _)) in batch.iter().enumerate() {
         first.entry(item.message_sid.clone()).or_insert(i);
     }
-    let inserted = match insert(pool, batch, &first).await {
+    let inserted = match insert(pool, batch, &first, rx_guard).await {
         Ok(rows) => rows,
         Err(err) => {
             let err = if shared::db::is_unavailable(&err) {
@@ -121,10 +126,11 @@ async fn write_batch(pool: &PgPool, batch: &mut Vec<(NewInbound, Reply)>) {
 
 /// Inserts the batch's first occurrence of each MessageSid and one job for the rows that were
 /// new, in one transaction. Returns the new rows' ids by MessageSid.
-async fn insert(
+async fn insert<G>(
     pool: &PgPool,
     batch: &[(NewInbound, Reply)],
     first: &HashMap<String, usize>,
+    rx_guard: G,
 ) -> Result<HashMap<String, Uuid>, sqlx::Error> {
     let n = first.len();
     let mut sids: Vec<&str> = Vec::with_capacity(n);
@@ -146,18 +152,31 @@ async fn insert(
         media.push(item.num_media);
         raws.push(&item.raw);
     }
-    let mut tx = tokio::time::timeout(Duration::from_secs(10), pool.begin())
+    // One statement is one transaction: the rows and the job that processes them commit
+    // together, in a single round trip. The job row is what apalis-postgres's `push_tasks` writes
+    // (its `queries/task/sink.sql`): JSON args as bytes, status Pending, runnable now.
+    let mut conn = tokio::time::timeout(Duration::from_secs(10), pool.acquire())
         .await
         .map_err(|_| sqlx::Error::PoolTimedOut)??;
+    drop(rx_guard);
     let rows = sqlx::query!(
-        r#"INSERT INTO sms_messages
-               (direction, message_content, twilio_sid, delivery_status, raw_webhook_data,
-                from_number, to_number, num_segments, num_media)
-           SELECT 'inbound', u.body, u.sid, 'received', u.raw, u.from_number, u.to_number, u.segments, u.media
-           FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int4[], $6::int4[], $7::jsonb[])
-                AS u(sid, body, from_number, to_number, segments, media, raw)
-           ON CONFLICT (twilio_sid) DO NOTHING
-           RETURNING id, twilio_sid AS "twilio_sid!""#,
+        r#"WITH new_rows AS (
+               INSERT INTO sms_messages
+                   (direction, message_content, twilio_sid, delivery_status, raw_webhook_data,
+                    from_number, to_number, num_segments, num_media)
+               SELECT 'inbound', u.body, u.sid, 'received', u.raw, u.from_number, u.to_number, u.segments, u.media
+               FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int4[], $6::int4[], $7::jsonb[])
+                    AS u(sid, body, from_number, to_number, segments, media, raw)
+               ON CONFLICT (twilio_sid) DO NOTHING
+               RETURNING id, twilio_sid
+           ), job AS (
+               INSERT INTO apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at, priority, metadata)
+               SELECT apalis.generate_ulid(), $8, convert_to(json_build_object('message_ids', json_agg(id))::text, 'UTF8'),
+                      'Pending', 0, $9, now(), 0, ''::hstore
+               FROM new_rows
+               HAVING count(*) > 0
+           )
+           SELECT id AS "id!", twilio_sid AS "twilio_sid!" FROM new_rows"#,
         &sids as &[&str],
         &bodies as &[&str],
         &froms as &[&str],
@@ -165,20 +184,10 @@ async fn insert(
         &segments as &[Option<i32>],
         &media as &[Option<i32>],
         &raws as &[&Value],
+        jobs::INBOUND,
+        jobs::MAX_ATTEMPTS as i32,
     )
-    .fetch_all(&mut *tx)
+    .fetch_all(&mut *conn)
     .await?;
-    if !rows.is_empty() {
-        let job = ProcessInbound {
-            message_ids: rows.iter().map(|r| r.id).collect(),
-        };
-        jobs::push(&mut tx, jobs::INBOUND, &[job], None)
-            .await
-            .map_err(|e| match e {
-                apalis_postgres::Error::Database(db) => db,
-                other => sqlx::Error::Protocol(other.to_string()),
-            })?;
-    }
-    tx.commit().await?;
     Ok(rows.into_iter().map(|r| (r.twilio_sid, r.id)).collect())
 }

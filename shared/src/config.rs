@@ -257,6 +257,7 @@ pub struct Ingress {
     pub max_body_bytes: usize,
     pub group_commit_max_batch: usize,
     pub group_commit_writers: usize,
+    pub worker_threads: usize,
 }
 
 impl Ingress {
@@ -268,7 +269,7 @@ impl Ingress {
             )
         })?;
         let group_commit_max_batch = parsed(src, "GROUP_COMMIT_MAX_BATCH", 512usize)?;
-        let group_commit_writers = parsed(src, "GROUP_COMMIT_WRITERS", 4usize)?;
+        let group_commit_writers = parsed(src, "GROUP_COMMIT_WRITERS", 1usize)?;
         if group_commit_max_batch == 0 {
             return Err(ConfigError::new(
                 "GROUP_COMMIT_MAX_BATCH",
@@ -278,6 +279,13 @@ impl Ingress {
         if group_commit_writers == 0 {
             return Err(ConfigError::new(
                 "GROUP_COMMIT_WRITERS",
+                "must be at least 1",
+            ));
+        }
+        let worker_threads = parsed(src, "INGRESS_WORKER_THREADS", 1usize)?;
+        if worker_threads == 0 {
+            return Err(ConfigError::new(
+                "INGRESS_WORKER_THREADS",
                 "must be at least 1",
             ));
         }
@@ -291,6 +299,7 @@ impl Ingress {
             max_body_bytes: parsed(src, "MAX_BODY_BYTES", 64 * 1024usize)?,
             group_commit_max_batch,
             group_commit_writers,
+            worker_threads,
         })
     }
 }

@@ -36,7 +36,7 @@ pub struct NotifyLanguage {
 
 /// apalis's own attempt limit. Handlers schedule their own durable retries and return Ok, so this
 /// only bounds immediate re-runs after errors that escape a handler (e.g. the database failing).
-const MAX_ATTEMPTS: usize = 25;
+pub const MAX_ATTEMPTS: usize = 25;
 
 /// Pushes jobs to `queue` on the caller's connection (normally inside its transaction).
 pub async fn push<J: Serialize>(

@@ -1,3 +1,7 @@
+// A faster allocator: the webhook path allocates per request (form fields, JSON payload).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::Parser;
 use shared::{config, jobs, telemetry};
 use tokio_util::sync::CancellationToken;

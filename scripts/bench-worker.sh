@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Worker benchmark: COUNT inbound messages stored through the ingress from 1,000 known tenants
+# (cached after first sight), then one `sms-worker --queues inbound` drains them; the rate is
+# messages over the span between the first and last processed_at. Median of RUNS runs.
+# Usage: scripts/bench-worker.sh [COUNT=30000] [RUNS=3]
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd); cd "$root"
+count=${1:-30000}; runs=${2:-3}
+cargo build --release --quiet -p sms-ingress -p sms-worker -p sms-sim
+server=${DATABASE_URL:-$(scripts/pg-local.sh start)}
+admin=${server%/*}/postgres
+port=${BENCH_PORT:-18082}
+export TWILIO_AUTH_TOKEN=bench-token PUBLIC_URL=http://127.0.0.1:$port BIND_ADDR=127.0.0.1:$port RUST_LOG=warn
+results=()
+for i in $(seq 1 "$runs"); do
+  psql -q "$admin" -c "DROP DATABASE IF EXISTS sms_bench_worker" -c "CREATE DATABASE sms_bench_worker" 2>/dev/null
+  export DATABASE_URL=${server%/*}/sms_bench_worker
+  target/release/sms-ingress migrate 2>/dev/null
+  # 1,000 tenants with two numbers each; the load generator's senders are +15552000001...
+  psql -q "$DATABASE_URL" -c "INSERT INTO tenant_profiles (tenant_id, phone_numbers)
+    SELECT 't-' || g, jsonb_build_array('+1555200' || lpad(g::text, 4, '0'), '+1555300' || lpad(g::text, 4, '0'))
+    FROM generate_series(1, 1000) g"
+  target/release/sms-ingress serve >/dev/null 2>&1 & ip=$!
+  sleep 0.5
+  target/release/sms-sim webhooks --url "$PUBLIC_URL/webhook/twilio/sms" --count "$count" --concurrency 32 --numbers 1000 >/dev/null
+  kill $ip; wait $ip 2>/dev/null || true
+  target/release/sms-worker --queues inbound >/dev/null 2>&1 & wp=$!
+  while [ "$(psql -tA "$DATABASE_URL" -c "SELECT count(*) FROM sms_messages WHERE processed_at IS NULL")" != 0 ]; do sleep 0.5; done
+  rss=$(awk '/VmHWM/ {print $2}' /proc/$wp/status)
+  kill $wp; wait $wp 2>/dev/null || true
+  line=$(psql -tA -F' ' "$DATABASE_URL" -c "SELECT round(count(*) / extract(epoch FROM max(processed_at) - min(processed_at))),
+    count(*) FILTER (WHERE conversation_id IS NULL), (SELECT count(*) FROM sms_conversations WHERE tenant_id IS NULL) FROM sms_messages")
+  echo "run $i: msgs/s unlinked conversations_without_tenant = $line; worker peak RSS ${rss} kB" >&2
+  results+=("$line")
+done
+printf '%s\n' "${results[@]}" | python3 -c "
+import sys, statistics as s
+rows=[list(map(float,l.split())) for l in sys.stdin if l.strip()]
+print(f'median of {len(rows)} runs: {s.median(r[0] for r in rows):.0f} inbound messages/s processed')"
