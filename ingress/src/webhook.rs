@@ -158,7 +158,11 @@ pub async fn inbound_sms(
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body.map_err(|e| body_rejection(e, state.cfg.max_body_bytes))?;
-    let params = verified_params(&state, &headers, &uri, &body)?;
+    let params = verified_params(&state, &headers, &uri, &body).inspect_err(|e| {
+        if matches!(e, ApiError::Forbidden(_)) {
+            state.metrics.webhook_rejected();
+        }
+    })?;
     let message_sid = field(&params, "MessageSid")
         .or_else(|| field(&params, "SmsMessageSid"))
         .map(str::trim)

@@ -33,7 +33,29 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(telemetry::cancel_on_signal(shutdown.clone()));
     tracing::info!(?queues, "sms-worker starting");
+    tokio::spawn(report_cache(deps.clone(), shutdown.clone()));
     queues::run(deps, queues, queues::QueueSettings::from(&cfg), shutdown).await;
     tracing::info!("sms-worker stopped");
     Ok(())
+}
+
+/// Logs the tenant cache's hit rate once a minute.
+async fn report_cache(deps: std::sync::Arc<Deps>, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+    every.tick().await;
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let s = deps.tenants.stats();
+        tracing::info!(
+            hits = s.hits,
+            misses = s.misses,
+            hit_rate = s.hit_rate,
+            monitor_found = s.monitor_found,
+            monitor_unavailable = s.monitor_unavailable,
+            "tenant cache"
+        );
+    }
 }

@@ -385,3 +385,37 @@ async fn migrate_twice_is_harmless() {
     shared::db::migrate(&db.pool).await.unwrap();
     shared::db::migrate(&db.pool).await.unwrap();
 }
+
+#[tokio::test]
+async fn metrics_count_webhook_outcomes() {
+    let db = pg::fresh_db().await;
+    let app = TestApp::spawn(Settings::new(&db)).await;
+    let params = InboundSms::new("+15551230001", OUR_NUMBER, "hi").params(ACCOUNT_SID);
+    app.post_webhook(&params).await;
+    app.post_webhook(&params).await;
+    let (body, _) = sim::webhook::signed_request(AUTH_TOKEN, &app.webhook_url(), &params);
+    app.http
+        .post(app.url("/webhook/twilio/sms"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("x-twilio-signature", "bad")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let text = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "sms_webhooks_total{outcome=\"stored\"} 1",
+        "sms_webhooks_total{outcome=\"duplicate\"} 1",
+        "sms_webhooks_total{outcome=\"rejected\"} 1",
+    ] {
+        assert!(text.contains(line), "{line} in {text}");
+    }
+}
