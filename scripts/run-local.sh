@@ -21,9 +21,12 @@ export PUBLIC_URL=${PUBLIC_URL:-http://$BIND_ADDR}
 export LOG_FORMAT=${LOG_FORMAT:-pretty}
 sim_addr=${SIM_ADDR:-127.0.0.1:8089}
 if [ -z "${TWILIO_AUTH_TOKEN:-}" ]; then
+  # No Twilio credentials: the simulator plays Twilio's REST API and signs its callbacks.
   export TWILIO_AUTH_TOKEN=local-dev-token
   export TWILIO_ACCOUNT_SID=AC00000000000000000000000000000000
   export TWILIO_PHONE_NUMBER=+15550001000
+  export TWILIO_API_BASE=http://$sim_addr
+  export SEND_RATE_PER_SENDER=${SEND_RATE_PER_SENDER:-5}
 fi
 if [ -z "${MONITOR_API_URL:-}" ]; then
   export MONITOR_API_URL=http://$sim_addr
@@ -62,6 +65,10 @@ SMS Foundation is running.
 Send a signed test SMS (a demo tenant's number) and read the conversation:
   $bin/sms-sim send-one --url $PUBLIC_URL/webhook/twilio/sms --auth-token $TWILIO_AUTH_TOKEN --from +15551230001 --body "Sí, gracias"
   curl -s -H "Authorization: Bearer $key" $PUBLIC_URL/conversations/+15551230001
+
+Send an SMS (the simulator plays Twilio and posts delivery callbacks back):
+  curl -s -X POST $PUBLIC_URL/sms/send -H "Authorization: Bearer $key" -H 'Content-Type: application/json' \\
+    -d '{"to": "+15551230001", "body": "Your receipt is ready"}'
 
 Ctrl-C stops everything.
 MSG

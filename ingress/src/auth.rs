@@ -13,6 +13,7 @@ pub const SCOPES: &[&str] = &["read", "send", "admin"];
 /// The caller behind a valid key.
 #[derive(Debug, Clone)]
 pub struct ApiKey {
+    pub id: uuid::Uuid,
     pub name: String,
     pub scopes: Vec<String>,
     /// Some: the key sees only this tenant's data.
@@ -89,13 +90,14 @@ impl FromRequestParts<AppState> for ApiKey {
         // Looking up by hash needs no secret comparison of our own: the index does an exact match
         // on a digest the caller cannot steer.
         let row = sqlx::query!(
-            "SELECT name, scopes, tenant_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
+            "SELECT id, name, scopes, tenant_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
             hash_key(key)
         )
         .fetch_optional(&state.pool)
         .await?
         .ok_or(ApiError::Unauthorized)?;
         Ok(ApiKey {
+            id: row.id,
             name: row.name,
             scopes: row.scopes,
             tenant_id: row.tenant_id,

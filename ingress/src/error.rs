@@ -14,6 +14,11 @@ pub enum ApiError {
     BadRequest { code: &'static str, detail: String },
     #[error("{detail}")]
     Unprocessable { code: &'static str, detail: String },
+    /// 400 with a message per invalid field.
+    #[error("the request has invalid fields")]
+    Validation(Vec<(&'static str, String)>),
+    #[error("{detail}")]
+    Conflict { code: &'static str, detail: String },
     #[error("missing or invalid API key")]
     Unauthorized,
     #[error("{0}")]
@@ -40,6 +45,8 @@ impl ApiError {
         match self {
             Self::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code),
             Self::Unprocessable { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, code),
+            Self::Validation(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+            Self::Conflict { code, .. } => (StatusCode::CONFLICT, code),
             Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
@@ -64,20 +71,21 @@ impl From<sqlx::Error> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
-        let mut response = if let Self::Internal(err) = &self {
-            tracing::error!(error = ?err, "request failed");
-            (
-                status,
-                Json(json!({"code": code, "detail": "internal error"})),
-            )
-                .into_response()
-        } else {
-            (
-                status,
-                Json(json!({"code": code, "detail": self.to_string()})),
-            )
-                .into_response()
+        let body = match &self {
+            Self::Internal(err) => {
+                tracing::error!(error = ?err, "request failed");
+                json!({"code": code, "detail": "internal error"})
+            }
+            Self::Validation(fields) => {
+                let errors: serde_json::Map<String, serde_json::Value> = fields
+                    .iter()
+                    .map(|(f, m)| ((*f).to_owned(), serde_json::Value::String(m.clone())))
+                    .collect();
+                json!({"code": code, "detail": self.to_string(), "errors": errors})
+            }
+            _ => json!({"code": code, "detail": self.to_string()}),
         };
+        let mut response = (status, Json(body)).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response
                 .headers_mut()

@@ -6,6 +6,8 @@ pub mod error;
 pub mod group_commit;
 pub mod health;
 pub mod metrics;
+pub mod send;
+pub mod status;
 pub mod webhook;
 
 use std::{sync::Arc, time::Duration};
@@ -55,6 +57,8 @@ pub fn router(state: AppState) -> Router {
     let limit = state.cfg.max_body_bytes;
     Router::new()
         .route("/webhook/twilio/sms", post(webhook::inbound_sms))
+        .route("/webhook/twilio/status", post(status::status_callback))
+        .route("/sms/send", post(send::send))
         .route(
             "/conversations/{phone_number}",
             get(conversations::get_conversation),

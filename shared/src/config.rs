@@ -166,6 +166,7 @@ pub struct Twilio {
     pub auth_token: String,
     pub auth_token_secondary: Option<String>,
     pub phone_number: Option<String>,
+    pub messaging_service_sid: Option<String>,
 }
 
 impl Twilio {
@@ -185,6 +186,7 @@ impl Twilio {
             auth_token,
             auth_token_secondary: src.get("TWILIO_AUTH_TOKEN_SECONDARY"),
             phone_number: src.get("TWILIO_PHONE_NUMBER"),
+            messaging_service_sid: src.get("TWILIO_MESSAGING_SERVICE_SID"),
         })
     }
 
@@ -224,6 +226,91 @@ impl Monitor {
             max_attempts,
             backoff_base: millis(src, "MONITOR_BACKOFF_MS", 100)?,
         })
+    }
+}
+
+/// Sending through Twilio's REST API (the send worker and the reconciler).
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    pub api_base: String,
+    pub account_sid: String,
+    pub auth_token: String,
+    pub phone_number: Option<String>,
+    pub messaging_service_sid: Option<String>,
+    /// Where Twilio posts status callbacks: PUBLIC_URL + /webhook/twilio/status.
+    pub public_url: String,
+    pub timeout: Duration,
+    pub max_attempts: u32,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    /// Messages per second per sender; 0 turns pacing off.
+    pub rate_per_sender: f64,
+    pub unknown_outcome_grace: Duration,
+    pub reconcile_interval: Duration,
+    pub reconcile_stuck_after: Duration,
+}
+
+impl Outbound {
+    /// None when TWILIO_AUTH_TOKEN is not set (a worker that does not send).
+    pub fn load(src: &dyn Source) -> Result<Option<Self>, ConfigError> {
+        let Some(auth_token) = src.get("TWILIO_AUTH_TOKEN") else {
+            return Ok(None);
+        };
+        let twilio = Twilio::load(src)?;
+        let account_sid = twilio.account_sid.ok_or_else(|| {
+            ConfigError::new("TWILIO_ACCOUNT_SID", "is required to send messages")
+        })?;
+        let messaging_service_sid = src.get("TWILIO_MESSAGING_SERVICE_SID");
+        if messaging_service_sid.is_none() && twilio.phone_number.is_none() {
+            return Err(ConfigError::new(
+                "TWILIO_PHONE_NUMBER",
+                "is required to send messages (or set TWILIO_MESSAGING_SERVICE_SID)",
+            ));
+        }
+        let public_url = url_setting(src, "PUBLIC_URL")?.ok_or_else(|| {
+            ConfigError::new("PUBLIC_URL", "is required to receive status callbacks")
+        })?;
+        let default_rate = if messaging_service_sid.is_some() {
+            10.0
+        } else {
+            1.0
+        };
+        let rate_per_sender: f64 = parsed(src, "SEND_RATE_PER_SENDER", default_rate)?;
+        if !(rate_per_sender >= 0.0 && rate_per_sender.is_finite()) {
+            return Err(ConfigError::new(
+                "SEND_RATE_PER_SENDER",
+                "must be 0 (off) or a positive number",
+            ));
+        }
+        let max_attempts = parsed(src, "SEND_MAX_ATTEMPTS", 6u32)?;
+        if max_attempts == 0 {
+            return Err(ConfigError::new("SEND_MAX_ATTEMPTS", "must be at least 1"));
+        }
+        Ok(Some(Self {
+            api_base: url_setting(src, "TWILIO_API_BASE")?
+                .unwrap_or_else(|| "https://api.twilio.com".into()),
+            account_sid,
+            auth_token,
+            phone_number: twilio.phone_number,
+            messaging_service_sid,
+            public_url,
+            timeout: millis(src, "TWILIO_TIMEOUT_MS", 15_000)?,
+            max_attempts,
+            backoff_base: millis(src, "SEND_BACKOFF_BASE_MS", 1_000)?,
+            backoff_max: secs(src, "SEND_BACKOFF_MAX_SECS", 300)?,
+            rate_per_sender,
+            unknown_outcome_grace: secs(src, "UNKNOWN_OUTCOME_GRACE_SECS", 60)?,
+            reconcile_interval: secs(src, "RECONCILE_INTERVAL_SECS", 60)?,
+            reconcile_stuck_after: secs(src, "RECONCILE_STUCK_AFTER_SECS", 600)?,
+        }))
+    }
+
+    /// The sender pacing applies to: the messaging service, else our number.
+    pub fn sender(&self) -> &str {
+        self.messaging_service_sid
+            .as_deref()
+            .or(self.phone_number.as_deref())
+            .unwrap_or_default()
     }
 }
 
@@ -315,6 +402,7 @@ pub struct Worker {
     pub heartbeat_interval: Duration,
     pub missed_heartbeats: usize,
     pub language_notify_max_attempts: u32,
+    pub outbound: Option<Outbound>,
 }
 
 impl Worker {
@@ -343,6 +431,7 @@ impl Worker {
             heartbeat_interval: secs(src, "WORKER_HEARTBEAT_SECS", 5)?,
             missed_heartbeats,
             language_notify_max_attempts: parsed(src, "LANGUAGE_NOTIFY_MAX_ATTEMPTS", 8u32)?,
+            outbound: Outbound::load(src)?,
         })
     }
 }

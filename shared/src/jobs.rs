@@ -13,8 +13,37 @@ pub const INBOUND: &str = "inbound";
 /// Telling the Collections Monitor about a tenant's language preference.
 pub const MONITOR_LANGUAGE: &str = "monitor-language";
 
+/// Handing outbound messages to Twilio.
+pub const OUTBOUND_SEND: &str = "outbound-send";
+/// Applying stored delivery-status callbacks.
+pub const OUTBOUND_STATUS: &str = "outbound-status";
+/// Not a job queue: the periodic reconciler (stuck sends, conversations still without tenant).
+pub const RECONCILER: &str = "reconciler";
+
 /// Every queue a worker can run, for `--queues`.
-pub const ALL_QUEUES: &[&str] = &[INBOUND, MONITOR_LANGUAGE];
+pub const ALL_QUEUES: &[&str] = &[
+    INBOUND,
+    MONITOR_LANGUAGE,
+    OUTBOUND_SEND,
+    OUTBOUND_STATUS,
+    RECONCILER,
+];
+
+/// Send one outbound message. `slot` is the pacing slot already reserved for it, if any.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SendMessage {
+    pub message_id: Uuid,
+    #[serde(default)]
+    pub slot: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Apply the stored status callbacks of one Twilio message.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ApplyStatus {
+    pub message_sid: String,
+    #[serde(default)]
+    pub our_message_id: Option<Uuid>,
+}
 
 /// Stored inbound webhooks to process: the messages one group commit stored. One job per commit
 /// rather than per message keeps the queue's own writes off the webhook hot path; processing is
@@ -45,6 +74,17 @@ pub async fn push<J: Serialize>(
     jobs: &[J],
     run_after: Option<Duration>,
 ) -> Result<(), apalis_postgres::Error> {
+    push_with_priority(conn, queue, jobs, run_after, 0).await
+}
+
+/// As [`push`], with a priority: higher runs first among jobs that are due.
+pub async fn push_with_priority<J: Serialize>(
+    conn: &mut PgConnection,
+    queue: &str,
+    jobs: &[J],
+    run_after: Option<Duration>,
+    priority: usize,
+) -> Result<(), apalis_postgres::Error> {
     if jobs.is_empty() {
         return Ok(());
     }
@@ -52,7 +92,9 @@ pub async fn push<J: Serialize>(
         .iter()
         .map(|job| {
             let bytes = serde_json::to_vec(job).expect("job payloads are plain data");
-            let mut builder = TaskBuilder::new(bytes).max_attempts(MAX_ATTEMPTS);
+            let mut builder = TaskBuilder::new(bytes)
+                .max_attempts(MAX_ATTEMPTS)
+                .priority(priority);
             if let Some(delay) = run_after {
                 builder = builder.run_after(delay);
             }

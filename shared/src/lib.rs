@@ -7,6 +7,7 @@ pub mod language;
 pub mod monitor;
 pub mod optout;
 pub mod phone;
+pub mod segments;
 pub mod telemetry;
 pub mod tenants;
 pub mod twilio;

@@ -6,13 +6,14 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use shared::config::LogFormat;
 
-use crate::{load, server, webhook};
+use crate::{load, server, twilio, webhook};
 
 #[derive(Debug, Parser)]
 #[command(
     name = "sms-sim",
     version,
-    about = "Plays the Collections Monitor, sends signed Twilio webhooks, generates load"
+    about = "Plays the Collections Monitor and Twilio's REST API, sends signed Twilio webhooks, \
+             generates load"
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -28,7 +29,8 @@ pub enum LogFormatArg {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Serve the Collections Monitor simulator (and its /_sim control API) until Ctrl-C.
+    /// Serve the Collections Monitor and Twilio REST simulators on one port (with their /_sim
+    /// control APIs) until Ctrl-C.
     Serve {
         #[arg(long, default_value = "127.0.0.1:8089")]
         bind: SocketAddr,
@@ -38,6 +40,18 @@ pub enum Command {
         /// Start with the demo tenants.
         #[arg(long)]
         seed_demo: bool,
+        /// Account the Twilio simulator serves (the service's TWILIO_ACCOUNT_SID).
+        #[arg(long, env = "TWILIO_ACCOUNT_SID", default_value = twilio::DEFAULT_ACCOUNT_SID)]
+        account_sid: String,
+        /// Token REST requests authenticate with and status callbacks are signed with (its value
+        /// is never shown in --help).
+        #[arg(
+            long,
+            env = "TWILIO_AUTH_TOKEN",
+            hide_env_values = true,
+            default_value = twilio::DEFAULT_AUTH_TOKEN
+        )]
+        auth_token: String,
         #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "pretty")]
         log_format: LogFormatArg,
     },
@@ -150,6 +164,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             bind,
             monitor_api_key,
             seed_demo,
+            account_sid,
+            auth_token,
             log_format,
         } => {
             shared::telemetry::init(match log_format {
@@ -160,6 +176,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 bind,
                 monitor_api_key,
                 seed_demo,
+                twilio_account_sid: account_sid,
+                twilio_auth_token: auth_token,
             })
             .await
         }

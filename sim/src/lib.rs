@@ -1,8 +1,10 @@
 //! `sms-sim`: plays the services around SMS Foundation over real HTTP for tests, benchmarks and
-//! local runs: the Collections Monitor ([`monitor`]), correctly signed Twilio webhooks
-//! ([`webhook`]) and load ([`load`]), served by [`server`] and driven from [`cli`].
+//! local runs: the Collections Monitor ([`monitor`]), Twilio's Messaging REST API with signed
+//! status callbacks ([`twilio`]), correctly signed Twilio webhooks ([`webhook`]) and load
+//! ([`load`]), served by [`server`] and driven from [`cli`].
 pub mod cli;
 pub mod load;
 pub mod monitor;
 pub mod server;
+pub mod twilio;
 pub mod webhook;

@@ -15,14 +15,17 @@ use axum::{
 use serde_json::json;
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
-use crate::monitor::{MonitorState, demo_tenants, monitor_router};
+use crate::{
+    monitor::{MonitorState, demo_tenants, monitor_router},
+    twilio::{TwilioState, twilio_router},
+};
 
 /// How long `shutdown` waits for in-flight requests before cutting them.
 const GRACE: Duration = Duration::from_secs(5);
 
 /// Merges simulator routers (each without a fallback) into one app with `GET /_sim/health`, a
-/// JSON 404 fallback and a request log line. More simulators (Twilio REST, agents) are added by
-/// passing their routers here.
+/// JSON 404 fallback and a request log line, e.g. `app([monitor_router(m), twilio_router(t)])`.
+/// More simulators (agents) are added by passing their routers here.
 pub fn app(routers: impl IntoIterator<Item = Router>) -> Router {
     let mut app = Router::new().route("/_sim/health", get(health));
     for r in routers {
@@ -125,24 +128,46 @@ pub struct ServeOptions {
     pub monitor_api_key: Option<String>,
     /// Start with [`demo_tenants`].
     pub seed_demo: bool,
+    /// The simulated Twilio account: REST requests authenticate as `SID:token`, and status
+    /// callbacks are signed with the token.
+    pub twilio_account_sid: String,
+    pub twilio_auth_token: String,
 }
 
-/// Serves the simulators until Ctrl-C or SIGTERM.
+/// Serves the simulators (Monitor and Twilio REST on one port) until Ctrl-C or SIGTERM.
 pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !opts.twilio_account_sid.is_empty() && !opts.twilio_auth_token.is_empty(),
+        "the Twilio account SID and auth token must not be empty"
+    );
     let monitor = MonitorState::new(opts.monitor_api_key.clone());
     if opts.seed_demo {
         monitor.seed(demo_tenants());
     }
-    let server = SimServer::start(opts.bind, app([monitor_router(monitor.clone())])).await?;
+    let twilio = TwilioState::new(opts.twilio_account_sid, opts.twilio_auth_token);
+    let server = SimServer::start(
+        opts.bind,
+        app([
+            monitor_router(monitor.clone()),
+            twilio_router(twilio.clone()),
+        ]),
+    )
+    .await?;
     tracing::info!(
         url = %server.base_url(),
         api_key = opts.monitor_api_key.is_some(),
         tenants = monitor.tenants().len(),
         "Collections Monitor simulator listening"
     );
+    tracing::info!(
+        api_base = %server.base_url(),
+        account_sid = twilio.account_sid(),
+        "Twilio REST simulator listening"
+    );
     wait_for_signal().await?;
     tracing::info!("shutting down");
     monitor.close();
+    twilio.close();
     server.shutdown().await;
     Ok(())
 }

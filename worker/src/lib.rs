@@ -4,11 +4,19 @@
 pub mod inbound;
 pub mod language_notify;
 pub mod queues;
+pub mod reconcile;
+pub mod send;
+pub mod status_apply;
 
 use std::sync::Arc;
 
 use phonenumber::country::Id;
-use shared::{config, monitor::MonitorClient, tenants::TenantResolver};
+use shared::{
+    config::{self, Outbound},
+    monitor::MonitorClient,
+    tenants::TenantResolver,
+    twilio::client::TwilioClient,
+};
 use sqlx::PgPool;
 
 /// What every handler needs, shared by all of a process's workers.
@@ -17,6 +25,8 @@ pub struct Deps {
     pub tenants: TenantResolver,
     pub region: Id,
     pub language_notify_max_attempts: u32,
+    /// Sending settings and client; None for a worker that does not send.
+    pub outbound: Option<(Outbound, TwilioClient)>,
 }
 
 impl Deps {
@@ -32,6 +42,11 @@ impl Deps {
             pool,
             region: cfg.common.default_region,
             language_notify_max_attempts: cfg.language_notify_max_attempts,
+            outbound: cfg.outbound.clone().map(|o| {
+                let client =
+                    TwilioClient::new(&o.api_base, &o.account_sid, &o.auth_token, o.timeout);
+                (o, client)
+            }),
         })
     }
 }

@@ -22,11 +22,23 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("{e}");
         std::process::exit(2);
     });
-    let queues = queues::parse_queues(cli.queues.as_deref().unwrap_or(&jobs::ALL_QUEUES.join(",")))
-        .unwrap_or_else(|e| {
-            eprintln!("configuration error: --queues: {e}");
+    let explicit = cli.queues.is_some();
+    let mut queues =
+        queues::parse_queues(cli.queues.as_deref().unwrap_or(&jobs::ALL_QUEUES.join(",")))
+            .unwrap_or_else(|e| {
+                eprintln!("configuration error: --queues: {e}");
+                std::process::exit(2);
+            });
+    if cfg.outbound.is_none() && queues.contains(&jobs::OUTBOUND_SEND) {
+        if explicit {
+            eprintln!(
+                "configuration error: TWILIO_AUTH_TOKEN: is required to run the outbound-send queue"
+            );
             std::process::exit(2);
-        });
+        }
+        // Started without naming queues and without Twilio settings: run everything else.
+        queues.retain(|q| *q != jobs::OUTBOUND_SEND);
+    }
     telemetry::init(cfg.common.log_format);
     let pool = shared::db::lazy_pool(&cfg.common)?;
     let deps = Deps::new(&cfg, pool);

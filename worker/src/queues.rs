@@ -13,11 +13,11 @@ use futures::FutureExt;
 use serde::{Serialize, de::DeserializeOwned};
 use shared::{
     config,
-    jobs::{self, NotifyLanguage, ProcessInbound},
+    jobs::{self, ApplyStatus, NotifyLanguage, ProcessInbound, SendMessage},
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::{Deps, inbound, language_notify};
+use crate::{Deps, inbound, language_notify, reconcile, send, status_apply};
 
 #[derive(Debug, Clone)]
 pub struct QueueSettings {
@@ -78,6 +78,14 @@ async fn handle_language(job: NotifyLanguage, deps: Data<Arc<Deps>>) -> Result<(
     guarded(language_notify::process(&deps, job)).await
 }
 
+async fn handle_send(job: SendMessage, deps: Data<Arc<Deps>>) -> Result<(), BoxDynError> {
+    guarded(send::process(&deps, job)).await
+}
+
+async fn handle_status(job: ApplyStatus, deps: Data<Arc<Deps>>) -> Result<(), BoxDynError> {
+    guarded(status_apply::process(&deps, job)).await
+}
+
 /// Runs the named queues until `shutdown`, restarting any worker whose backend fails.
 pub async fn run(
     deps: Arc<Deps>,
@@ -99,6 +107,13 @@ pub async fn run(
                 jobs::MONITOR_LANGUAGE => {
                     supervise(queue, prefix, deps, settings, shutdown, handle_language).await
                 }
+                jobs::OUTBOUND_SEND => {
+                    supervise(queue, prefix, deps, settings, shutdown, handle_send).await
+                }
+                jobs::OUTBOUND_STATUS => {
+                    supervise(queue, prefix, deps, settings, shutdown, handle_status).await
+                }
+                jobs::RECONCILER => reconcile::run(deps, shutdown).await,
                 other => unreachable!("queue {other} validated by parse_queues"),
             }
         });

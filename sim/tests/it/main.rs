@@ -1,7 +1,9 @@
-//! The simulator's own tests: Monitor contract and faults, signed webhooks, load generator.
+//! The simulator's own tests: Monitor contract and faults, Twilio REST and status callbacks,
+//! signed webhooks, load generator.
 
 mod load;
 mod monitor;
+mod twilio;
 mod webhook;
 
 use std::sync::{Arc, Mutex, OnceLock};

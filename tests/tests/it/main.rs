@@ -3,4 +3,5 @@
 
 mod conversations;
 mod inbound_worker;
+mod outbound;
 mod webhook;

@@ -1,0 +1,377 @@
+//! `POST /sms/send`: validate, refuse opted-out recipients, link the conversation, and store the
+//! outbound message with its send job in one transaction; 202 with the carrier's segment count.
+//! An `Idempotency-Key` makes a retried request return the first answer and send once.
+
+use axum::{
+    Json,
+    extract::State,
+    http::{HeaderMap, StatusCode},
+};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use shared::{
+    jobs::{self, SendMessage},
+    phone, segments,
+};
+use uuid::Uuid;
+
+use crate::{AppState, auth::ApiKey, error::ApiError};
+
+pub const MAX_BODY_CHARS: usize = 1600;
+pub const MAX_MEDIA: usize = 10;
+/// A send to a conversation that had an inbound message this recently is a reply, sent ahead of
+/// bulk sends.
+pub const REPLY_WINDOW_MINUTES: i32 = 30;
+const REPLY_PRIORITY: usize = 10;
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendRequest {
+    pub to: Option<String>,
+    pub body: Option<String>,
+    pub conversation_id: Option<Uuid>,
+    pub workflow_type: Option<String>,
+    pub workflow_id: Option<String>,
+    pub media_urls: Option<Vec<String>>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SendResponse {
+    pub message_id: Uuid,
+    pub conversation_id: Uuid,
+    pub status: String,
+    pub segments: u32,
+    pub encoding: String,
+}
+
+struct Valid {
+    to: String,
+    body: String,
+    media_urls: Vec<String>,
+}
+
+fn validate(req: &SendRequest, region: phonenumber::country::Id) -> Result<Valid, ApiError> {
+    let mut errors: Vec<(&'static str, String)> = Vec::new();
+    let to = match req.to.as_deref().map(str::trim) {
+        None | Some("") => {
+            errors.push(("to", "is required".into()));
+            None
+        }
+        Some(raw) => match phone::normalize(raw, region) {
+            Ok(e164) => Some(e164.as_str().to_owned()),
+            Err(e) => {
+                errors.push(("to", format!("is not a valid phone number ({e})")));
+                None
+            }
+        },
+    };
+    let media_urls = req.media_urls.clone().unwrap_or_default();
+    if media_urls.len() > MAX_MEDIA {
+        errors.push(("media_urls", format!("at most {MAX_MEDIA} URLs")));
+    }
+    if let Some(bad) = media_urls
+        .iter()
+        .find(|u| url::Url::parse(u).map_or(true, |p| !matches!(p.scheme(), "http" | "https")))
+    {
+        errors.push(("media_urls", format!("not an http(s) URL: {bad:?}")));
+    }
+    let body = req.body.clone().unwrap_or_default();
+    if body.trim().is_empty() && media_urls.is_empty() {
+        errors.push(("body", "must not be empty".into()));
+    }
+    let chars = body.chars().count();
+    if chars > MAX_BODY_CHARS {
+        errors.push((
+            "body",
+            format!("is {chars} characters; at most {MAX_BODY_CHARS}"),
+        ));
+    }
+    for (field, value) in [
+        ("workflow_type", &req.workflow_type),
+        ("workflow_id", &req.workflow_id),
+    ] {
+        if value.as_ref().is_some_and(|v| v.chars().count() > 200) {
+            errors.push((field, "at most 200 characters".into()));
+        }
+    }
+    match (to, errors.is_empty()) {
+        (Some(to), true) => Ok(Valid {
+            to,
+            body,
+            media_urls,
+        }),
+        _ => Err(ApiError::Validation(errors)),
+    }
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = v.to_str().map(str::trim).map_err(|_| {
+        ApiError::bad_request("invalid_idempotency_key", "Idempotency-Key must be ASCII")
+    })?;
+    if key.is_empty() || key.len() > 255 {
+        return Err(ApiError::bad_request(
+            "invalid_idempotency_key",
+            "Idempotency-Key must be 1 to 255 characters",
+        ));
+    }
+    Ok(Some(key.to_owned()))
+}
+
+pub async fn send(
+    State(state): State<AppState>,
+    key: ApiKey,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    key.require("send")?;
+    let body = body.map_err(|e| crate::webhook::body_rejection(e, state.cfg.max_body_bytes))?;
+    let req: SendRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request("malformed_body", format!("invalid JSON body: {e}")))?;
+    let idem = idempotency_key(&headers)?;
+    let valid = validate(&req, state.cfg.common.default_region)?;
+    let request_hash = hex::encode(Sha256::digest(serde_json::to_vec(&req).unwrap_or_default()));
+    let twilio = &state.cfg.twilio;
+    let from = twilio.phone_number.as_deref();
+
+    let mut tx = state.pool.begin().await?;
+    if let Some(idem) = &idem {
+        let fresh = sqlx::query_scalar!(
+            r#"INSERT INTO idempotency_keys (api_key_id, key, request_hash) VALUES ($1, $2, $3)
+               ON CONFLICT DO NOTHING RETURNING 1 AS "one!""#,
+            key.id,
+            idem,
+            request_hash
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
+        if fresh.is_none() {
+            // The first request with this key committed (the insert above waited for it).
+            let first = sqlx::query!(
+                "SELECT request_hash, status_code, response FROM idempotency_keys WHERE api_key_id = $1 AND key = $2",
+                key.id,
+                idem
+            )
+            .fetch_one(&mut *tx)
+            .await?;
+            if first.request_hash != request_hash {
+                return Err(ApiError::Unprocessable {
+                    code: "idempotency_key_reused",
+                    detail: "this Idempotency-Key was used with a different request".into(),
+                });
+            }
+            let (Some(code), Some(response)) = (first.status_code, first.response) else {
+                return Err(ApiError::Conflict {
+                    code: "idempotency_key_in_use",
+                    detail: "a request with this Idempotency-Key is still being processed".into(),
+                });
+            };
+            let status = StatusCode::from_u16(code as u16).unwrap_or(StatusCode::ACCEPTED);
+            return Ok((status, Json(response)));
+        }
+    }
+
+    if let Some(tenant) = &key.tenant_id {
+        // A tenant-scoped key sends only to its tenant's numbers; others do not exist for it.
+        let own = sqlx::query_scalar!(
+            r#"SELECT 1 AS "one!" FROM tenant_profiles WHERE tenant_id = $1 AND phone_numbers ? $2"#,
+            tenant,
+            valid.to
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
+        if own.is_none() {
+            return Err(ApiError::NotFound("no such recipient"));
+        }
+    }
+
+    let opted_out = sqlx::query!(
+        r#"SELECT keyword, changed_at FROM sms_opt_outs
+           WHERE their_number = $1 AND opted_out AND ($2::text IS NULL OR our_number = $2)
+           ORDER BY changed_at DESC LIMIT 1"#,
+        valid.to,
+        from
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some(o) = opted_out {
+        return Err(ApiError::Conflict {
+            code: "recipient_opted_out",
+            detail: format!(
+                "the recipient opted out with {:?} at {}; send START to opt back in",
+                o.keyword.unwrap_or_else(|| "STOP".into()),
+                o.changed_at.to_rfc3339()
+            ),
+        });
+    }
+
+    let conversation_id = match req.conversation_id {
+        Some(id) => {
+            let conv = sqlx::query!(
+                "SELECT phone_number, tenant_id FROM sms_conversations WHERE id = $1",
+                id
+            )
+            .fetch_optional(&mut *tx)
+            .await?
+            .filter(|c| key.sees(c.tenant_id.as_deref()))
+            .ok_or(ApiError::NotFound("no such conversation"))?;
+            if conv.phone_number != valid.to {
+                return Err(ApiError::Unprocessable {
+                    code: "conversation_mismatch",
+                    detail: "the conversation belongs to another phone number".into(),
+                });
+            }
+            if req.workflow_type.is_some() || req.workflow_id.is_some() {
+                sqlx::query!(
+                    r#"UPDATE sms_conversations SET workflow_type = COALESCE($2, workflow_type),
+                           workflow_id = COALESCE($3, workflow_id), updated_at = now() WHERE id = $1"#,
+                    id,
+                    req.workflow_type,
+                    req.workflow_id
+                )
+                .execute(&mut *tx)
+                .await?;
+            }
+            id
+        }
+        None => {
+            sqlx::query_scalar!(
+                r#"INSERT INTO sms_conversations (phone_number, phone_number_original, tenant_id, workflow_type, workflow_id)
+                   VALUES ($1, $2, (SELECT tenant_id FROM tenant_profiles WHERE phone_numbers ? $1 ORDER BY updated_at DESC LIMIT 1), $3, $4)
+                   ON CONFLICT (phone_number) DO UPDATE SET
+                       workflow_type = COALESCE(EXCLUDED.workflow_type, sms_conversations.workflow_type),
+                       workflow_id = COALESCE(EXCLUDED.workflow_id, sms_conversations.workflow_id),
+                       updated_at = now()
+                   RETURNING id"#,
+                valid.to,
+                req.to.as_deref().unwrap_or_default().trim(),
+                req.workflow_type,
+                req.workflow_id
+            )
+            .fetch_one(&mut *tx)
+            .await?
+        }
+    };
+
+    let is_reply = sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM sms_messages WHERE conversation_id = $1 AND direction = 'inbound'
+                          AND created_at > now() - make_interval(mins => $2)) AS "reply!""#,
+        conversation_id,
+        REPLY_WINDOW_MINUTES
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    let priority = if is_reply { REPLY_PRIORITY } else { 0 };
+    let (segments, encoding) = segments::count(&valid.body);
+    let media = (!valid.media_urls.is_empty()).then(|| serde_json::json!(valid.media_urls));
+    let message_id = sqlx::query_scalar!(
+        r#"INSERT INTO sms_messages (conversation_id, direction, message_content, delivery_status, to_number,
+               from_number, messaging_service_sid, num_segments, encoding, media_urls, priority, status_updated_at)
+           VALUES ($1, 'outbound', $2, 'pending', $3, $4, $5, $6, $7, $8, $9, now())
+           RETURNING id"#,
+        conversation_id,
+        valid.body,
+        valid.to,
+        from,
+        twilio.messaging_service_sid,
+        segments as i32,
+        encoding.as_str(),
+        media,
+        priority as i16
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    jobs::push_with_priority(
+        &mut tx,
+        jobs::OUTBOUND_SEND,
+        &[SendMessage {
+            message_id,
+            slot: None,
+        }],
+        None,
+        priority,
+    )
+    .await
+    .map_err(|e| ApiError::Internal(e.into()))?;
+    let response = serde_json::to_value(SendResponse {
+        message_id,
+        conversation_id,
+        status: "pending".into(),
+        segments,
+        encoding: encoding.as_str().into(),
+    })
+    .expect("plain data serialises");
+    if let Some(idem) = &idem {
+        sqlx::query!(
+            "UPDATE idempotency_keys SET status_code = 202, response = $3 WHERE api_key_id = $1 AND key = $2",
+            key.id,
+            idem,
+            response
+        )
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    tracing::info!(%message_id, %conversation_id, to = %phone::mask(&valid.to), segments, reply = is_reply, key = %key.name, "outbound message accepted");
+    Ok((StatusCode::ACCEPTED, Json(response)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(to: Option<&str>, body: Option<&str>) -> SendRequest {
+        SendRequest {
+            to: to.map(str::to_owned),
+            body: body.map(str::to_owned),
+            conversation_id: None,
+            workflow_type: None,
+            workflow_id: None,
+            media_urls: None,
+        }
+    }
+
+    fn fields(r: Result<Valid, ApiError>) -> Vec<&'static str> {
+        match r {
+            Err(ApiError::Validation(f)) => f.into_iter().map(|(k, _)| k).collect(),
+            Err(other) => panic!("unexpected {other:?}"),
+            Ok(_) => vec![],
+        }
+    }
+
+    #[test]
+    fn validation() {
+        use phonenumber::country::Id::US;
+        assert_eq!(
+            fields(validate(&req(Some("(555) 123-4567"), Some("hi")), US)),
+            Vec::<&str>::new()
+        );
+        assert_eq!(fields(validate(&req(None, Some("hi")), US)), vec!["to"]);
+        assert_eq!(
+            fields(validate(&req(Some("hello"), Some("hi")), US)),
+            vec!["to"]
+        );
+        assert_eq!(
+            fields(validate(&req(Some("+15551234567"), Some("  ")), US)),
+            vec!["body"]
+        );
+        let long = "x".repeat(1601);
+        assert_eq!(
+            fields(validate(&req(Some("+15551234567"), Some(&long)), US)),
+            vec!["body"]
+        );
+        assert_eq!(
+            fields(validate(&req(Some("12"), None), US)),
+            vec!["to", "body"]
+        );
+        let mut media_only = req(Some("+15551234567"), None);
+        media_only.media_urls = Some(vec!["https://a.example/x.jpg".into()]);
+        assert!(validate(&media_only, US).is_ok());
+        media_only.media_urls = Some(vec!["ftp://a.example/x.jpg".into()]);
+        assert_eq!(fields(validate(&media_only, US)), vec!["media_urls"]);
+    }
+}

@@ -1,0 +1,209 @@
+//! Twilio's REST API for messages: create (`POST .../Messages.json`) and fetch. Each response is
+//! classified so the caller knows whether the message exists at Twilio, certainly does not, or
+//! might (a timeout after the request went out).
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone)]
+pub struct TwilioClient {
+    base: String,
+    account_sid: String,
+    auth_token: String,
+    http: reqwest::Client,
+}
+
+/// What Twilio says about a message.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct MessageResource {
+    pub sid: String,
+    pub status: String,
+    #[serde(default)]
+    pub error_code: Option<serde_json::Value>,
+    #[serde(default)]
+    pub error_message: Option<String>,
+}
+
+impl MessageResource {
+    pub fn error_code_string(&self) -> Option<String> {
+        match &self.error_code {
+            Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+            Some(serde_json::Value::String(s)) if !s.is_empty() => Some(s.clone()),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct ErrorBody {
+    code: Option<i64>,
+    message: Option<String>,
+}
+
+/// The outcome of a create call.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CreateOutcome {
+    Accepted(MessageResource),
+    /// Not created; worth retrying (429/20429, 5xx, connection refused), after `retry_after` when
+    /// Twilio said so.
+    Retryable {
+        http_status: Option<u16>,
+        code: Option<String>,
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    /// Not created and never will be as asked (bad number, opted out, authentication...).
+    Permanent {
+        http_status: Option<u16>,
+        code: Option<String>,
+        message: String,
+    },
+    /// The request may have reached Twilio (timeout, connection lost mid-way): the message may
+    /// exist. Resolve before trying again.
+    Unknown {
+        message: String,
+    },
+}
+
+/// Twilio error codes that never succeed on retry.
+pub const PERMANENT_CODES: &[i64] = &[21211, 21610, 21614, 21408, 21606, 21612, 20003, 20404];
+
+pub struct NewMessage<'a> {
+    pub to: &'a str,
+    pub from: Option<&'a str>,
+    pub messaging_service_sid: Option<&'a str>,
+    pub body: &'a str,
+    pub media_urls: &'a [String],
+    pub status_callback: &'a str,
+}
+
+impl TwilioClient {
+    pub fn new(base: &str, account_sid: &str, auth_token: &str, timeout: Duration) -> Self {
+        Self {
+            base: base.trim_end_matches('/').to_owned(),
+            account_sid: account_sid.to_owned(),
+            auth_token: auth_token.to_owned(),
+            http: reqwest::Client::builder()
+                .timeout(timeout)
+                .connect_timeout(timeout.min(Duration::from_secs(5)))
+                .pool_max_idle_per_host(64)
+                .build()
+                .expect("TLS backend initialises"),
+        }
+    }
+
+    fn messages_url(&self) -> String {
+        format!(
+            "{}/2010-04-01/Accounts/{}/Messages.json",
+            self.base, self.account_sid
+        )
+    }
+
+    pub async fn create(&self, msg: &NewMessage<'_>) -> CreateOutcome {
+        let mut form: Vec<(&str, &str)> = vec![
+            ("To", msg.to),
+            ("Body", msg.body),
+            ("StatusCallback", msg.status_callback),
+        ];
+        match (msg.messaging_service_sid, msg.from) {
+            (Some(sid), _) => form.push(("MessagingServiceSid", sid)),
+            (None, Some(from)) => form.push(("From", from)),
+            (None, None) => {}
+        }
+        for url in msg.media_urls {
+            form.push(("MediaUrl", url));
+        }
+        let sent = self
+            .http
+            .post(self.messages_url())
+            .basic_auth(&self.account_sid, Some(&self.auth_token))
+            .form(&form)
+            .send()
+            .await;
+        let resp = match sent {
+            Ok(r) => r,
+            // Refused before anything was sent: certainly not created.
+            Err(e) if e.is_connect() => {
+                return CreateOutcome::Retryable {
+                    http_status: None,
+                    code: None,
+                    message: "connection failed".into(),
+                    retry_after: None,
+                };
+            }
+            Err(e) => {
+                return CreateOutcome::Unknown {
+                    message: if e.is_timeout() {
+                        "timeout waiting for Twilio".into()
+                    } else {
+                        "connection lost waiting for Twilio".into()
+                    },
+                };
+            }
+        };
+        let status = resp.status().as_u16();
+        let retry_after = resp
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let bytes = match resp.bytes().await {
+            Ok(b) => b,
+            Err(_) if (200..300).contains(&status) => {
+                return CreateOutcome::Unknown {
+                    message: "accepted but the answer was cut off".into(),
+                };
+            }
+            Err(_) => Default::default(),
+        };
+        if (200..300).contains(&status) {
+            return match serde_json::from_slice::<MessageResource>(&bytes) {
+                Ok(m) => CreateOutcome::Accepted(m),
+                Err(_) => CreateOutcome::Unknown {
+                    message: "accepted with an unreadable answer".into(),
+                },
+            };
+        }
+        let err: Option<ErrorBody> = serde_json::from_slice(&bytes).ok();
+        let code = err.as_ref().and_then(|e| e.code);
+        let message = err
+            .and_then(|e| e.message)
+            .unwrap_or_else(|| format!("HTTP {status}"));
+        let code_s = code.map(|c| c.to_string());
+        if status == 429 || code == Some(20429) || status >= 500 {
+            CreateOutcome::Retryable {
+                http_status: Some(status),
+                code: code_s,
+                message,
+                retry_after,
+            }
+        } else {
+            CreateOutcome::Permanent {
+                http_status: Some(status),
+                code: code_s,
+                message,
+            }
+        }
+    }
+
+    /// Fetches a message's current state; None when Twilio does not know the SID.
+    pub async fn fetch(&self, sid: &str) -> anyhow::Result<Option<MessageResource>> {
+        let url = format!(
+            "{}/2010-04-01/Accounts/{}/Messages/{}.json",
+            self.base, self.account_sid, sid
+        );
+        let resp = self
+            .http
+            .get(url)
+            .basic_auth(&self.account_sid, Some(&self.auth_token))
+            .send()
+            .await?;
+        if resp.status().as_u16() == 404 {
+            return Ok(None);
+        }
+        let resp = resp.error_for_status()?;
+        Ok(Some(resp.json().await?))
+    }
+}

@@ -1,0 +1,663 @@
+//! Outbound sends and delivery tracking, against the Twilio simulator over HTTP: validation,
+//! opt-outs, idempotency, retries, permanent errors, every status, duplicate and out-of-order
+//! callbacks, unknown outcomes, and a worker process killed mid-send.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use harness::{
+    app::{ACCOUNT_SID, AUTH_TOKEN, OUR_NUMBER, Settings, TestApp, wait_until},
+    pg,
+};
+use serde_json::{Value, json};
+use shared::jobs;
+use sim::twilio::{FailedStatus, Faults, FinalStatus, TwilioSim, TwilioSimHandle};
+use uuid::Uuid;
+
+const TO: &str = "+15557654321";
+
+async fn twilio() -> TwilioSimHandle {
+    TwilioSim::start("127.0.0.1:0".parse().unwrap(), ACCOUNT_SID, AUTH_TOKEN)
+        .await
+        .unwrap()
+}
+
+/// An ingress whose PUBLIC_URL receives the simulator's callbacks, sending through the simulator.
+async fn app_with(twilio: &TwilioSimHandle, extra: &[(&str, &str)]) -> TestApp {
+    let db = pg::fresh_db().await;
+    let mut settings = Settings::new(&db)
+        .set("TWILIO_API_BASE", twilio.base_url())
+        .set("SEND_RATE_PER_SENDER", "0")
+        .set("SEND_BACKOFF_BASE_MS", "50")
+        .set("TWILIO_TIMEOUT_MS", "700")
+        .set("UNKNOWN_OUTCOME_GRACE_SECS", "3");
+    for (k, v) in extra {
+        settings = settings.set(k, *v);
+    }
+    TestApp::spawn(settings).await
+}
+
+async fn send(app: &TestApp, key: &str, body: Value, idem: Option<&str>) -> (u16, Value) {
+    let mut req = app
+        .http
+        .post(app.url("/sms/send"))
+        .bearer_auth(key)
+        .json(&body);
+    if let Some(k) = idem {
+        req = req.header("idempotency-key", k);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+async fn status_of(app: &TestApp, id: Uuid) -> (String, Option<String>, Option<String>) {
+    let r = sqlx::query!(
+        "SELECT delivery_status, error_code, twilio_sid FROM sms_messages WHERE id = $1",
+        id
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    (r.delivery_status, r.error_code, r.twilio_sid)
+}
+
+async fn wait_status(app: &TestApp, id: Uuid, want: &str) {
+    let ok = wait_until(Duration::from_secs(20), || async {
+        status_of(app, id).await.0 == want
+    })
+    .await;
+    assert!(
+        ok.is_ok(),
+        "message {id} never reached {want}: {:?}",
+        status_of(app, id).await
+    );
+}
+
+fn id_of(body: &Value) -> Uuid {
+    body["message_id"].as_str().unwrap().parse().unwrap()
+}
+
+async fn start_outbound_workers(app: &mut TestApp) {
+    app.start_worker(&[jobs::OUTBOUND_SEND, jobs::OUTBOUND_STATUS])
+        .await;
+}
+
+#[tokio::test]
+async fn happy_path_sends_once_and_tracks_to_delivered() {
+    let tw = twilio().await;
+    let mut app = app_with(&tw, &[]).await;
+    let key = app.api_key(&["send", "read"], None).await;
+    let (status, body) = send(&app, &key, json!({"to": "(555) 765-4321", "body": "Your rent receipt is ready", "workflow_type": "collections"}), None).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["status"], "pending");
+    assert_eq!(body["segments"], 1);
+    assert_eq!(body["encoding"], "GSM-7");
+    let id = id_of(&body);
+    let (s, _, _) = status_of(&app, id).await;
+    assert_eq!(s, "pending");
+
+    start_outbound_workers(&mut app).await;
+    wait_status(&app, id, "delivered").await;
+    let stats = tw.stats();
+    assert_eq!(stats.creates, 1);
+    assert_eq!(stats.by_callback_id.get(&id.to_string()), Some(&1));
+    let created = &stats.messages[0];
+    assert_eq!(created.to, TO);
+    assert_eq!(created.from.as_deref(), Some(OUR_NUMBER));
+    assert!(
+        created
+            .status_callback
+            .as_deref()
+            .unwrap()
+            .ends_with(&format!("/webhook/twilio/status?message_id={id}"))
+    );
+    let (_, _, sid) = status_of(&app, id).await;
+    assert_eq!(sid.as_deref(), Some(created.sid.as_str()));
+    let attempts = app
+        .count("SELECT count(*) FROM sms_send_attempts WHERE outcome = 'accepted'")
+        .await;
+    assert_eq!(attempts, 1);
+    // The ledger holds each status once; the conversation saw activity.
+    assert_eq!(
+        app.count("SELECT count(*) FROM sms_status_callbacks").await,
+        3
+    );
+    let conv = sqlx::query!(
+        "SELECT workflow_type, last_message_at FROM sms_conversations WHERE phone_number = $1",
+        TO
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(conv.workflow_type.as_deref(), Some("collections"));
+    assert!(conv.last_message_at.is_some());
+    // The conversation API shows the outbound message with its status.
+    let view: Value = app
+        .http
+        .get(app.url(&format!("/conversations/{TO}")))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(view["messages"][0]["direction"], "outbound");
+    assert_eq!(view["messages"][0]["delivery_status"], "delivered");
+}
+
+#[tokio::test]
+async fn validation_errors_name_their_fields() {
+    let tw = twilio().await;
+    let app = app_with(&tw, &[]).await;
+    let key = app.api_key(&["send"], None).await;
+    for (payload, field) in [
+        (json!({"body": "hi"}), "to"),
+        (json!({"to": "not a number", "body": "hi"}), "to"),
+        (json!({"to": TO, "body": ""}), "body"),
+        (json!({"to": TO, "body": "   "}), "body"),
+        (json!({"to": TO, "body": "x".repeat(1601)}), "body"),
+        (
+            json!({"to": TO, "body": "hi", "media_urls": ["ftp://x"]}),
+            "media_urls",
+        ),
+    ] {
+        let (status, body) = send(&app, &key, payload.clone(), None).await;
+        assert_eq!(status, 400, "{payload}");
+        assert_eq!(body["code"], "invalid_request");
+        assert!(body["errors"][field].is_string(), "{field} in {body}");
+    }
+    let (status, _) = send(
+        &app,
+        &key,
+        json!({"to": TO, "body": "x".repeat(1600)}),
+        None,
+    )
+    .await;
+    assert_eq!(status, 202);
+    // Malformed JSON, unknown fields, missing key, read-only key.
+    let resp = app
+        .http
+        .post(app.url("/sms/send"))
+        .bearer_auth(&key)
+        .body("{nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let (status, _) = send(
+        &app,
+        &key,
+        json!({"to": TO, "body": "hi", "bcc": "x"}),
+        None,
+    )
+    .await;
+    assert_eq!(status, 400);
+    let resp = app
+        .http
+        .post(app.url("/sms/send"))
+        .json(&json!({"to": TO, "body": "hi"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    let read_only = app.api_key(&["read"], None).await;
+    let (status, _) = send(&app, &read_only, json!({"to": TO, "body": "hi"}), None).await;
+    assert_eq!(status, 403);
+    assert_eq!(tw.stats().create_attempts, 0);
+}
+
+#[tokio::test]
+async fn segments_are_counted_like_carriers() {
+    let tw = twilio().await;
+    let app = app_with(&tw, &[]).await;
+    let key = app.api_key(&["send"], None).await;
+    for (body, segments, encoding) in [
+        ("a".repeat(160), 1, "GSM-7"),
+        ("a".repeat(161), 2, "GSM-7"),
+        ("€".repeat(81), 2, "GSM-7"),
+        ("Sí, gracias 🙏".to_string(), 1, "UCS-2"),
+        ("ç".repeat(71), 2, "UCS-2"),
+    ] {
+        let (status, resp) = send(&app, &key, json!({"to": TO, "body": body}), None).await;
+        assert_eq!(status, 202);
+        assert_eq!(
+            (
+                resp["segments"].as_u64().unwrap(),
+                resp["encoding"].as_str().unwrap()
+            ),
+            (segments, encoding)
+        );
+    }
+}
+
+#[tokio::test]
+async fn opted_out_recipient_is_refused_with_409() {
+    let tw = twilio().await;
+    let app = app_with(&tw, &[]).await;
+    sqlx::query("INSERT INTO sms_opt_outs (our_number, their_number, opted_out, keyword) VALUES ($1, $2, true, 'STOP')")
+        .bind(OUR_NUMBER)
+        .bind(TO)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let key = app.api_key(&["send"], None).await;
+    let (status, body) = send(&app, &key, json!({"to": TO, "body": "hi"}), None).await;
+    assert_eq!(status, 409);
+    assert_eq!(body["code"], "recipient_opted_out");
+    assert!(body["detail"].as_str().unwrap().contains("STOP"));
+    assert_eq!(app.count("SELECT count(*) FROM sms_messages").await, 0);
+}
+
+#[tokio::test]
+async fn idempotency_key_returns_the_first_answer_and_sends_once() {
+    let tw = twilio().await;
+    let mut app = app_with(&tw, &[]).await;
+    let key = app.api_key(&["send"], None).await;
+    let req = json!({"to": TO, "body": "Reminder: rent is due"});
+    let (s1, b1) = send(&app, &key, req.clone(), Some("order-42")).await;
+    let (s2, b2) = send(&app, &key, req.clone(), Some("order-42")).await;
+    assert_eq!((s1, s2), (202, 202));
+    assert_eq!(b1, b2);
+    // Concurrent retries with one key: still one message.
+    let many = futures::future::join_all((0..5).map(|_| {
+        send(
+            &app,
+            &key,
+            json!({"to": TO, "body": "burst"}),
+            Some("burst-1"),
+        )
+    }))
+    .await;
+    let ids: std::collections::HashSet<String> = many
+        .iter()
+        .map(|(s, b)| {
+            assert_eq!(*s, 202);
+            b["message_id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(ids.len(), 1);
+    let (s3, b3) = send(
+        &app,
+        &key,
+        json!({"to": TO, "body": "something else"}),
+        Some("order-42"),
+    )
+    .await;
+    assert_eq!(s3, 422);
+    assert_eq!(b3["code"], "idempotency_key_reused");
+    assert_eq!(app.count("SELECT count(*) FROM sms_messages").await, 2);
+    start_outbound_workers(&mut app).await;
+    wait_status(&app, id_of(&b1), "delivered").await;
+    assert_eq!(
+        tw.stats().by_callback_id.get(&id_of(&b1).to_string()),
+        Some(&1)
+    );
+}
+
+#[tokio::test]
+async fn transient_errors_are_retried_durably_then_succeed() {
+    let tw = twilio().await;
+    tw.set_faults(Faults {
+        fail_next: 2,
+        fail_status: 500,
+        ..Faults::default()
+    });
+    let mut app = app_with(&tw, &[]).await;
+    let key = app.api_key(&["send"], None).await;
+    let (_, body) = send(&app, &key, json!({"to": TO, "body": "hi"}), None).await;
+    let id = id_of(&body);
+    start_outbound_workers(&mut app).await;
+    wait_status(&app, id, "delivered").await;
+    let stats = tw.stats();
+    assert_eq!((stats.create_attempts, stats.creates), (3, 1));
+    let outcomes: Vec<String> = sqlx::query_scalar(
+        "SELECT outcome FROM sms_send_attempts WHERE message_id = $1 ORDER BY attempt",
+    )
+    .bind(id)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(outcomes, vec!["retryable", "retryable", "accepted"]);
+}
+
+#[tokio::test]
+async fn rate_limits_honour_retry_after() {
+    let tw = twilio().await;
+    tw.set_faults(Faults {
+        rate_limit_next: 1,
+        retry_after_secs: Some(2),
+        ..Faults::default()
+    });
+    let mut app = app_with(&tw, &[]).await;
+    let key = app.api_key(&["send"], None).await;
+    let (_, body) = send(&app, &key, json!({"to": TO, "body": "hi"}), None).await;
+    let id = id_of(&body);
+    start_outbound_workers(&mut app).await;
+    wait_status(&app, id, "delivered").await;
+    let first = sqlx::query!("SELECT http_status, error_code, finished_at, next_attempt_at FROM sms_send_attempts WHERE message_id = $1 AND attempt = 1", id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(first.http_status, Some(429));
+    assert_eq!(first.error_code.as_deref(), Some("20429"));
+    let wait = first.next_attempt_at.unwrap() - first.finished_at.unwrap();
+    assert!(
+        wait >= chrono::Duration::milliseconds(1900),
+        "waited {wait}"
+    );
+    let second: chrono::DateTime<chrono::Utc> = sqlx::query_scalar(
+        "SELECT started_at FROM sms_send_attempts WHERE message_id = $1 AND attempt = 2",
+    )
+    .bind(id)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert!(second >= first.next_attempt_at.unwrap() - chrono::Duration::milliseconds(50));
+}
+
+#[tokio::test]
+async fn permanent_errors_fail_at_once_and_21610_records_the_opt_out() {
+    let tw = twilio().await;
+    let other = "+15557650000";
+    tw.set_faults(Faults {
+        permanent_errors: BTreeMap::from([(TO.to_string(), 21610), (other.to_string(), 21211)]),
+        ..Faults::default()
+    });
+    let mut app = app_with(&tw, &[]).await;
+    let key = app.api_key(&["send"], None).await;
+    let (_, a) = send(&app, &key, json!({"to": TO, "body": "hi"}), None).await;
+    let (_, b) = send(&app, &key, json!({"to": other, "body": "hi"}), None).await;
+    start_outbound_workers(&mut app).await;
+    wait_status(&app, id_of(&a), "failed").await;
+    wait_status(&app, id_of(&b), "failed").await;
+    assert_eq!(status_of(&app, id_of(&a)).await.1.as_deref(), Some("21610"));
+    assert_eq!(status_of(&app, id_of(&b)).await.1.as_deref(), Some("21211"));
+    assert_eq!(tw.stats().create_attempts, 2, "no retries");
+    let (status, body) = send(&app, &key, json!({"to": TO, "body": "again"}), None).await;
+    assert_eq!(status, 409, "{body}");
+}
+
+#[tokio::test]
+async fn failure_statuses_and_error_codes_are_stored() {
+    let tw = twilio().await;
+    let failed_to = "+15557650001";
+    tw.set_faults(Faults {
+        final_status: BTreeMap::from([
+            (
+                TO.to_string(),
+                FinalStatus {
+                    status: FailedStatus::Undelivered,
+                    error_code: 30003,
+                },
+            ),
+            (
+                failed_to.to_string(),
+                FinalStatus {
+                    status: FailedStatus::Failed,
+                    error_code: 30008,
+                },
+            ),
+        ]),
+        ..Faults::default()
+    });
+    let mut app = app_with(&tw, &[]).await;
+    let key = app.api_key(&["send"], None).await;
+    let (_, a) = send(&app, &key, json!({"to": TO, "body": "hi"}), None).await;
+    let (_, b) = send(&app, &key, json!({"to": failed_to, "body": "hi"}), None).await;
+    start_outbound_workers(&mut app).await;
+    wait_status(&app, id_of(&a), "undelivered").await;
+    wait_status(&app, id_of(&b), "failed").await;
+    assert_eq!(status_of(&app, id_of(&a)).await.1.as_deref(), Some("30003"));
+    assert_eq!(status_of(&app, id_of(&b)).await.1.as_deref(), Some("30008"));
+}
+
+#[tokio::test]
+async fn duplicate_and_out_of_order_callbacks_never_move_status_back() {
+    let tw = twilio().await;
+    tw.set_faults(Faults {
+        duplicate_callbacks: true,
+        out_of_order: true,
+        ..Faults::default()
+    });
+    let mut app = app_with(&tw, &[]).await;
+    let key = app.api_key(&["send"], None).await;
+    let (_, body) = send(&app, &key, json!({"to": TO, "body": "hi"}), None).await;
+    let id = id_of(&body);
+    start_outbound_workers(&mut app).await;
+    wait_status(&app, id, "delivered").await;
+    wait_until(Duration::from_secs(5), || async {
+        tw.stats().callbacks_pending == 0
+    })
+    .await
+    .unwrap();
+    app.drain(jobs::OUTBOUND_STATUS).await;
+    assert_eq!(status_of(&app, id).await.0, "delivered");
+    assert_eq!(
+        app.count("SELECT count(*) FROM sms_status_callbacks").await,
+        3
+    );
+}
+
+#[tokio::test]
+async fn read_only_follows_delivered_and_late_sent_is_ignored() {
+    let tw = twilio().await;
+    let mut app = app_with(&tw, &[]).await;
+    let key = app.api_key(&["send"], None).await;
+    tw.set_faults(Faults {
+        no_callbacks: true,
+        ..Faults::default()
+    });
+    let (_, body) = send(&app, &key, json!({"to": TO, "body": "hi"}), None).await;
+    let id = id_of(&body);
+    start_outbound_workers(&mut app).await;
+    wait_status(&app, id, "queued").await;
+    let sid = status_of(&app, id).await.2.unwrap();
+    let callback = |status: &str| {
+        vec![
+            ("MessageSid".to_string(), sid.clone()),
+            ("MessageStatus".to_string(), status.to_string()),
+            ("AccountSid".to_string(), ACCOUNT_SID.to_string()),
+        ]
+    };
+    let post = |status: &'static str| {
+        let params = callback(status);
+        let url = format!("{}/webhook/twilio/status?message_id={id}", app.public_url);
+        let post_url = app.url(&format!("/webhook/twilio/status?message_id={id}"));
+        let http = app.http.clone();
+        async move {
+            sim::webhook::send_to(&http, &post_url, &url, AUTH_TOKEN, &params)
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(post("read").await, 200);
+    app.drain(jobs::OUTBOUND_STATUS).await;
+    assert_eq!(
+        status_of(&app, id).await.0,
+        "queued",
+        "read before delivered is not applied"
+    );
+    for s in ["sent", "delivered", "sent", "queued"] {
+        assert_eq!(post(s).await, 200);
+        app.drain(jobs::OUTBOUND_STATUS).await;
+    }
+    // The early "read" was kept and applied once "delivered" was known; late ones changed nothing.
+    assert_eq!(status_of(&app, id).await.0, "read");
+    assert_eq!(post("read").await, 200, "a repeat is harmless");
+    assert_eq!(post("delivered").await, 200);
+    app.drain(jobs::OUTBOUND_STATUS).await;
+    assert_eq!(status_of(&app, id).await.0, "read");
+    // An unsigned callback is refused; a bad status is 400.
+    let resp = app
+        .http
+        .post(app.url("/webhook/twilio/status"))
+        .form(&[("MessageSid", sid.as_str()), ("MessageStatus", "failed")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    assert_eq!(post("bogus").await, 400);
+}
+
+#[tokio::test]
+async fn a_callback_before_the_send_answer_is_kept_and_applied() {
+    let tw = twilio().await;
+    let mut app = app_with(&tw, &[]).await;
+    let key = app.api_key(&["send"], None).await;
+    let (_, body) = send(&app, &key, json!({"to": TO, "body": "hi"}), None).await;
+    let id = id_of(&body);
+    // A callback for a SID we have not stored yet, without our id: kept until the SID is known.
+    let sid = "SM0000000000000000000000000000beef";
+    let params = vec![
+        ("MessageSid".to_string(), sid.to_string()),
+        ("MessageStatus".to_string(), "sent".to_string()),
+    ];
+    let resp = sim::webhook::send_to(
+        &app.http,
+        &app.url("/webhook/twilio/status"),
+        &format!("{}/webhook/twilio/status", app.public_url),
+        AUTH_TOKEN,
+        &params,
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 200);
+    app.start_worker(&[jobs::OUTBOUND_STATUS]).await;
+    app.drain(jobs::OUTBOUND_STATUS).await;
+    assert_eq!(
+        app.count("SELECT count(*) FROM sms_status_callbacks WHERE applied_at IS NULL")
+            .await,
+        1
+    );
+    // Now the same SID with our id (as Twilio would send it): the message adopts the SID and the
+    // earlier callback is applied too; the send worker then knows not to send.
+    let params = vec![
+        ("MessageSid".to_string(), sid.to_string()),
+        ("MessageStatus".to_string(), "queued".to_string()),
+    ];
+    let url = format!("{}/webhook/twilio/status?message_id={id}", app.public_url);
+    sim::webhook::send_to(
+        &app.http,
+        &app.url(&format!("/webhook/twilio/status?message_id={id}")),
+        &url,
+        AUTH_TOKEN,
+        &params,
+    )
+    .await
+    .unwrap();
+    app.drain(jobs::OUTBOUND_STATUS).await;
+    let (status, _, stored_sid) = status_of(&app, id).await;
+    assert_eq!(
+        (status.as_str(), stored_sid.as_deref()),
+        ("sent", Some(sid))
+    );
+    app.start_worker(&[jobs::OUTBOUND_SEND]).await;
+    app.drain(jobs::OUTBOUND_SEND).await;
+    assert_eq!(tw.stats().create_attempts, 0, "never sent twice");
+}
+
+#[tokio::test]
+async fn a_timeout_after_twilio_accepted_is_resolved_without_resending() {
+    let tw = twilio().await;
+    tw.set_faults(Faults {
+        timeout_next: 1,
+        timeout_creates: true,
+        ..Faults::default()
+    });
+    let mut app = app_with(&tw, &[]).await;
+    let key = app.api_key(&["send"], None).await;
+    let (_, body) = send(&app, &key, json!({"to": TO, "body": "hi"}), None).await;
+    let id = id_of(&body);
+    start_outbound_workers(&mut app).await;
+    wait_status(&app, id, "delivered").await;
+    assert_eq!(tw.stats().by_callback_id.get(&id.to_string()), Some(&1));
+    assert_eq!(tw.stats().create_attempts, 1);
+}
+
+#[tokio::test]
+async fn a_timeout_before_twilio_created_anything_is_retried_after_the_grace() {
+    let tw = twilio().await;
+    tw.set_faults(Faults {
+        timeout_next: 1,
+        timeout_creates: false,
+        ..Faults::default()
+    });
+    let mut app = app_with(&tw, &[]).await;
+    let key = app.api_key(&["send"], None).await;
+    let (_, body) = send(&app, &key, json!({"to": TO, "body": "hi"}), None).await;
+    let id = id_of(&body);
+    start_outbound_workers(&mut app).await;
+    wait_status(&app, id, "delivered").await;
+    let stats = tw.stats();
+    assert_eq!((stats.create_attempts, stats.creates), (2, 1));
+    let outcomes: Vec<String> = sqlx::query_scalar(
+        "SELECT outcome FROM sms_send_attempts WHERE message_id = $1 ORDER BY attempt",
+    )
+    .bind(id)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(outcomes, vec!["abandoned", "accepted"]);
+}
+
+#[tokio::test]
+async fn pacing_spreads_a_burst_per_sender() {
+    let tw = twilio().await;
+    let mut app = app_with(&tw, &[("SEND_RATE_PER_SENDER", "10")]).await;
+    let key = app.api_key(&["send"], None).await;
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        let (_, b) = send(
+            &app,
+            &key,
+            json!({"to": format!("+1555765{:04}", i), "body": "bulk"}),
+            None,
+        )
+        .await;
+        ids.push(id_of(&b));
+    }
+    start_outbound_workers(&mut app).await;
+    for id in &ids {
+        wait_status(&app, *id, "delivered").await;
+    }
+    let times: Vec<chrono::DateTime<chrono::Utc>> =
+        sqlx::query_scalar("SELECT started_at FROM sms_send_attempts ORDER BY started_at")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    let span = (*times.last().unwrap() - times[0]).num_milliseconds();
+    // 10 sends at 10/s: the first at once, the last about 0.9 s later.
+    assert!(span >= 800, "burst spread over {span} ms");
+}
+
+#[tokio::test]
+async fn reconciler_brings_stuck_messages_up_to_date() {
+    let tw = twilio().await;
+    tw.set_faults(Faults {
+        no_callbacks: true,
+        ..Faults::default()
+    });
+    let mut app = app_with(&tw, &[("RECONCILE_STUCK_AFTER_SECS", "0")]).await;
+    let key = app.api_key(&["send"], None).await;
+    let (_, body) = send(&app, &key, json!({"to": TO, "body": "hi"}), None).await;
+    let id = id_of(&body);
+    start_outbound_workers(&mut app).await;
+    wait_status(&app, id, "queued").await;
+    // Twilio moved on without telling us (callbacks lost): the reconciler fetches it.
+    let sid = status_of(&app, id).await.2.unwrap();
+    wait_until(Duration::from_secs(5), || async {
+        tw.message(&sid)
+            .is_some_and(|m| m.status.as_str() == "delivered")
+    })
+    .await
+    .unwrap();
+    assert_eq!(status_of(&app, id).await.0, "queued");
+    let cfg = shared::config::Worker::load(&app.settings.0).unwrap();
+    let deps = worker::Deps::new(&cfg, app.pool.clone());
+    let report = worker::reconcile::once(&deps).await.unwrap();
+    assert_eq!(report.stuck_updated, 1);
+    wait_status(&app, id, "delivered").await;
+}

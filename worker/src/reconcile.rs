@@ -1,0 +1,150 @@
+//! The periodic reconciler: outbound messages stuck in a non-final status are fetched from Twilio
+//! and brought up to date (through the same ledger and monotonic rule as callbacks), and
+//! conversations still without a tenant are tried against the directory again. Several replicas
+//! may run it; an advisory lock lets one pass run at a time.
+
+use std::sync::Arc;
+
+use shared::{
+    jobs::{self, ApplyStatus},
+    phone,
+    tenants::Resolution,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::Deps;
+
+const LOCK_KEY: i64 = 0x0073_6d73_5f72_6563; // "sms_rec"
+const BATCH: i64 = 200;
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Report {
+    pub stuck_checked: usize,
+    pub stuck_updated: usize,
+    pub tenants_attached: usize,
+}
+
+pub async fn run(deps: Arc<Deps>, shutdown: CancellationToken) {
+    let interval = deps
+        .outbound
+        .as_ref()
+        .map_or(std::time::Duration::from_secs(60), |(c, _)| {
+            c.reconcile_interval
+        });
+    let mut every = tokio::time::interval(interval);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        match once(&deps).await {
+            Ok(r) if r != Report::default() => tracing::info!(?r, "reconciler pass"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "reconciler pass failed"),
+        }
+    }
+}
+
+/// One pass; returns what it did (nothing when another replica holds the lock).
+pub async fn once(deps: &Deps) -> anyhow::Result<Report> {
+    let mut lock_conn = deps.pool.acquire().await?;
+    let locked: bool = sqlx::query_scalar!(r#"SELECT pg_try_advisory_lock($1) AS "l!""#, LOCK_KEY)
+        .fetch_one(&mut *lock_conn)
+        .await?;
+    if !locked {
+        return Ok(Report::default());
+    }
+    let result = pass(deps).await;
+    sqlx::query_scalar!(r#"SELECT pg_advisory_unlock($1) AS "u!""#, LOCK_KEY)
+        .fetch_one(&mut *lock_conn)
+        .await?;
+    result
+}
+
+async fn pass(deps: &Deps) -> anyhow::Result<Report> {
+    let mut report = Report::default();
+    if let Some((cfg, twilio)) = &deps.outbound {
+        let stuck = sqlx::query!(
+            r#"SELECT id, twilio_sid AS "sid!" FROM sms_messages
+               WHERE direction = 'outbound'
+                 AND delivery_status IN ('pending', 'sending', 'queued', 'accepted', 'scheduled', 'sent')
+                 AND status_updated_at < now() - make_interval(secs => $1::float8)
+                 AND twilio_sid IS NOT NULL
+               ORDER BY status_updated_at LIMIT $2"#,
+            cfg.reconcile_stuck_after.as_secs_f64(),
+            BATCH
+        )
+        .fetch_all(&deps.pool)
+        .await?;
+        for m in stuck {
+            report.stuck_checked += 1;
+            let Some(resource) = twilio.fetch(&m.sid).await? else {
+                continue;
+            };
+            let mut tx = deps.pool.begin().await?;
+            let inserted = sqlx::query_scalar!(
+                r#"INSERT INTO sms_status_callbacks (message_sid, message_status, our_message_id, error_code, raw)
+                   VALUES ($1, $2, $3, $4, jsonb_build_object('source', 'reconciler'))
+                   ON CONFLICT (message_sid, message_status) DO NOTHING RETURNING id"#,
+                m.sid,
+                resource.status,
+                m.id,
+                resource.error_code_string()
+            )
+            .fetch_optional(&mut *tx)
+            .await?;
+            // Checked now: not again before another stuck period.
+            sqlx::query!(
+                "UPDATE sms_messages SET status_updated_at = now() WHERE id = $1",
+                m.id
+            )
+            .execute(&mut *tx)
+            .await?;
+            if inserted.is_some() {
+                jobs::push(
+                    &mut tx,
+                    jobs::OUTBOUND_STATUS,
+                    &[ApplyStatus {
+                        message_sid: m.sid.clone(),
+                        our_message_id: Some(m.id),
+                    }],
+                    None,
+                )
+                .await?;
+                report.stuck_updated += 1;
+            }
+            tx.commit().await?;
+        }
+    }
+    if deps.tenants.monitor().is_some() {
+        let unknown = sqlx::query!(
+            r#"SELECT id, phone_number, phone_number_original FROM sms_conversations
+               WHERE tenant_id IS NULL AND last_message_at > now() - interval '30 days'
+               ORDER BY last_message_at DESC LIMIT $1"#,
+            BATCH
+        )
+        .fetch_all(&deps.pool)
+        .await?;
+        for c in unknown {
+            let e164 = phone::normalize(&c.phone_number, deps.region).ok();
+            if let Resolution::Found(t) = deps
+                .tenants
+                .resolve(&c.phone_number_original, e164.as_ref())
+                .await?
+            {
+                let done = sqlx::query!(
+                    "UPDATE sms_conversations SET tenant_id = $2, updated_at = now() WHERE id = $1 AND tenant_id IS NULL",
+                    c.id,
+                    t.tenant_id
+                )
+                .execute(&deps.pool)
+                .await?;
+                if done.rows_affected() > 0 {
+                    report.tenants_attached += 1;
+                    tracing::info!(conversation_id = %c.id, tenant_id = %t.tenant_id, "reconciler attached tenant");
+                }
+            }
+        }
+    }
+    Ok(report)
+}

@@ -1,0 +1,399 @@
+//! Handing an outbound message to Twilio without ever sending it twice.
+//!
+//! Every attempt is recorded (`sms_send_attempts`, outcome `in_flight`) and committed BEFORE the
+//! call. An attempt whose outcome is not known (a crash mid-call, a timeout) is resolved before any
+//! new one: a status callback carrying our message id proves Twilio has the message; without one
+//! for `UNKNOWN_OUTCOME_GRACE_SECS` the message is taken as never created. Retries are durable: the
+//! next attempt is a job with `run_after`, pushed in the same transaction that records the failure.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use rand::Rng;
+use shared::{
+    config::Outbound,
+    jobs::{self, ApplyStatus, SendMessage},
+    phone,
+    twilio::{
+        client::{CreateOutcome, NewMessage},
+        status,
+    },
+};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::Deps;
+
+#[derive(Debug, PartialEq)]
+pub enum Outcome {
+    Accepted { sid: String },
+    AlreadySent,
+    Paced { until: chrono::DateTime<Utc> },
+    Retrying { after: Duration },
+    Failed { code: Option<String> },
+    WaitingForUnknownOutcome,
+    Missing,
+}
+
+/// Backoff before attempt `n + 1` after `n` failed: base x 2^(n-1), capped, with full jitter in
+/// its upper half; Twilio's Retry-After wins when longer.
+pub fn backoff(cfg: &Outbound, failed_attempts: u32, retry_after: Option<Duration>) -> Duration {
+    let exp = cfg
+        .backoff_base
+        .saturating_mul(1u32 << failed_attempts.saturating_sub(1).min(16))
+        .min(cfg.backoff_max);
+    let jittered = exp / 2 + exp.mul_f64(rand::rng().random_range(0.0..0.5));
+    retry_after.map_or(jittered, |ra| ra.max(jittered))
+}
+
+fn callback_url(cfg: &Outbound, message_id: Uuid) -> String {
+    format!(
+        "{}/webhook/twilio/status?message_id={message_id}",
+        cfg.public_url
+    )
+}
+
+async fn reschedule(
+    conn: &mut PgConnection,
+    job: &SendMessage,
+    after: Duration,
+    priority: i16,
+) -> anyhow::Result<()> {
+    jobs::push_with_priority(
+        conn,
+        jobs::OUTBOUND_SEND,
+        std::slice::from_ref(job),
+        Some(after),
+        priority.max(0) as usize,
+    )
+    .await?;
+    Ok(())
+}
+
+#[tracing::instrument(skip_all, fields(message_id = %job.message_id), err)]
+pub async fn process(deps: &Deps, job: SendMessage) -> anyhow::Result<Outcome> {
+    let Some((cfg, twilio)) = deps.outbound.as_ref() else {
+        anyhow::bail!("outbound sending is not configured (TWILIO_AUTH_TOKEN)");
+    };
+    let Some(msg) = sqlx::query!(
+        r#"SELECT to_number AS "to_number!", message_content, delivery_status, twilio_sid, send_attempts,
+                  media_urls, priority
+           FROM sms_messages WHERE id = $1 AND direction = 'outbound'"#,
+        job.message_id
+    )
+    .fetch_optional(&deps.pool)
+    .await?
+    else {
+        return Ok(Outcome::Missing);
+    };
+    if msg.twilio_sid.is_some() || status::rank(&msg.delivery_status) > 0 {
+        return Ok(Outcome::AlreadySent);
+    }
+    if status::is_final(&msg.delivery_status) {
+        return Ok(Outcome::AlreadySent);
+    }
+
+    // An earlier attempt with an unknown outcome is resolved first.
+    let open = sqlx::query!(
+        r#"SELECT attempt, started_at FROM sms_send_attempts
+           WHERE message_id = $1 AND outcome IN ('in_flight', 'unknown')
+           ORDER BY attempt DESC LIMIT 1"#,
+        job.message_id
+    )
+    .fetch_optional(&deps.pool)
+    .await?;
+    if let Some(open) = open {
+        let proof = sqlx::query_scalar!(
+            "SELECT message_sid FROM sms_status_callbacks WHERE our_message_id = $1 LIMIT 1",
+            job.message_id
+        )
+        .fetch_optional(&deps.pool)
+        .await?;
+        let mut tx = deps.pool.begin().await?;
+        if let Some(sid) = proof {
+            sqlx::query!(
+                "UPDATE sms_send_attempts SET outcome = 'resolved', finished_at = now() WHERE message_id = $1 AND attempt = $2",
+                job.message_id,
+                open.attempt
+            )
+            .execute(&mut *tx)
+            .await?;
+            jobs::push(
+                &mut tx,
+                jobs::OUTBOUND_STATUS,
+                &[ApplyStatus {
+                    message_sid: sid.clone(),
+                    our_message_id: Some(job.message_id),
+                }],
+                None,
+            )
+            .await?;
+            tx.commit().await?;
+            tracing::info!(sid = %sid, "unknown send outcome resolved: Twilio has the message");
+            return Ok(Outcome::AlreadySent);
+        }
+        let waited = (Utc::now() - open.started_at).to_std().unwrap_or_default();
+        if waited < cfg.unknown_outcome_grace {
+            reschedule(
+                &mut tx,
+                &job,
+                cfg.unknown_outcome_grace - waited + Duration::from_millis(200),
+                msg.priority,
+            )
+            .await?;
+            tx.commit().await?;
+            tracing::warn!(
+                attempt = open.attempt,
+                "send outcome unknown; waiting for a status callback before any new attempt"
+            );
+            return Ok(Outcome::WaitingForUnknownOutcome);
+        }
+        sqlx::query!(
+            "UPDATE sms_send_attempts SET outcome = 'abandoned', finished_at = now(), error_message = 'no sign of the message at Twilio within the grace period' WHERE message_id = $1 AND attempt = $2",
+            job.message_id,
+            open.attempt
+        )
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        tracing::warn!(
+            attempt = open.attempt,
+            "unknown send outcome: no callback within the grace period; taken as not created"
+        );
+    }
+
+    // Pacing: reserve this sender's next slot once, then wait for it in a job of its own.
+    if cfg.rate_per_sender > 0.0 && job.slot.is_none() {
+        let interval_us = (1_000_000.0 / cfg.rate_per_sender) as i64;
+        let slot = sqlx::query_scalar!(
+            r#"INSERT INTO sender_pacing AS p (sender, next_slot) VALUES ($1, now() + make_interval(secs => $2::float8 / 1e6))
+               ON CONFLICT (sender) DO UPDATE SET next_slot = GREATEST(p.next_slot, now()) + make_interval(secs => $2::float8 / 1e6)
+               RETURNING next_slot - make_interval(secs => $2::float8 / 1e6) AS "slot!""#,
+            cfg.sender(),
+            interval_us as f64
+        )
+        .fetch_one(&deps.pool)
+        .await?;
+        let wait = (slot - Utc::now()).to_std().unwrap_or_default();
+        if wait > Duration::from_millis(5) {
+            let mut conn = deps.pool.acquire().await?;
+            let paced = SendMessage {
+                message_id: job.message_id,
+                slot: Some(slot),
+            };
+            reschedule(&mut conn, &paced, wait, msg.priority).await?;
+            return Ok(Outcome::Paced { until: slot });
+        }
+    }
+
+    // Record the intent, then call.
+    let attempt = msg.send_attempts + 1;
+    let mut tx = deps.pool.begin().await?;
+    let claimed = sqlx::query!(
+        "UPDATE sms_messages SET send_attempts = $2, delivery_status = 'submitting', status_updated_at = now(), updated_at = now()
+         WHERE id = $1 AND send_attempts = $3 AND twilio_sid IS NULL",
+        job.message_id,
+        attempt,
+        msg.send_attempts
+    )
+    .execute(&mut *tx)
+    .await?;
+    if claimed.rows_affected() == 0 {
+        // Another run of this job got here first.
+        return Ok(Outcome::AlreadySent);
+    }
+    sqlx::query!(
+        "INSERT INTO sms_send_attempts (message_id, attempt, outcome) VALUES ($1, $2, 'in_flight')",
+        job.message_id,
+        attempt
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+
+    let media: Vec<String> = msg
+        .media_urls
+        .and_then(|m| serde_json::from_value(m).ok())
+        .unwrap_or_default();
+    let callback = callback_url(cfg, job.message_id);
+    let outcome = twilio
+        .create(&NewMessage {
+            to: &msg.to_number,
+            from: cfg.phone_number.as_deref(),
+            messaging_service_sid: cfg.messaging_service_sid.as_deref(),
+            body: &msg.message_content,
+            media_urls: &media,
+            status_callback: &callback,
+        })
+        .await;
+    record(
+        deps,
+        cfg,
+        &job,
+        attempt,
+        msg.priority,
+        &msg.to_number,
+        outcome,
+    )
+    .await
+}
+
+async fn record(
+    deps: &Deps,
+    cfg: &Outbound,
+    job: &SendMessage,
+    attempt: i32,
+    priority: i16,
+    to: &str,
+    outcome: CreateOutcome,
+) -> anyhow::Result<Outcome> {
+    let id = job.message_id;
+    let mut tx = deps.pool.begin().await?;
+    let result = match outcome {
+        CreateOutcome::Accepted(m) => {
+            sqlx::query!(
+                "UPDATE sms_send_attempts SET outcome = 'accepted', finished_at = now(), http_status = 201 WHERE message_id = $1 AND attempt = $2",
+                id, attempt
+            )
+            .execute(&mut *tx)
+            .await?;
+            // Callbacks may have been applied already: the status only moves forward.
+            let current: String = sqlx::query_scalar!(
+                "SELECT delivery_status FROM sms_messages WHERE id = $1 FOR UPDATE",
+                id
+            )
+            .fetch_one(&mut *tx)
+            .await?;
+            let new_status = if status::advances(&current, &m.status) {
+                m.status.clone()
+            } else {
+                current
+            };
+            sqlx::query!(
+                "UPDATE sms_messages SET twilio_sid = $2, delivery_status = $3, status_updated_at = now(), updated_at = now() WHERE id = $1",
+                id, m.sid, new_status
+            )
+            .execute(&mut *tx)
+            .await?;
+            // Callbacks that came before this answer are applied now.
+            jobs::push(
+                &mut tx,
+                jobs::OUTBOUND_STATUS,
+                &[ApplyStatus {
+                    message_sid: m.sid.clone(),
+                    our_message_id: Some(id),
+                }],
+                None,
+            )
+            .await?;
+            tracing::info!(sid = %m.sid, attempt, to = %phone::mask(to), "message handed to Twilio");
+            Outcome::Accepted { sid: m.sid }
+        }
+        CreateOutcome::Retryable {
+            http_status,
+            code,
+            message,
+            retry_after,
+        } if (attempt as u32) < cfg.max_attempts => {
+            let after = backoff(cfg, attempt as u32, retry_after);
+            let next = Utc::now() + chrono::Duration::from_std(after).unwrap_or_default();
+            sqlx::query!(
+                "UPDATE sms_send_attempts SET outcome = 'retryable', finished_at = now(), http_status = $3, error_code = $4, error_message = $5, next_attempt_at = $6 WHERE message_id = $1 AND attempt = $2",
+                id, attempt, http_status.map(i32::from), code, message, next
+            )
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query!("UPDATE sms_messages SET delivery_status = 'pending', status_updated_at = now() WHERE id = $1", id)
+                .execute(&mut *tx)
+                .await?;
+            reschedule(
+                &mut tx,
+                &SendMessage {
+                    message_id: id,
+                    slot: None,
+                },
+                after,
+                priority,
+            )
+            .await?;
+            tracing::warn!(
+                attempt,
+                http_status,
+                code,
+                retry_in_ms = after.as_millis() as u64,
+                "Twilio refused for now; retry scheduled"
+            );
+            Outcome::Retrying { after }
+        }
+        CreateOutcome::Retryable {
+            http_status,
+            code,
+            message,
+            ..
+        }
+        | CreateOutcome::Permanent {
+            http_status,
+            code,
+            message,
+        } => {
+            let outcome =
+                if http_status.is_some_and(|s| s == 429 || s >= 500) || http_status.is_none() {
+                    "retryable"
+                } else {
+                    "permanent"
+                };
+            sqlx::query!(
+                "UPDATE sms_send_attempts SET outcome = $3, finished_at = now(), http_status = $4, error_code = $5, error_message = $6 WHERE message_id = $1 AND attempt = $2",
+                id, attempt, outcome, http_status.map(i32::from), code, message
+            )
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query!(
+                "UPDATE sms_messages SET delivery_status = 'failed', error_code = $2, error_message = $3, status_updated_at = now(), updated_at = now() WHERE id = $1",
+                id, code, message
+            )
+            .execute(&mut *tx)
+            .await?;
+            if code.as_deref() == Some("21610") {
+                // Twilio knows the recipient replied STOP: remember it so later sends are refused.
+                let our = cfg
+                    .phone_number
+                    .clone()
+                    .unwrap_or_else(|| cfg.sender().to_owned());
+                sqlx::query!(
+                    r#"INSERT INTO sms_opt_outs (our_number, their_number, opted_out, keyword, opt_out_type, changed_at)
+                       VALUES ($1, $2, true, NULL, 'twilio-21610', now())
+                       ON CONFLICT (our_number, their_number) DO UPDATE SET opted_out = true, opt_out_type = 'twilio-21610', changed_at = now()"#,
+                    our, to
+                )
+                .execute(&mut *tx)
+                .await?;
+            }
+            tracing::error!(attempt, http_status, code, "send failed permanently");
+            Outcome::Failed { code }
+        }
+        CreateOutcome::Unknown { message } => {
+            sqlx::query!(
+                "UPDATE sms_send_attempts SET outcome = 'unknown', finished_at = now(), error_message = $3 WHERE message_id = $1 AND attempt = $2",
+                id, attempt, message
+            )
+            .execute(&mut *tx)
+            .await?;
+            // The next run of this job resolves the outcome before any new attempt.
+            reschedule(
+                &mut tx,
+                &SendMessage {
+                    message_id: id,
+                    slot: None,
+                },
+                Duration::from_secs(2),
+                priority,
+            )
+            .await?;
+            tracing::warn!(attempt, reason = %message, "send outcome unknown; resolving before any new attempt");
+            Outcome::WaitingForUnknownOutcome
+        }
+    };
+    tx.commit().await?;
+    Ok(result)
+}
