@@ -204,3 +204,47 @@ fn init_logs() {
         shared::telemetry::init(config::LogFormat::Pretty);
     }
 }
+
+/// A built binary of the workspace (`sms-worker`, ...), built on first use when a narrower
+/// `cargo test -p` did not build it.
+pub fn workspace_binary(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let path = dir.join(name);
+    if !path.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = std::process::Command::new(cargo)
+            .args(["build", "--bin", name])
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "building {name} failed");
+    }
+    path
+}
+
+impl TestApp {
+    /// Starts a real worker PROCESS with this app's settings (so tests can kill it).
+    pub fn spawn_worker_process(
+        &self,
+        queues: &str,
+        extra: &[(&str, &str)],
+    ) -> std::process::Child {
+        let mut cmd = std::process::Command::new(workspace_binary("sms-worker"));
+        cmd.arg("--queues").arg(queues);
+        cmd.env_clear();
+        cmd.env("PATH", std::env::var("PATH").unwrap_or_default());
+        for (k, v) in &self.settings.0 {
+            cmd.env(k, v);
+        }
+        cmd.env("LOG_FORMAT", "json").env("RUST_LOG", "warn");
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        cmd.stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start sms-worker")
+    }
+}

@@ -661,3 +661,129 @@ async fn reconciler_brings_stuck_messages_up_to_date() {
     assert_eq!(report.stuck_updated, 1);
     wait_status(&app, id, "delivered").await;
 }
+
+#[tokio::test]
+async fn a_worker_killed_mid_send_loses_nothing_and_sends_nothing_twice() {
+    let tw = twilio().await;
+    let app = app_with(
+        &tw,
+        &[
+            ("SEND_RATE_PER_SENDER", "25"),
+            ("WORKER_HEARTBEAT_SECS", "1"),
+            ("WORKER_MISSED_HEARTBEATS", "3"),
+        ],
+    )
+    .await;
+    let key = app.api_key(&["send"], None).await;
+    let mut ids = Vec::new();
+    for i in 0..50 {
+        let (status, b) = send(
+            &app,
+            &key,
+            json!({"to": format!("+1555766{:04}", i), "body": format!("notice {i}")}),
+            None,
+        )
+        .await;
+        assert_eq!(status, 202);
+        ids.push(id_of(&b));
+    }
+    // Pacing spreads the 50 sends over ~2 s; the worker is killed (SIGKILL) in the middle.
+    let mut first = app.spawn_worker_process("outbound-send,outbound-status", &[]);
+    wait_until(Duration::from_secs(20), || async {
+        tw.stats().creates >= 15
+    })
+    .await
+    .expect("sending started");
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let at_kill = tw.stats().creates;
+    assert!(at_kill < 50, "killed before the end ({at_kill} sent)");
+    let mut second = app.spawn_worker_process("outbound-send,outbound-status", &[]);
+    let all_delivered = wait_until(Duration::from_secs(60), || async {
+        app.count("SELECT count(*) FROM sms_messages WHERE direction = 'outbound' AND delivery_status = 'delivered'").await == 50
+    })
+    .await;
+    second.kill().unwrap();
+    second.wait().unwrap();
+    let stats = tw.stats();
+    let twice: Vec<_> = stats
+        .by_callback_id
+        .iter()
+        .filter(|(_, n)| **n != 1)
+        .collect();
+    assert!(twice.is_empty(), "sent more than once: {twice:?}");
+    assert_eq!(stats.creates, 50, "every message sent exactly once");
+    assert!(
+        all_delivered.is_ok(),
+        "not all delivered: {} of 50",
+        app.count("SELECT count(*) FROM sms_messages WHERE delivery_status = 'delivered'")
+            .await
+    );
+    for id in ids {
+        assert_eq!(stats.by_callback_id.get(&id.to_string()), Some(&1));
+    }
+}
+
+#[tokio::test]
+async fn reconciler_attaches_tenants_to_conversations_still_without_one() {
+    let db = pg::fresh_db().await;
+    let monitor = sim::monitor::MonitorSim::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    monitor.set_faults(sim::monitor::Faults {
+        down: true,
+        ..Default::default()
+    });
+    let mut app = TestApp::spawn(
+        Settings::new(&db)
+            .set("MONITOR_API_URL", monitor.base_url())
+            .set("MONITOR_MAX_ATTEMPTS", "1"),
+    )
+    .await;
+    app.start_worker(&[jobs::INBOUND]).await;
+    app.inbound("+15554440099", "hello").await;
+    app.drain(jobs::INBOUND).await;
+    let unknown = app
+        .count("SELECT count(*) FROM sms_conversations WHERE tenant_id IS NULL")
+        .await;
+    assert_eq!(unknown, 1);
+    monitor.seed([sim::monitor::Tenant {
+        tenant_id: "t-99".into(),
+        name: None,
+        phone_numbers: vec!["+15554440099".into()],
+        language_preference: None,
+    }]);
+    monitor.set_faults(sim::monitor::Faults::default());
+    let cfg = shared::config::Worker::load(&app.settings.0).unwrap();
+    let deps = worker::Deps::new(&cfg, app.pool.clone());
+    let report = worker::reconcile::once(&deps).await.unwrap();
+    assert_eq!(report.tenants_attached, 1);
+    assert_eq!(
+        app.count("SELECT count(*) FROM sms_conversations WHERE tenant_id = 't-99'")
+            .await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_messaging_service_is_used_when_configured() {
+    let tw = twilio().await;
+    let mut app = app_with(
+        &tw,
+        &[(
+            "TWILIO_MESSAGING_SERVICE_SID",
+            "MG00000000000000000000000000000001",
+        )],
+    )
+    .await;
+    let key = app.api_key(&["send"], None).await;
+    let (_, body) = send(&app, &key, json!({"to": TO, "body": "hi"}), None).await;
+    start_outbound_workers(&mut app).await;
+    wait_status(&app, id_of(&body), "delivered").await;
+    let m = &tw.stats().messages[0];
+    assert_eq!(
+        m.messaging_service_sid.as_deref(),
+        Some("MG00000000000000000000000000000001")
+    );
+    assert_eq!(m.from, None);
+}
