@@ -46,6 +46,9 @@ pub fn backoff(cfg: &Outbound, failed_attempts: u32, retry_after: Option<Duratio
     retry_after.map_or(jittered, |ra| ra.max(jittered))
 }
 
+/// Pacing waits up to this long inside the handler; longer waits become a scheduled job.
+const MAX_INLINE_WAIT: Duration = Duration::from_secs(2);
+
 fn callback_url(cfg: &Outbound, message_id: Uuid) -> String {
     format!(
         "{}/webhook/twilio/status?message_id={message_id}",
@@ -76,9 +79,16 @@ pub async fn process(deps: &Deps, job: SendMessage) -> anyhow::Result<Outcome> {
         anyhow::bail!("outbound sending is not configured (TWILIO_AUTH_TOKEN)");
     };
     let Some(msg) = sqlx::query!(
-        r#"SELECT to_number AS "to_number!", message_content, delivery_status, twilio_sid, send_attempts,
-                  media_urls, priority
-           FROM sms_messages WHERE id = $1 AND direction = 'outbound'"#,
+        r#"SELECT m.to_number AS "to_number!", m.message_content, m.delivery_status, m.twilio_sid,
+                  m.send_attempts, m.media_urls, m.priority,
+                  a.attempt AS "open_attempt?", a.started_at AS "open_started_at?"
+           FROM sms_messages m
+           LEFT JOIN LATERAL (
+               SELECT attempt, started_at FROM sms_send_attempts
+               WHERE message_id = m.id AND outcome IN ('in_flight', 'unknown')
+               ORDER BY attempt DESC LIMIT 1
+           ) a ON true
+           WHERE m.id = $1 AND m.direction = 'outbound'"#,
         job.message_id
     )
     .fetch_optional(&deps.pool)
@@ -89,20 +99,10 @@ pub async fn process(deps: &Deps, job: SendMessage) -> anyhow::Result<Outcome> {
     if msg.twilio_sid.is_some() || status::rank(&msg.delivery_status) > 0 {
         return Ok(Outcome::AlreadySent);
     }
-    if status::is_final(&msg.delivery_status) {
-        return Ok(Outcome::AlreadySent);
-    }
 
     // An earlier attempt with an unknown outcome is resolved first.
-    let open = sqlx::query!(
-        r#"SELECT attempt, started_at FROM sms_send_attempts
-           WHERE message_id = $1 AND outcome IN ('in_flight', 'unknown')
-           ORDER BY attempt DESC LIMIT 1"#,
-        job.message_id
-    )
-    .fetch_optional(&deps.pool)
-    .await?;
-    if let Some(open) = open {
+    let open = msg.open_attempt.zip(msg.open_started_at);
+    if let Some((open_attempt, open_started_at)) = open {
         let proof = sqlx::query_scalar!(
             "SELECT message_sid FROM sms_status_callbacks WHERE our_message_id = $1 LIMIT 1",
             job.message_id
@@ -114,7 +114,7 @@ pub async fn process(deps: &Deps, job: SendMessage) -> anyhow::Result<Outcome> {
             sqlx::query!(
                 "UPDATE sms_send_attempts SET outcome = 'resolved', finished_at = now() WHERE message_id = $1 AND attempt = $2",
                 job.message_id,
-                open.attempt
+                open_attempt
             )
             .execute(&mut *tx)
             .await?;
@@ -132,7 +132,7 @@ pub async fn process(deps: &Deps, job: SendMessage) -> anyhow::Result<Outcome> {
             tracing::info!(sid = %sid, "unknown send outcome resolved: Twilio has the message");
             return Ok(Outcome::AlreadySent);
         }
-        let waited = (Utc::now() - open.started_at).to_std().unwrap_or_default();
+        let waited = (Utc::now() - open_started_at).to_std().unwrap_or_default();
         if waited < cfg.unknown_outcome_grace {
             reschedule(
                 &mut tx,
@@ -143,7 +143,7 @@ pub async fn process(deps: &Deps, job: SendMessage) -> anyhow::Result<Outcome> {
             .await?;
             tx.commit().await?;
             tracing::warn!(
-                attempt = open.attempt,
+                attempt = open_attempt,
                 "send outcome unknown; waiting for a status callback before any new attempt"
             );
             return Ok(Outcome::WaitingForUnknownOutcome);
@@ -151,65 +151,80 @@ pub async fn process(deps: &Deps, job: SendMessage) -> anyhow::Result<Outcome> {
         sqlx::query!(
             "UPDATE sms_send_attempts SET outcome = 'abandoned', finished_at = now(), error_message = 'no sign of the message at Twilio within the grace period' WHERE message_id = $1 AND attempt = $2",
             job.message_id,
-            open.attempt
+            open_attempt
         )
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
         tracing::warn!(
-            attempt = open.attempt,
+            attempt = open_attempt,
             "unknown send outcome: no callback within the grace period; taken as not created"
         );
     }
 
-    // Pacing: reserve this sender's next slot once, then wait for it in a job of its own.
-    if cfg.rate_per_sender > 0.0 && job.slot.is_none() {
-        let interval_us = (1_000_000.0 / cfg.rate_per_sender) as i64;
-        let slot = sqlx::query_scalar!(
-            r#"INSERT INTO sender_pacing AS p (sender, next_slot) VALUES ($1, now() + make_interval(secs => $2::float8 / 1e6))
-               ON CONFLICT (sender) DO UPDATE SET next_slot = GREATEST(p.next_slot, now()) + make_interval(secs => $2::float8 / 1e6)
-               RETURNING next_slot - make_interval(secs => $2::float8 / 1e6) AS "slot!""#,
-            cfg.sender(),
-            interval_us as f64
-        )
-        .fetch_one(&deps.pool)
-        .await?;
+    // Pacing: reserve this sender's next slot once, then wait for it: inline when it is near
+    // (apalis schedules in whole seconds, too coarse to space sends), else in a job of its own.
+    let slot = match job.slot {
+        Some(slot) => Some(slot),
+        None if cfg.rate_per_sender > 0.0 => {
+            let interval_us = (1_000_000.0 / cfg.rate_per_sender) as i64;
+            Some(
+                sqlx::query_scalar!(
+                    r#"INSERT INTO sender_pacing AS p (sender, next_slot) VALUES ($1, now() + make_interval(secs => $2::float8 / 1e6))
+                       ON CONFLICT (sender) DO UPDATE SET next_slot = GREATEST(p.next_slot, now()) + make_interval(secs => $2::float8 / 1e6)
+                       RETURNING next_slot - make_interval(secs => $2::float8 / 1e6) AS "slot!""#,
+                    cfg.sender(),
+                    interval_us as f64
+                )
+                .fetch_one(&deps.pool)
+                .await?,
+            )
+        }
+        None => None,
+    };
+    if let Some(slot) = slot {
         let wait = (slot - Utc::now()).to_std().unwrap_or_default();
-        if wait > Duration::from_millis(5) {
+        if wait > MAX_INLINE_WAIT {
             let mut conn = deps.pool.acquire().await?;
             let paced = SendMessage {
                 message_id: job.message_id,
                 slot: Some(slot),
             };
-            reschedule(&mut conn, &paced, wait, msg.priority).await?;
+            reschedule(
+                &mut conn,
+                &paced,
+                wait - Duration::from_secs(1),
+                msg.priority,
+            )
+            .await?;
             return Ok(Outcome::Paced { until: slot });
         }
+        tokio::time::sleep(wait).await;
     }
 
     // Record the intent, then call.
     let attempt = msg.send_attempts + 1;
-    let mut tx = deps.pool.begin().await?;
-    let claimed = sqlx::query!(
-        "UPDATE sms_messages SET send_attempts = $2, delivery_status = 'submitting', status_updated_at = now(), updated_at = now()
-         WHERE id = $1 AND send_attempts = $3 AND twilio_sid IS NULL",
+    // One statement, so one round trip: claim the message and record the attempt together.
+    let claimed = sqlx::query_scalar!(
+        r#"WITH claimed AS (
+               UPDATE sms_messages SET send_attempts = $2, delivery_status = 'submitting',
+                      status_updated_at = now(), updated_at = now()
+               WHERE id = $1 AND send_attempts = $3 AND twilio_sid IS NULL
+               RETURNING id
+           )
+           INSERT INTO sms_send_attempts (message_id, attempt, outcome)
+           SELECT id, $2, 'in_flight' FROM claimed
+           RETURNING attempt"#,
         job.message_id,
         attempt,
         msg.send_attempts
     )
-    .execute(&mut *tx)
+    .fetch_optional(&deps.pool)
     .await?;
-    if claimed.rows_affected() == 0 {
+    if claimed.is_none() {
         // Another run of this job got here first.
         return Ok(Outcome::AlreadySent);
     }
-    sqlx::query!(
-        "INSERT INTO sms_send_attempts (message_id, attempt, outcome) VALUES ($1, $2, 'in_flight')",
-        job.message_id,
-        attempt
-    )
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
 
     let media: Vec<String> = msg
         .media_urls
@@ -251,41 +266,39 @@ async fn record(
     let mut tx = deps.pool.begin().await?;
     let result = match outcome {
         CreateOutcome::Accepted(m) => {
-            sqlx::query!(
-                "UPDATE sms_send_attempts SET outcome = 'accepted', finished_at = now(), http_status = 201 WHERE message_id = $1 AND attempt = $2",
-                id, attempt
-            )
-            .execute(&mut *tx)
-            .await?;
-            // Callbacks may have been applied already: the status only moves forward.
-            let current: String = sqlx::query_scalar!(
-                "SELECT delivery_status FROM sms_messages WHERE id = $1 FOR UPDATE",
-                id
+            // Twilio answers a create with queued/accepted; a callback applied meanwhile may
+            // already have moved the message further, which this keeps.
+            let pending_callbacks = sqlx::query_scalar!(
+                r#"WITH a AS (
+                       UPDATE sms_send_attempts SET outcome = 'accepted', finished_at = now(), http_status = 201
+                       WHERE message_id = $1 AND attempt = $2
+                   ), m AS (
+                       UPDATE sms_messages SET twilio_sid = $3,
+                              delivery_status = CASE WHEN delivery_status IN ('pending', 'submitting') THEN $4 ELSE delivery_status END,
+                              status_updated_at = now(), updated_at = now()
+                       WHERE id = $1
+                   )
+                   SELECT EXISTS (SELECT 1 FROM sms_status_callbacks WHERE message_sid = $3 AND applied_at IS NULL) AS "pending!""#,
+                id,
+                attempt,
+                m.sid,
+                m.status
             )
             .fetch_one(&mut *tx)
             .await?;
-            let new_status = if status::advances(&current, &m.status) {
-                m.status.clone()
-            } else {
-                current
-            };
-            sqlx::query!(
-                "UPDATE sms_messages SET twilio_sid = $2, delivery_status = $3, status_updated_at = now(), updated_at = now() WHERE id = $1",
-                id, m.sid, new_status
-            )
-            .execute(&mut *tx)
-            .await?;
-            // Callbacks that came before this answer are applied now.
-            jobs::push(
-                &mut tx,
-                jobs::OUTBOUND_STATUS,
-                &[ApplyStatus {
-                    message_sid: m.sid.clone(),
-                    our_message_id: Some(id),
-                }],
-                None,
-            )
-            .await?;
+            if pending_callbacks {
+                // Callbacks that came before this answer are applied now.
+                jobs::push(
+                    &mut tx,
+                    jobs::OUTBOUND_STATUS,
+                    &[ApplyStatus {
+                        message_sid: m.sid.clone(),
+                        our_message_id: Some(id),
+                    }],
+                    None,
+                )
+                .await?;
+            }
             tracing::info!(sid = %m.sid, attempt, to = %phone::mask(to), "message handed to Twilio");
             Outcome::Accepted { sid: m.sid }
         }
