@@ -166,6 +166,19 @@ pub async fn process(deps: &Deps, job: SendMessage) -> anyhow::Result<Outcome> {
     // (apalis schedules in whole seconds, too coarse to space sends), else in a job of its own.
     let slot = match job.slot {
         Some(slot) => Some(slot),
+        // A reply in a live conversation goes ahead of bulk sends that already hold slots: it is
+        // sent now and pushes the sender's later slots back by one interval, keeping the rate.
+        None if cfg.rate_per_sender > 0.0 && msg.priority > 0 => {
+            sqlx::query!(
+                r#"INSERT INTO sender_pacing AS p (sender, next_slot) VALUES ($1, now() + make_interval(secs => $2::float8))
+                   ON CONFLICT (sender) DO UPDATE SET next_slot = GREATEST(p.next_slot, now()) + make_interval(secs => $2::float8)"#,
+                cfg.sender(),
+                1.0 / cfg.rate_per_sender
+            )
+            .execute(&deps.pool)
+            .await?;
+            None
+        }
         None if cfg.rate_per_sender > 0.0 => {
             let interval_us = (1_000_000.0 / cfg.rate_per_sender) as i64;
             Some(

@@ -787,3 +787,50 @@ async fn a_messaging_service_is_used_when_configured() {
     );
     assert_eq!(m.from, None);
 }
+
+#[tokio::test]
+async fn replies_in_a_live_conversation_go_ahead_of_bulk_sends() {
+    let tw = twilio().await;
+    let mut app = app_with(&tw, &[("SEND_RATE_PER_SENDER", "4")]).await;
+    let key = app.api_key(&["send"], None).await;
+    // A tenant who just wrote in.
+    app.start_worker(&[jobs::INBOUND]).await;
+    app.inbound(TO, "Can someone call me about the leak?").await;
+    app.drain(jobs::INBOUND).await;
+    let mut bulk = Vec::new();
+    for i in 0..12 {
+        let (_, b) = send(
+            &app,
+            &key,
+            json!({"to": format!("+1555767{:04}", i), "body": "newsletter"}),
+            None,
+        )
+        .await;
+        bulk.push(id_of(&b));
+    }
+    start_outbound_workers(&mut app).await;
+    // Bulk sending is under way (4/s over 3 s) when the reply is queued.
+    wait_until(Duration::from_secs(10), || async {
+        tw.stats().creates >= 2
+    })
+    .await
+    .unwrap();
+    let (_, reply) = send(
+        &app,
+        &key,
+        json!({"to": TO, "body": "A technician will call you within the hour"}),
+        None,
+    )
+    .await;
+    let reply = id_of(&reply);
+    wait_status(&app, reply, "delivered").await;
+    let order: Vec<String> = tw.stats().messages.iter().map(|m| m.to.clone()).collect();
+    let reply_pos = order.iter().position(|to| to == TO).unwrap();
+    assert!(
+        reply_pos < 8,
+        "reply sent at position {reply_pos} of {order:?}"
+    );
+    for id in bulk {
+        wait_status(&app, id, "delivered").await;
+    }
+}
