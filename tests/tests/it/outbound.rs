@@ -834,3 +834,73 @@ async fn replies_in_a_live_conversation_go_ahead_of_bulk_sends() {
         wait_status(&app, id, "delivered").await;
     }
 }
+
+#[tokio::test]
+async fn every_twilio_status_is_accepted_and_applied_in_order() {
+    let tw = twilio().await;
+    tw.set_faults(Faults {
+        no_callbacks: true,
+        ..Faults::default()
+    });
+    let mut app = app_with(&tw, &[]).await;
+    let key = app.api_key(&["send"], None).await;
+    let (_, a) = send(&app, &key, json!({"to": TO, "body": "one"}), None).await;
+    let (_, b) = send(
+        &app,
+        &key,
+        json!({"to": "+15557654000", "body": "two"}),
+        None,
+    )
+    .await;
+    let (a, b) = (id_of(&a), id_of(&b));
+    start_outbound_workers(&mut app).await;
+    wait_status(&app, a, "queued").await;
+    wait_status(&app, b, "queued").await;
+    let post = |id: Uuid, status: &'static str| {
+        let app = &app;
+        async move {
+            let sid = status_of(app, id).await.2.unwrap();
+            let params = vec![
+                ("MessageSid".to_string(), sid),
+                ("MessageStatus".to_string(), status.to_string()),
+            ];
+            let path = format!("/webhook/twilio/status?message_id={id}");
+            let resp = sim::webhook::send_to(
+                &app.http,
+                &app.url(&path),
+                &format!("{}{path}", app.public_url),
+                AUTH_TOKEN,
+                &params,
+            )
+            .await
+            .unwrap();
+            assert_eq!(resp.status(), 200, "{status}");
+            app.drain(jobs::OUTBOUND_STATUS).await;
+            status_of(app, id).await.0
+        }
+    };
+    for (sent, expected) in [
+        ("accepted", "queued"),
+        ("scheduled", "queued"),
+        ("queued", "queued"),
+        ("sending", "sending"),
+        ("queued", "sending"),
+        ("sent", "sent"),
+        ("sending", "sent"),
+        ("delivered", "delivered"),
+        ("undelivered", "delivered"),
+        ("sent", "delivered"),
+        ("read", "read"),
+        ("delivered", "read"),
+    ] {
+        assert_eq!(post(a, sent).await, expected, "after {sent}");
+    }
+    for (sent, expected) in [
+        ("receiving", "queued"),
+        ("received", "queued"),
+        ("canceled", "canceled"),
+        ("delivered", "canceled"),
+    ] {
+        assert_eq!(post(b, sent).await, expected, "after {sent}");
+    }
+}
