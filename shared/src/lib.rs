@@ -1,5 +1,6 @@
 //! Domain types, configuration, database access, job types and protocol helpers shared by the
 //! `sms-ingress`, `sms-worker` and `sms-sim` binaries.
+pub mod agent_signature;
 pub mod config;
 pub mod db;
 pub mod jobs;
