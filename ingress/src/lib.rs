@@ -6,8 +6,10 @@ pub mod error;
 pub mod group_commit;
 pub mod health;
 pub mod metrics;
+pub mod routes;
 pub mod send;
 pub mod status;
+pub mod unroutable;
 pub mod webhook;
 
 use std::{sync::Arc, time::Duration};
@@ -59,6 +61,10 @@ pub fn router(state: AppState) -> Router {
         .route("/webhook/twilio/sms", post(webhook::inbound_sms))
         .route("/webhook/twilio/status", post(status::status_callback))
         .route("/sms/send", post(send::send))
+        .route("/routes", get(routes::list).post(routes::create))
+        .route("/routes/{id}", axum::routing::delete(routes::delete))
+        .route("/unroutable", get(unroutable::list))
+        .route("/unroutable/{message_id}/replay", post(unroutable::replay))
         .route(
             "/conversations/{phone_number}",
             get(conversations::get_conversation),

@@ -35,7 +35,10 @@ pub fn verify(
     body: &[u8],
     now: i64,
 ) -> Result<(), VerifyError> {
-    let ts: i64 = timestamp.trim().parse().map_err(|_| VerifyError::BadTimestamp)?;
+    let ts: i64 = timestamp
+        .trim()
+        .parse()
+        .map_err(|_| VerifyError::BadTimestamp)?;
     if (now - ts).abs() > REPLAY_WINDOW_SECS {
         return Err(VerifyError::Expired);
     }
@@ -56,11 +59,26 @@ mod tests {
         let body = br#"{"message":{"content":"hola"}}"#;
         let sig = sign("s3cret", 1_700_000_000, body);
         assert!(sig.starts_with("v1="));
-        assert_eq!(verify("s3cret", "1700000000", &sig, body, 1_700_000_010), Ok(()));
-        assert_eq!(verify("other", "1700000000", &sig, body, 1_700_000_010), Err(VerifyError::BadSignature));
-        assert_eq!(verify("s3cret", "1700000000", &sig, b"{}", 1_700_000_010), Err(VerifyError::BadSignature));
-        assert_eq!(verify("s3cret", "1700000000", &sig, body, 1_700_000_301), Err(VerifyError::Expired));
-        assert_eq!(verify("s3cret", "x", &sig, body, 0), Err(VerifyError::BadTimestamp));
+        assert_eq!(
+            verify("s3cret", "1700000000", &sig, body, 1_700_000_010),
+            Ok(())
+        );
+        assert_eq!(
+            verify("other", "1700000000", &sig, body, 1_700_000_010),
+            Err(VerifyError::BadSignature)
+        );
+        assert_eq!(
+            verify("s3cret", "1700000000", &sig, b"{}", 1_700_000_010),
+            Err(VerifyError::BadSignature)
+        );
+        assert_eq!(
+            verify("s3cret", "1700000000", &sig, body, 1_700_000_301),
+            Err(VerifyError::Expired)
+        );
+        assert_eq!(
+            verify("s3cret", "x", &sig, body, 0),
+            Err(VerifyError::BadTimestamp)
+        );
     }
 
     #[test]

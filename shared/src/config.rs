@@ -403,6 +403,9 @@ pub struct Worker {
     pub missed_heartbeats: usize,
     pub language_notify_max_attempts: u32,
     pub outbound: Option<Outbound>,
+    pub route_timeout: Duration,
+    pub route_max_attempts: u32,
+    pub route_backoff_base: Duration,
 }
 
 impl Worker {
@@ -432,6 +435,9 @@ impl Worker {
             missed_heartbeats,
             language_notify_max_attempts: parsed(src, "LANGUAGE_NOTIFY_MAX_ATTEMPTS", 8u32)?,
             outbound: Outbound::load(src)?,
+            route_timeout: millis(src, "ROUTE_TIMEOUT_MS", 10_000)?,
+            route_max_attempts: parsed(src, "ROUTE_MAX_ATTEMPTS", 5u32)?,
+            route_backoff_base: millis(src, "ROUTE_BACKOFF_BASE_MS", 2_000)?,
         })
     }
 }

@@ -17,6 +17,8 @@ pub const MONITOR_LANGUAGE: &str = "monitor-language";
 pub const OUTBOUND_SEND: &str = "outbound-send";
 /// Applying stored delivery-status callbacks.
 pub const OUTBOUND_STATUS: &str = "outbound-status";
+/// Routing a processed inbound message to its tenant's agent.
+pub const ROUTE: &str = "route";
 /// Not a job queue: the periodic reconciler (stuck sends, conversations still without tenant).
 pub const RECONCILER: &str = "reconciler";
 
@@ -26,8 +28,17 @@ pub const ALL_QUEUES: &[&str] = &[
     MONITOR_LANGUAGE,
     OUTBOUND_SEND,
     OUTBOUND_STATUS,
+    ROUTE,
     RECONCILER,
 ];
+
+/// Route one inbound message; `attempt` counts our own durable retries.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RouteMessage {
+    pub message_id: Uuid,
+    #[serde(default)]
+    pub attempt: u32,
+}
 
 /// Send one outbound message. `slot` is the pacing slot already reserved for it, if any.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

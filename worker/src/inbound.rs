@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use shared::{
-    jobs::{self, NotifyLanguage},
+    jobs::{self, NotifyLanguage, RouteMessage},
     language::{self, Detection, Language},
     optout::{self, OptChange},
     phone,
@@ -157,8 +157,29 @@ pub async fn process(deps: &Deps, message_id: Uuid) -> anyhow::Result<Outcome> {
         update_tenant(deps, &mut tx, tenant_id, &number, detection).await?;
     }
 
+    // Opt-out keywords are the carrier's business, not an agent's: they are not routed.
+    let routed = opt_change.is_none();
     if let Some((change, keyword, kind)) = opt_change {
         record_opt_change(&mut tx, &msg, &number, message_id, change, keyword, kind).await?;
+    }
+    sqlx::query!(
+        "UPDATE sms_messages SET route_status = $2 WHERE id = $1",
+        message_id,
+        if routed { "pending" } else { "skipped" }
+    )
+    .execute(&mut *tx)
+    .await?;
+    if routed {
+        jobs::push(
+            &mut tx,
+            jobs::ROUTE,
+            &[RouteMessage {
+                message_id,
+                attempt: 0,
+            }],
+            None,
+        )
+        .await?;
     }
     tx.commit().await?;
 

@@ -5,6 +5,7 @@ pub mod inbound;
 pub mod language_notify;
 pub mod queues;
 pub mod reconcile;
+pub mod route;
 pub mod send;
 pub mod status_apply;
 
@@ -27,6 +28,11 @@ pub struct Deps {
     pub language_notify_max_attempts: u32,
     /// Sending settings and client; None for a worker that does not send.
     pub outbound: Option<(Outbound, TwilioClient)>,
+    /// Client for agents (routing).
+    pub http: reqwest::Client,
+    pub route_timeout: std::time::Duration,
+    pub route_max_attempts: u32,
+    pub route_backoff_base: std::time::Duration,
 }
 
 impl Deps {
@@ -42,6 +48,13 @@ impl Deps {
             pool,
             region: cfg.common.default_region,
             language_notify_max_attempts: cfg.language_notify_max_attempts,
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(64)
+                .build()
+                .expect("TLS backend initialises"),
+            route_timeout: cfg.route_timeout,
+            route_max_attempts: cfg.route_max_attempts,
+            route_backoff_base: cfg.route_backoff_base,
             outbound: cfg.outbound.clone().map(|o| {
                 let client =
                     TwilioClient::new(&o.api_base, &o.account_sid, &o.auth_token, o.timeout);

@@ -13,11 +13,11 @@ use futures::FutureExt;
 use serde::{Serialize, de::DeserializeOwned};
 use shared::{
     config,
-    jobs::{self, ApplyStatus, NotifyLanguage, ProcessInbound, SendMessage},
+    jobs::{self, ApplyStatus, NotifyLanguage, ProcessInbound, RouteMessage, SendMessage},
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::{Deps, inbound, language_notify, reconcile, send, status_apply};
+use crate::{Deps, inbound, language_notify, reconcile, route, send, status_apply};
 
 #[derive(Debug, Clone)]
 pub struct QueueSettings {
@@ -82,6 +82,10 @@ async fn handle_send(job: SendMessage, deps: Data<Arc<Deps>>) -> Result<(), BoxD
     guarded(send::process(&deps, job)).await
 }
 
+async fn handle_route(job: RouteMessage, deps: Data<Arc<Deps>>) -> Result<(), BoxDynError> {
+    guarded(route::process(&deps, job)).await
+}
+
 async fn handle_status(job: ApplyStatus, deps: Data<Arc<Deps>>) -> Result<(), BoxDynError> {
     guarded(status_apply::process(&deps, job)).await
 }
@@ -112,6 +116,9 @@ pub async fn run(
                 }
                 jobs::OUTBOUND_STATUS => {
                     supervise(queue, prefix, deps, settings, shutdown, handle_status).await
+                }
+                jobs::ROUTE => {
+                    supervise(queue, prefix, deps, settings, shutdown, handle_route).await
                 }
                 jobs::RECONCILER => reconcile::run(deps, shutdown).await,
                 other => unreachable!("queue {other} validated by parse_queues"),

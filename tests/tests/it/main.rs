@@ -4,4 +4,5 @@
 mod conversations;
 mod inbound_worker;
 mod outbound;
+
 mod webhook;

@@ -1,0 +1,119 @@
+//! The quarantine of messages that could not be routed: `GET /unroutable` lists them (newest
+//! first), `POST /unroutable/{message_id}/replay` routes one again (after adding a route, or once
+//! the agent is back). A tenant-scoped key sees only its tenant's.
+
+use axum::{
+    Json,
+    extract::{Path, Query, State},
+    http::StatusCode,
+};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use shared::jobs::{self, RouteMessage};
+use uuid::Uuid;
+
+use crate::{AppState, auth::ApiKey, error::ApiError};
+
+#[derive(Debug, Deserialize)]
+pub struct ListParams {
+    pub limit: Option<i64>,
+    #[serde(default)]
+    pub include_replayed: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Unroutable {
+    pub message_id: Uuid,
+    pub tenant_id: Option<String>,
+    pub reason: String,
+    pub detail: Option<String>,
+    pub from: Option<String>,
+    pub content: String,
+    pub created_at: DateTime<Utc>,
+    pub replayed_at: Option<DateTime<Utc>>,
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    key: ApiKey,
+    Query(p): Query<ListParams>,
+) -> Result<Json<Vec<Unroutable>>, ApiError> {
+    key.require("admin")?;
+    let limit = p.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_limit",
+            "limit must be from 1 to 1000",
+        ));
+    }
+    let rows = sqlx::query!(
+        r#"SELECT u.message_id, u.tenant_id, u.reason, u.detail, u.created_at, u.replayed_at,
+                  m.from_number, m.message_content
+           FROM sms_unroutable u JOIN sms_messages m ON m.id = u.message_id
+           WHERE ($1 OR u.replayed_at IS NULL) AND ($2::text IS NULL OR u.tenant_id = $2)
+           ORDER BY u.created_at DESC LIMIT $3"#,
+        p.include_replayed,
+        key.tenant_id,
+        limit
+    )
+    .fetch_all(&state.pool)
+    .await?;
+    Ok(Json(
+        rows.into_iter()
+            .map(|r| Unroutable {
+                message_id: r.message_id,
+                tenant_id: r.tenant_id,
+                reason: r.reason,
+                detail: r.detail,
+                from: r.from_number,
+                content: r.message_content,
+                created_at: r.created_at,
+                replayed_at: r.replayed_at,
+            })
+            .collect(),
+    ))
+}
+
+pub async fn replay(
+    State(state): State<AppState>,
+    key: ApiKey,
+    Path(message_id): Path<Uuid>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    key.require("admin")?;
+    let mut tx = state.pool.begin().await?;
+    let found = sqlx::query!(
+        r#"UPDATE sms_unroutable SET replayed_at = now()
+           WHERE message_id = $1 AND replayed_at IS NULL AND ($2::text IS NULL OR tenant_id = $2)
+           RETURNING message_id"#,
+        message_id,
+        key.tenant_id
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    if found.is_none() {
+        return Err(ApiError::NotFound("no such unroutable message"));
+    }
+    sqlx::query!(
+        "UPDATE sms_messages SET route_status = 'pending' WHERE id = $1",
+        message_id
+    )
+    .execute(&mut *tx)
+    .await?;
+    jobs::push(
+        &mut tx,
+        jobs::ROUTE,
+        &[RouteMessage {
+            message_id,
+            attempt: 0,
+        }],
+        None,
+    )
+    .await
+    .map_err(|e| ApiError::Internal(e.into()))?;
+    tx.commit().await?;
+    tracing::info!(%message_id, "unroutable message replayed");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({"message_id": message_id, "status": "replayed"})),
+    ))
+}
