@@ -45,6 +45,23 @@ pub struct MessageView {
     pub delivery_status: String,
     pub language_detected: Option<String>,
     pub created_at: DateTime<Utc>,
+    /// Inbound only: pending, routed, unroutable or skipped (opt-out keywords).
+    pub route_status: Option<String>,
+    /// Inbound only: every routing decision, oldest first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub routing: Vec<RoutingDecision>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RoutingDecision {
+    pub attempt: i32,
+    pub reason: String,
+    pub agent_url: Option<String>,
+    pub agent_status: Option<i32>,
+    pub outcome: String,
+    pub detail: Option<String>,
+    pub latency_ms: Option<i32>,
+    pub decided_at: DateTime<Utc>,
 }
 
 /// Cursor: the (created_at, id) of the last message returned, opaque to clients.
@@ -107,7 +124,7 @@ pub async fn get_conversation(
     };
     let mut rows = sqlx::query!(
         r#"SELECT id, direction, message_content, twilio_sid, delivery_status, language_detected,
-                  created_at
+                  created_at, route_status
            FROM sms_messages
            WHERE conversation_id = $1
              AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3::uuid))
@@ -126,6 +143,27 @@ pub async fn get_conversation(
     } else {
         None
     };
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+    let mut decisions: std::collections::HashMap<Uuid, Vec<RoutingDecision>> = Default::default();
+    for d in sqlx::query!(
+        r#"SELECT message_id, attempt, reason, agent_url, agent_status, outcome, detail, latency_ms, decided_at
+           FROM sms_routing_decisions WHERE message_id = ANY($1) ORDER BY id"#,
+        &ids
+    )
+    .fetch_all(&state.pool)
+    .await?
+    {
+        decisions.entry(d.message_id).or_default().push(RoutingDecision {
+            attempt: d.attempt,
+            reason: d.reason,
+            agent_url: d.agent_url,
+            agent_status: d.agent_status,
+            outcome: d.outcome,
+            detail: d.detail,
+            latency_ms: d.latency_ms,
+            decided_at: d.decided_at,
+        });
+    }
     Ok(Json(ConversationView {
         id: conversation.id,
         phone_number: conversation.phone_number,
@@ -145,6 +183,8 @@ pub async fn get_conversation(
                 delivery_status: r.delivery_status,
                 language_detected: r.language_detected,
                 created_at: r.created_at,
+                route_status: r.route_status,
+                routing: decisions.remove(&r.id).unwrap_or_default(),
             })
             .collect(),
         next_cursor,

@@ -9,7 +9,9 @@ pub mod metrics;
 pub mod routes;
 pub mod send;
 pub mod status;
+pub mod tenants;
 pub mod unroutable;
+pub mod usage;
 pub mod webhook;
 
 use std::{sync::Arc, time::Duration};
@@ -64,6 +66,15 @@ pub fn router(state: AppState) -> Router {
         .route("/routes", get(routes::list).post(routes::create))
         .route("/routes/{id}", axum::routing::delete(routes::delete))
         .route("/unroutable", get(unroutable::list))
+        .route("/usage", get(usage::usage))
+        .route(
+            "/tenants/{tenant_id}/phones",
+            get(tenants::list).post(tenants::add),
+        )
+        .route(
+            "/tenants/{tenant_id}/phones/{phone_number}",
+            axum::routing::delete(tenants::remove),
+        )
         .route("/unroutable/{message_id}/replay", post(unroutable::replay))
         .route(
             "/conversations/{phone_number}",

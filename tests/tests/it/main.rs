@@ -2,6 +2,7 @@
 //! services played by `sms-sim` over HTTP.
 
 mod conversations;
+mod directory;
 mod inbound_worker;
 mod outbound;
 

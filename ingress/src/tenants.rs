@@ -1,0 +1,116 @@
+//! `/tenants/{id}/phones`: the numbers a tenant may text from (kept in E.164 in
+//! `tenant_profiles.phone_numbers`) and the one they used last. `admin` scope to change; a
+//! tenant-scoped key sees only its own tenant (404 for others). Workers cache lookups for
+//! `TENANT_CACHE_TTL_SECS`, so a change reaches routing within that time.
+
+use axum::{
+    Json,
+    extract::{Path, State},
+    http::StatusCode,
+};
+use serde::{Deserialize, Serialize};
+use shared::phone;
+
+use crate::{AppState, auth::ApiKey, error::ApiError};
+
+#[derive(Debug, Serialize)]
+pub struct Phones {
+    pub tenant_id: String,
+    pub phone_numbers: Vec<String>,
+    pub last_used_phone_number: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddPhone {
+    pub phone_number: String,
+}
+
+fn visible(key: &ApiKey, tenant_id: &str) -> Result<(), ApiError> {
+    if key.sees(Some(tenant_id)) {
+        Ok(())
+    } else {
+        Err(ApiError::NotFound("no such tenant"))
+    }
+}
+
+async fn load(state: &AppState, tenant_id: &str) -> Result<Phones, ApiError> {
+    let row = sqlx::query!(
+        "SELECT phone_numbers, last_used_phone_number FROM tenant_profiles WHERE tenant_id = $1",
+        tenant_id
+    )
+    .fetch_optional(&state.pool)
+    .await?
+    .ok_or(ApiError::NotFound("no such tenant"))?;
+    Ok(Phones {
+        tenant_id: tenant_id.to_owned(),
+        phone_numbers: serde_json::from_value(row.phone_numbers).unwrap_or_default(),
+        last_used_phone_number: row.last_used_phone_number,
+    })
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    key: ApiKey,
+    Path(tenant_id): Path<String>,
+) -> Result<Json<Phones>, ApiError> {
+    key.require("read")?;
+    visible(&key, &tenant_id)?;
+    Ok(Json(load(&state, &tenant_id).await?))
+}
+
+pub async fn add(
+    State(state): State<AppState>,
+    key: ApiKey,
+    Path(tenant_id): Path<String>,
+    body: Result<Json<AddPhone>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<Phones>), ApiError> {
+    key.require("admin")?;
+    visible(&key, &tenant_id)?;
+    let Json(body) = body.map_err(|e| ApiError::bad_request("malformed_body", e.body_text()))?;
+    let e164 =
+        phone::normalize(&body.phone_number, state.cfg.common.default_region).map_err(|e| {
+            ApiError::Validation(vec![(
+                "phone_number",
+                format!("is not a valid phone number ({e})"),
+            )])
+        })?;
+    // Created if new; a number already listed is not added twice.
+    sqlx::query!(
+        r#"INSERT INTO tenant_profiles (tenant_id, phone_numbers) VALUES ($1, jsonb_build_array($2::text))
+           ON CONFLICT (tenant_id) DO UPDATE SET
+               phone_numbers = CASE WHEN tenant_profiles.phone_numbers ? $2 THEN tenant_profiles.phone_numbers
+                                    ELSE tenant_profiles.phone_numbers || jsonb_build_array($2::text) END,
+               updated_at = now()"#,
+        tenant_id,
+        e164.as_str()
+    )
+    .execute(&state.pool)
+    .await?;
+    Ok((StatusCode::CREATED, Json(load(&state, &tenant_id).await?)))
+}
+
+pub async fn remove(
+    State(state): State<AppState>,
+    key: ApiKey,
+    Path((tenant_id, number)): Path<(String, String)>,
+) -> Result<Json<Phones>, ApiError> {
+    key.require("admin")?;
+    visible(&key, &tenant_id)?;
+    let e164 = phone::normalize(&number, state.cfg.common.default_region)
+        .map(|e| e.as_str().to_owned())
+        .unwrap_or(number);
+    let done = sqlx::query!(
+        r#"UPDATE tenant_profiles SET phone_numbers = phone_numbers - $2::text,
+               last_used_phone_number = NULLIF(last_used_phone_number, $2), updated_at = now()
+           WHERE tenant_id = $1 AND phone_numbers ? $2"#,
+        tenant_id,
+        e164
+    )
+    .execute(&state.pool)
+    .await?;
+    if done.rows_affected() == 0 {
+        return Err(ApiError::NotFound("no such number for this tenant"));
+    }
+    Ok(Json(load(&state, &tenant_id).await?))
+}
