@@ -29,6 +29,35 @@ enum Command {
         #[command(subcommand)]
         command: ApiKeyCommand,
     },
+    /// Manage the routes from tenants to their agents.
+    Route {
+        #[command(subcommand)]
+        command: RouteCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum RouteCommand {
+    /// Add (or replace) the route of a tenant, a workflow type, or the default.
+    Add {
+        #[arg(long, conflicts_with_all = ["workflow_type", "default"], required_unless_present_any = ["workflow_type", "default"])]
+        tenant: Option<String>,
+        #[arg(long)]
+        workflow_type: Option<String>,
+        #[arg(long)]
+        default: bool,
+        /// The agent's URL.
+        #[arg(long)]
+        url: String,
+        /// The secret requests to the agent are signed with (read from AGENT_SIGNING_SECRET when
+        /// not given, so it stays out of shell history).
+        #[arg(long, env = "AGENT_SIGNING_SECRET", hide_env_values = true)]
+        secret: String,
+    },
+    /// List routes (secrets are not shown).
+    List,
+    /// Remove a route by id.
+    Remove { id: uuid::Uuid },
 }
 
 #[derive(Subcommand)]
@@ -84,6 +113,48 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let pool = shared::db::lazy_pool(&common)?;
             shared::db::migrate(&pool).await?;
             tracing::info!("migrations applied");
+        }
+        Command::Route { command } => {
+            let common = config::Common::load(&config::Env, 2).unwrap_or_else(|e| exit_config(e));
+            let pool = shared::db::lazy_pool(&common)?;
+            match command {
+                RouteCommand::Add {
+                    tenant,
+                    workflow_type,
+                    default,
+                    url,
+                    secret,
+                } => {
+                    let id = ingress::routes::save(
+                        &pool,
+                        tenant.as_deref(),
+                        workflow_type.as_deref(),
+                        default,
+                        &url,
+                        &secret,
+                    )
+                    .await?;
+                    println!("{id}");
+                }
+                RouteCommand::List => {
+                    for r in ingress::routes::all(&pool, None).await? {
+                        let target = match (&r.tenant_id, &r.workflow_type) {
+                            (Some(t), _) => format!("tenant={t}"),
+                            (_, Some(w)) => format!("workflow_type={w}"),
+                            _ => "default".to_owned(),
+                        };
+                        println!("{}\t{target}\t{}", r.id, r.agent_url);
+                    }
+                }
+                RouteCommand::Remove { id } => {
+                    let n = sqlx::query("DELETE FROM agent_routes WHERE id = $1")
+                        .bind(id)
+                        .execute(&pool)
+                        .await?
+                        .rows_affected();
+                    anyhow::ensure!(n == 1, "no route {id}");
+                }
+            }
         }
         Command::ApiKey {
             command:

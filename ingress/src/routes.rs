@@ -32,30 +32,114 @@ pub struct RouteView {
     pub agent_url: String,
 }
 
+/// Every route, or only a tenant's.
+pub async fn all(pool: &sqlx::PgPool, tenant: Option<&str>) -> Result<Vec<RouteView>, sqlx::Error> {
+    let rows = sqlx::query!(
+        r#"SELECT id, tenant_id, workflow_type, is_default, agent_url FROM agent_routes
+           WHERE $1::text IS NULL OR tenant_id = $1
+           ORDER BY tenant_id NULLS LAST, workflow_type NULLS LAST"#,
+        tenant
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| RouteView {
+            id: r.id,
+            tenant_id: r.tenant_id,
+            workflow_type: r.workflow_type,
+            default: r.is_default,
+            agent_url: r.agent_url,
+        })
+        .collect())
+}
+
 pub async fn list(
     State(state): State<AppState>,
     key: ApiKey,
 ) -> Result<Json<Vec<RouteView>>, ApiError> {
     key.require("read")?;
-    let rows = sqlx::query!(
-        r#"SELECT id, tenant_id, workflow_type, is_default, agent_url FROM agent_routes
-           WHERE $1::text IS NULL OR tenant_id = $1
-           ORDER BY tenant_id NULLS LAST, workflow_type NULLS LAST"#,
-        key.tenant_id
+    Ok(Json(all(&state.pool, key.tenant_id.as_deref()).await?))
+}
+
+/// Field errors of a route, if any.
+pub fn validate(
+    tenant_id: Option<&str>,
+    workflow_type: Option<&str>,
+    default: bool,
+    agent_url: &str,
+    signing_secret: &str,
+) -> Vec<(&'static str, String)> {
+    let mut errors = Vec::new();
+    let targets = tenant_id.is_some() as u8 + workflow_type.is_some() as u8 + default as u8;
+    if targets != 1 {
+        errors.push((
+            "tenant_id",
+            "give exactly one of tenant_id, workflow_type, default".to_owned(),
+        ));
+    }
+    match url::Url::parse(agent_url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+        _ => errors.push(("agent_url", "must be an http(s) URL".to_owned())),
+    }
+    if signing_secret.len() < 16 {
+        errors.push((
+            "signing_secret",
+            "must be at least 16 characters".to_owned(),
+        ));
+    }
+    errors
+}
+
+/// Saves a route, replacing the one for the same target; validates first (for the CLI).
+pub async fn save(
+    pool: &sqlx::PgPool,
+    tenant_id: Option<&str>,
+    workflow_type: Option<&str>,
+    default: bool,
+    agent_url: &str,
+    signing_secret: &str,
+) -> anyhow::Result<Uuid> {
+    let errors = validate(tenant_id, workflow_type, default, agent_url, signing_secret);
+    if let Some((field, problem)) = errors.first() {
+        anyhow::bail!("{field}: {problem}");
+    }
+    Ok(insert(
+        pool,
+        tenant_id,
+        workflow_type,
+        default,
+        agent_url,
+        signing_secret,
     )
-    .fetch_all(&state.pool)
-    .await?;
-    Ok(Json(
-        rows.into_iter()
-            .map(|r| RouteView {
-                id: r.id,
-                tenant_id: r.tenant_id,
-                workflow_type: r.workflow_type,
-                default: r.is_default,
-                agent_url: r.agent_url,
-            })
-            .collect(),
-    ))
+    .await?)
+}
+
+async fn insert(
+    pool: &sqlx::PgPool,
+    tenant_id: Option<&str>,
+    workflow_type: Option<&str>,
+    default: bool,
+    agent_url: &str,
+    signing_secret: &str,
+) -> Result<Uuid, sqlx::Error> {
+    // One route per target: creating again replaces the agent.
+    sqlx::query_scalar!(
+        r#"WITH gone AS (
+               DELETE FROM agent_routes
+               WHERE ($1::text IS NOT NULL AND tenant_id = $1) OR ($2::text IS NOT NULL AND workflow_type = $2)
+                  OR ($3 AND is_default)
+           )
+           INSERT INTO agent_routes (tenant_id, workflow_type, is_default, agent_url, signing_secret)
+           VALUES ($1, $2, $3, $4, $5) RETURNING id"#,
+        tenant_id,
+        workflow_type,
+        default,
+        agent_url,
+        signing_secret
+    )
+    .fetch_one(pool)
+    .await
 }
 
 pub async fn create(
@@ -65,48 +149,29 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<RouteView>), ApiError> {
     key.require("admin")?;
     let Json(r) = body.map_err(|e| ApiError::bad_request("malformed_body", e.body_text()))?;
-    let mut errors = Vec::new();
-    let targets = r.tenant_id.is_some() as u8 + r.workflow_type.is_some() as u8 + r.default as u8;
-    if targets != 1 {
-        errors.push((
-            "tenant_id",
-            "give exactly one of tenant_id, workflow_type, default".to_owned(),
-        ));
-    }
-    match url::Url::parse(&r.agent_url) {
-        Ok(u) if matches!(u.scheme(), "http" | "https") => {}
-        _ => errors.push(("agent_url", "must be an http(s) URL".to_owned())),
-    }
-    if r.signing_secret.len() < 16 {
-        errors.push((
-            "signing_secret",
-            "must be at least 16 characters".to_owned(),
-        ));
-    }
     if let (Some(own), Some(t)) = (&key.tenant_id, &r.tenant_id)
         && own != t
     {
         return Err(ApiError::NotFound("no such tenant"));
     }
+    let errors = validate(
+        r.tenant_id.as_deref(),
+        r.workflow_type.as_deref(),
+        r.default,
+        &r.agent_url,
+        &r.signing_secret,
+    );
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
-    // One route per target: creating again replaces the agent.
-    let id = sqlx::query_scalar!(
-        r#"WITH gone AS (
-               DELETE FROM agent_routes
-               WHERE ($1::text IS NOT NULL AND tenant_id = $1) OR ($2::text IS NOT NULL AND workflow_type = $2)
-                  OR ($3 AND is_default)
-           )
-           INSERT INTO agent_routes (tenant_id, workflow_type, is_default, agent_url, signing_secret)
-           VALUES ($1, $2, $3, $4, $5) RETURNING id"#,
-        r.tenant_id,
-        r.workflow_type,
+    let id = insert(
+        &state.pool,
+        r.tenant_id.as_deref(),
+        r.workflow_type.as_deref(),
         r.default,
-        r.agent_url,
-        r.signing_secret
+        &r.agent_url,
+        &r.signing_secret,
     )
-    .fetch_one(&state.pool)
     .await;
     let id = match id {
         Ok(id) => id,
