@@ -57,8 +57,25 @@ impl AppState {
     }
 }
 
+/// A span per request carrying its id, so every log line of the request has it.
+fn request_span(req: &axum::http::Request<axum::body::Body>) -> tracing::Span {
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path())
+}
+
 pub fn router(state: AppState) -> Router {
     let limit = state.cfg.max_body_bytes;
+    // Outermost first: take or make X-Request-Id, open the request's span, and return the id.
+    let request_ids = tower::ServiceBuilder::new()
+        .layer(tower_http::request_id::SetRequestIdLayer::x_request_id(
+            tower_http::request_id::MakeRequestUuid,
+        ))
+        .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(request_span))
+        .layer(tower_http::request_id::PropagateRequestIdLayer::x_request_id());
     Router::new()
         .route("/webhook/twilio/sms", post(webhook::inbound_sms))
         .route("/webhook/twilio/status", post(status::status_callback))
@@ -84,6 +101,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health/ready", get(health::ready))
         .route("/metrics", get(metrics::metrics))
         .layer(DefaultBodyLimit::max(limit))
+        .layer(request_ids)
         .with_state(state)
 }
 

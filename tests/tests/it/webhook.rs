@@ -419,3 +419,23 @@ async fn metrics_count_webhook_outcomes() {
         assert!(text.contains(line), "{line} in {text}");
     }
 }
+
+#[tokio::test]
+async fn every_response_carries_a_request_id() {
+    let db = pg::fresh_db().await;
+    let app = TestApp::spawn(Settings::new(&db)).await;
+    let resp = app.http.get(app.url("/health")).send().await.unwrap();
+    let generated = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert_eq!(generated.len(), 36, "a UUID: {generated}");
+    let resp = app
+        .http
+        .get(app.url("/health"))
+        .header("x-request-id", "req-from-proxy-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["x-request-id"], "req-from-proxy-42");
+    let params = InboundSms::new("+15551230001", OUR_NUMBER, "hi").params(ACCOUNT_SID);
+    let resp = app.post_webhook(&params).await;
+    assert!(resp.headers().contains_key("x-request-id"));
+}
