@@ -255,3 +255,38 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Any token, URL, parameters and claimed signature: an answer, never a panic; and a
+        /// signature we computed always verifies while a changed one never does.
+        #[test]
+        fn verification_is_total_and_exact(
+            token in ".{0,40}",
+            url in ".{0,120}",
+            params in proptest::collection::vec((".{0,20}", ".{0,40}"), 0..12),
+            claimed in ".{0,60}",
+        ) {
+            let _ = verify_form(&[&token], &url, &params, &claimed);
+            let _ = verify_json(&[&token], &url, claimed.as_bytes(), &claimed);
+            let good = compute(&token, &url, &params);
+            prop_assert!(verify_form(&[&token], &url, &params, &good));
+            let mut bad = good.clone();
+            bad.push('x');
+            prop_assert!(!verify_form(&[&token], &url, &params, &bad));
+        }
+
+        /// Parameter order never matters.
+        #[test]
+        fn order_independent(params in proptest::collection::vec(("[A-Za-z]{1,8}", ".{0,20}"), 0..10)) {
+            let mut reversed = params.clone();
+            reversed.reverse();
+            prop_assert_eq!(compute("t", "https://x.example/a", &params), compute("t", "https://x.example/a", &reversed));
+        }
+    }
+}
