@@ -406,6 +406,7 @@ pub struct Worker {
     pub route_timeout: Duration,
     pub route_max_attempts: u32,
     pub route_backoff_base: Duration,
+    pub job_retention: Duration,
 }
 
 impl Worker {
@@ -438,6 +439,7 @@ impl Worker {
             route_timeout: millis(src, "ROUTE_TIMEOUT_MS", 10_000)?,
             route_max_attempts: parsed(src, "ROUTE_MAX_ATTEMPTS", 5u32)?,
             route_backoff_base: millis(src, "ROUTE_BACKOFF_BASE_MS", 2_000)?,
+            job_retention: secs(src, "JOB_RETENTION_HOURS", 24)?.saturating_mul(3600),
         })
     }
 }

@@ -33,6 +33,8 @@ pub struct Deps {
     pub route_timeout: std::time::Duration,
     pub route_max_attempts: u32,
     pub route_backoff_base: std::time::Duration,
+    /// Finished jobs older than this are deleted by the reconciler.
+    pub job_retention: std::time::Duration,
 }
 
 impl Deps {
@@ -55,6 +57,7 @@ impl Deps {
             route_timeout: cfg.route_timeout,
             route_max_attempts: cfg.route_max_attempts,
             route_backoff_base: cfg.route_backoff_base,
+            job_retention: cfg.job_retention,
             outbound: cfg.outbound.clone().map(|o| {
                 let client =
                     TwilioClient::new(&o.api_base, &o.account_sid, &o.auth_token, o.timeout);

@@ -22,6 +22,7 @@ pub struct Report {
     pub stuck_checked: usize,
     pub stuck_updated: usize,
     pub tenants_attached: usize,
+    pub jobs_deleted: u64,
 }
 
 pub async fn run(deps: Arc<Deps>, shutdown: CancellationToken) {
@@ -63,6 +64,17 @@ pub async fn once(deps: &Deps) -> anyhow::Result<Report> {
 
 async fn pass(deps: &Deps) -> anyhow::Result<Report> {
     let mut report = Report::default();
+    // apalis keeps finished jobs forever; without this the queue table only grows.
+    report.jobs_deleted = sqlx::query!(
+        r#"DELETE FROM apalis.jobs WHERE id IN (
+               SELECT id FROM apalis.jobs
+               WHERE status = 'Done' AND done_at < now() - make_interval(secs => $1::float8)
+               LIMIT 10000)"#,
+        deps.job_retention.as_secs_f64()
+    )
+    .execute(&deps.pool)
+    .await?
+    .rows_affected();
     if let Some((cfg, twilio)) = &deps.outbound {
         let stuck = sqlx::query!(
             r#"SELECT id, twilio_sid AS "sid!" FROM sms_messages

@@ -904,3 +904,28 @@ async fn every_twilio_status_is_accepted_and_applied_in_order() {
         assert_eq!(post(b, sent).await, expected, "after {sent}");
     }
 }
+
+#[tokio::test]
+async fn the_reconciler_deletes_finished_jobs_past_their_retention() {
+    let tw = twilio().await;
+    let mut app = app_with(&tw, &[("JOB_RETENTION_HOURS", "0")]).await;
+    let key = app.api_key(&["send"], None).await;
+    let (_, body) = send(&app, &key, json!({"to": TO, "body": "hi"}), None).await;
+    start_outbound_workers(&mut app).await;
+    wait_status(&app, id_of(&body), "delivered").await;
+    app.drain(jobs::OUTBOUND_STATUS).await;
+    let done = app
+        .count("SELECT count(*) FROM apalis.jobs WHERE status = 'Done'")
+        .await;
+    assert!(done >= 2);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let cfg = shared::config::Worker::load(&app.settings.0).unwrap();
+    let deps = worker::Deps::new(&cfg, app.pool.clone());
+    let report = worker::reconcile::once(&deps).await.unwrap();
+    assert_eq!(report.jobs_deleted as i64, done);
+    assert_eq!(
+        app.count("SELECT count(*) FROM apalis.jobs WHERE status = 'Done'")
+            .await,
+        0
+    );
+}
