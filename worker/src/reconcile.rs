@@ -63,9 +63,8 @@ pub async fn once(deps: &Deps) -> anyhow::Result<Report> {
 }
 
 async fn pass(deps: &Deps) -> anyhow::Result<Report> {
-    let mut report = Report::default();
     // apalis keeps finished jobs forever; without this the queue table only grows.
-    report.jobs_deleted = sqlx::query!(
+    let jobs_deleted = sqlx::query!(
         r#"DELETE FROM apalis.jobs WHERE id IN (
                SELECT id FROM apalis.jobs
                WHERE status = 'Done' AND done_at < now() - make_interval(secs => $1::float8)
@@ -75,6 +74,10 @@ async fn pass(deps: &Deps) -> anyhow::Result<Report> {
     .execute(&deps.pool)
     .await?
     .rows_affected();
+    let mut report = Report {
+        jobs_deleted,
+        ..Report::default()
+    };
     if let Some((cfg, twilio)) = &deps.outbound {
         let stuck = sqlx::query!(
             r#"SELECT id, twilio_sid AS "sid!" FROM sms_messages
