@@ -17,7 +17,7 @@ use uuid::Uuid;
 use crate::{
     AppState,
     error::ApiError,
-    webhook::{body_rejection, field, raw_payload, twiml_ok, verified_params},
+    webhook::{field, raw_payload, twiml_ok, verified_webhook},
 };
 
 /// Our message id, which the send worker puts in the StatusCallback URL (signed with it).
@@ -36,18 +36,7 @@ pub async fn status_callback(
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = body.map_err(|e| body_rejection(e, state.cfg.max_body_bytes))?;
-    let params = verified_params(&state, &headers, &uri, &body).inspect_err(|e| {
-        if matches!(e, ApiError::Forbidden(_)) {
-            state.metrics.webhook_rejected();
-        }
-    })?;
-    let sid = field(&params, "MessageSid")
-        .or_else(|| field(&params, "SmsSid"))
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| ApiError::bad_request("missing_field", "MessageSid is required"))?
-        .to_owned();
+    let (params, sid) = verified_webhook(&state, &headers, &uri, body, "SmsSid")?;
     let message_status = field(&params, "MessageStatus")
         .or_else(|| field(&params, "SmsStatus"))
         .map(|s| s.trim().to_ascii_lowercase())

@@ -145,6 +145,30 @@ pub fn verified_params(
     Ok(params)
 }
 
+/// Reads and verifies a Twilio webhook (inbound or status): its fields and its MessageSid (or the
+/// older `alt_sid` name). Bad signatures are counted.
+pub fn verified_webhook(
+    state: &AppState,
+    headers: &HeaderMap,
+    uri: &axum::http::Uri,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+    alt_sid: &str,
+) -> Result<(Params, String), ApiError> {
+    let body = body.map_err(|e| body_rejection(e, state.cfg.max_body_bytes))?;
+    let params = verified_params(state, headers, uri, &body).inspect_err(|e| {
+        if matches!(e, ApiError::Forbidden(_)) {
+            state.metrics.webhook_rejected();
+        }
+    })?;
+    let sid = field(&params, "MessageSid")
+        .or_else(|| field(&params, alt_sid))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| ApiError::bad_request("missing_field", "MessageSid is required"))?
+        .to_owned();
+    Ok((params, sid))
+}
+
 pub fn twiml_ok() -> Response {
     (
         StatusCode::OK,
@@ -161,18 +185,7 @@ pub async fn inbound_sms(
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = body.map_err(|e| body_rejection(e, state.cfg.max_body_bytes))?;
-    let params = verified_params(&state, &headers, &uri, &body).inspect_err(|e| {
-        if matches!(e, ApiError::Forbidden(_)) {
-            state.metrics.webhook_rejected();
-        }
-    })?;
-    let message_sid = field(&params, "MessageSid")
-        .or_else(|| field(&params, "SmsMessageSid"))
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| ApiError::bad_request("missing_field", "MessageSid is required"))?
-        .to_owned();
+    let (params, message_sid) = verified_webhook(&state, &headers, &uri, body, "SmsMessageSid")?;
     tracing::Span::current().record("message_sid", message_sid.as_str());
     let from = field(&params, "From").unwrap_or_default().to_owned();
     let item = NewInbound {
