@@ -5,5 +5,6 @@ mod conversations;
 mod directory;
 mod inbound_worker;
 mod outbound;
+mod routing;
 
 mod webhook;

@@ -1,0 +1,440 @@
+//! Routing inbound messages to their tenant's agent: route choice, signed delivery, replies sent
+//! back as SMS, retries, the quarantine and its replay, and tenant isolation of the admin API.
+
+use std::time::Duration;
+
+use harness::agent::{AgentFaults, AgentSim, AgentSimHandle};
+use harness::{
+    app::{ACCOUNT_SID, AUTH_TOKEN, Settings, TestApp, wait_until},
+    pg,
+};
+use serde_json::{Value, json};
+use shared::jobs;
+use sim::twilio::{TwilioSim, TwilioSimHandle};
+
+const SECRET: &str = "agent-secret-0123456789";
+
+struct World {
+    app: TestApp,
+    agent: AgentSimHandle,
+    twilio: TwilioSimHandle,
+    admin: String,
+}
+
+async fn world(extra: &[(&str, &str)]) -> World {
+    let db = pg::fresh_db().await;
+    sqlx::query(
+        "INSERT INTO tenant_profiles (tenant_id, name, phone_numbers) VALUES
+           ('t-a', 'Ana', '[\"+15559000001\", \"+15559000011\"]'),
+           ('t-b', 'Bo', '[\"+15559000002\"]'),
+           ('t-c', 'Cy', '[\"+15559000003\"]')",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let agent = AgentSim::start("127.0.0.1:0".parse().unwrap(), SECRET)
+        .await
+        .unwrap();
+    let twilio = TwilioSim::start("127.0.0.1:0".parse().unwrap(), ACCOUNT_SID, AUTH_TOKEN)
+        .await
+        .unwrap();
+    let mut settings = Settings::new(&db)
+        .set("TWILIO_API_BASE", twilio.base_url())
+        .set("SEND_RATE_PER_SENDER", "0")
+        .set("ROUTE_MAX_ATTEMPTS", "3")
+        .set("ROUTE_BACKOFF_BASE_MS", "100")
+        .set("ROUTE_TIMEOUT_MS", "1000");
+    for (k, v) in extra {
+        settings = settings.set(k, *v);
+    }
+    let mut app = TestApp::spawn(settings).await;
+    app.start_worker(&[
+        jobs::INBOUND,
+        jobs::ROUTE,
+        jobs::OUTBOUND_SEND,
+        jobs::OUTBOUND_STATUS,
+    ])
+    .await;
+    let admin = app.api_key(&["admin"], None).await;
+    World {
+        app,
+        agent,
+        twilio,
+        admin,
+    }
+}
+
+async fn add_route(w: &World, target: Value, mode: &str) -> (u16, Value) {
+    let mut body = target;
+    body["agent_url"] = json!(w.agent.url(mode));
+    body["signing_secret"] = json!(SECRET);
+    let resp = w
+        .app
+        .http
+        .post(w.app.url("/routes"))
+        .bearer_auth(&w.admin)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+async fn route_status(app: &TestApp, sid: &str) -> Option<String> {
+    sqlx::query_scalar("SELECT route_status FROM sms_messages WHERE twilio_sid = $1")
+        .bind(sid)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+}
+
+async fn wait_route(app: &TestApp, sid: &str, want: &str) {
+    let ok = wait_until(Duration::from_secs(20), || async {
+        route_status(app, sid).await.as_deref() == Some(want)
+    })
+    .await;
+    assert!(
+        ok.is_ok(),
+        "{sid} never {want}: {:?}",
+        route_status(app, sid).await
+    );
+}
+
+async fn decisions(app: &TestApp, sid: &str) -> Vec<(String, String)> {
+    sqlx::query_as(
+        "SELECT d.reason, d.outcome FROM sms_routing_decisions d JOIN sms_messages m ON m.id = d.message_id
+         WHERE m.twilio_sid = $1 ORDER BY d.id",
+    )
+    .bind(sid)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn tenant_route_wins_then_workflow_then_default() {
+    let w = world(&[]).await;
+    assert_eq!(
+        add_route(&w, json!({"tenant_id": "t-a"}), "silent").await.0,
+        201
+    );
+    assert_eq!(
+        add_route(&w, json!({"workflow_type": "maintenance"}), "silent")
+            .await
+            .0,
+        201
+    );
+    assert_eq!(
+        add_route(&w, json!({"default": true}), "silent").await.0,
+        201
+    );
+    // t-b's conversation is in the maintenance workflow; t-c falls to the default.
+    sqlx::query("INSERT INTO sms_conversations (phone_number, phone_number_original, tenant_id, workflow_type) VALUES ('+15559000002', '+15559000002', 't-b', 'maintenance')")
+        .execute(&w.app.pool)
+        .await
+        .unwrap();
+    let a = w.app.inbound("+15559000011", "I will pay Friday").await;
+    let b = w.app.inbound("+15559000002", "The sink is leaking").await;
+    let c = w.app.inbound("+15559000003", "Hello").await;
+    for sid in [&a, &b, &c] {
+        wait_route(&w.app, sid, "routed").await;
+    }
+    assert_eq!(
+        decisions(&w.app, &a).await,
+        vec![("tenant".to_string(), "delivered".to_string())]
+    );
+    assert_eq!(
+        decisions(&w.app, &b).await,
+        vec![("workflow_type".to_string(), "delivered".to_string())]
+    );
+    assert_eq!(
+        decisions(&w.app, &c).await,
+        vec![("default".to_string(), "delivered".to_string())]
+    );
+    let stats = w.agent.stats();
+    assert_eq!(stats.verified, 3, "every request signed");
+    let tenants: Vec<Option<String>> = stats.received.iter().map(|r| r.tenant_id.clone()).collect();
+    assert!(
+        tenants.contains(&Some("t-a".into()))
+            && tenants.contains(&Some("t-b".into()))
+            && tenants.contains(&Some("t-c".into()))
+    );
+}
+
+#[tokio::test]
+async fn an_agent_reply_is_sent_back_on_the_same_conversation() {
+    let w = world(&[]).await;
+    add_route(&w, json!({"tenant_id": "t-a"}), "echo").await;
+    let sid = w
+        .app
+        .inbound("+15559000001", "Can you fix the heater?")
+        .await;
+    wait_route(&w.app, &sid, "routed").await;
+    let ok = wait_until(Duration::from_secs(20), || async {
+        w.app.count("SELECT count(*) FROM sms_messages WHERE direction = 'outbound' AND delivery_status = 'delivered'").await == 1
+    })
+    .await;
+    assert!(ok.is_ok(), "reply delivered");
+    let reply = sqlx::query!("SELECT message_content, to_number, conversation_id, priority FROM sms_messages WHERE direction = 'outbound'")
+        .fetch_one(&w.app.pool)
+        .await
+        .unwrap();
+    assert_eq!(reply.message_content, "Echo: Can you fix the heater?");
+    assert_eq!(reply.to_number.as_deref(), Some("+15559000001"));
+    assert!(reply.priority > 0, "a reply goes ahead of bulk sends");
+    let inbound_conv: Option<uuid::Uuid> =
+        sqlx::query_scalar("SELECT conversation_id FROM sms_messages WHERE twilio_sid = $1")
+            .bind(&sid)
+            .fetch_one(&w.app.pool)
+            .await
+            .unwrap();
+    assert_eq!(reply.conversation_id, inbound_conv);
+    assert_eq!(w.twilio.stats().creates, 1);
+    assert_eq!(decisions(&w.app, &sid).await[0].1, "replied");
+}
+
+#[tokio::test]
+async fn agent_failures_are_retried_then_quarantined_and_4xx_at_once() {
+    let w = world(&[]).await;
+    add_route(&w, json!({"tenant_id": "t-a"}), "fail").await;
+    add_route(&w, json!({"tenant_id": "t-b"}), "reject").await;
+    let a = w.app.inbound("+15559000001", "hello").await;
+    let b = w.app.inbound("+15559000002", "hello").await;
+    wait_route(&w.app, &a, "unroutable").await;
+    wait_route(&w.app, &b, "unroutable").await;
+    let outcomes = |d: Vec<(String, String)>| d.into_iter().map(|(_, o)| o).collect::<Vec<_>>();
+    assert_eq!(
+        outcomes(decisions(&w.app, &a).await),
+        vec!["retry", "retry", "unroutable"]
+    );
+    assert_eq!(outcomes(decisions(&w.app, &b).await), vec!["unroutable"]);
+    let reasons: Vec<String> =
+        sqlx::query_scalar("SELECT reason FROM sms_unroutable ORDER BY reason")
+            .fetch_all(&w.app.pool)
+            .await
+            .unwrap();
+    assert_eq!(reasons, vec!["agent_rejected", "agent_unavailable"]);
+}
+
+#[tokio::test]
+async fn transient_agent_failure_then_success() {
+    let w = world(&[]).await;
+    add_route(&w, json!({"tenant_id": "t-a"}), "silent").await;
+    w.agent.set_faults(AgentFaults {
+        fail_next: 1,
+        fail_status: 503,
+        ..AgentFaults::default()
+    });
+    let sid = w.app.inbound("+15559000001", "hello").await;
+    wait_route(&w.app, &sid, "routed").await;
+    let d = decisions(&w.app, &sid).await;
+    assert_eq!(
+        d.iter().map(|(_, o)| o.as_str()).collect::<Vec<_>>(),
+        vec!["retry", "delivered"]
+    );
+}
+
+#[tokio::test]
+async fn unknown_numbers_are_quarantined_and_can_be_replayed() {
+    let w = world(&[]).await;
+    let sid = w
+        .app
+        .inbound("+15559000099", "Who do I talk to about my lease?")
+        .await;
+    wait_route(&w.app, &sid, "unroutable").await;
+    let list: Value = w
+        .app
+        .http
+        .get(w.app.url("/unroutable"))
+        .bearer_auth(&w.admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["reason"], "unknown_number");
+    assert_eq!(list[0]["content"], "Who do I talk to about my lease?");
+    let message_id = list[0]["message_id"].as_str().unwrap().to_owned();
+    // The operator learns whose number it is and adds a route, then replays.
+    sqlx::query(
+        "UPDATE sms_conversations SET tenant_id = 't-c' WHERE phone_number = '+15559000099'",
+    )
+    .execute(&w.app.pool)
+    .await
+    .unwrap();
+    add_route(&w, json!({"tenant_id": "t-c"}), "silent").await;
+    let resp = w
+        .app
+        .http
+        .post(w.app.url(&format!("/unroutable/{message_id}/replay")))
+        .bearer_auth(&w.admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    wait_route(&w.app, &sid, "routed").await;
+    let list: Value = w
+        .app
+        .http
+        .get(w.app.url("/unroutable"))
+        .bearer_auth(&w.admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(list.as_array().unwrap().is_empty());
+    let again = w
+        .app
+        .http
+        .post(w.app.url(&format!("/unroutable/{message_id}/replay")))
+        .bearer_auth(&w.admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 404, "already replayed");
+}
+
+#[tokio::test]
+async fn no_route_is_quarantined_and_opt_out_keywords_are_not_routed() {
+    let w = world(&[]).await;
+    let sid = w.app.inbound("+15559000001", "hello").await;
+    wait_route(&w.app, &sid, "unroutable").await;
+    assert_eq!(
+        decisions(&w.app, &sid).await,
+        vec![("no_route".to_string(), "unroutable".to_string())]
+    );
+    add_route(&w, json!({"default": true}), "echo").await;
+    let stop = w.app.inbound("+15559000002", "STOP").await;
+    w.app.drain(jobs::INBOUND).await;
+    w.app.drain(jobs::ROUTE).await;
+    assert_eq!(
+        route_status(&w.app, &stop).await.as_deref(),
+        Some("skipped")
+    );
+    assert_eq!(w.agent.stats().requests, 0);
+}
+
+#[tokio::test]
+async fn routes_admin_api_validates_and_isolates_tenants() {
+    let w = world(&[]).await;
+    for bad in [
+        json!({"agent_url": "http://x.example", "signing_secret": SECRET}),
+        json!({"tenant_id": "t-a", "default": true, "agent_url": "http://x.example", "signing_secret": SECRET}),
+        json!({"tenant_id": "t-a", "agent_url": "ftp://x", "signing_secret": SECRET}),
+        json!({"tenant_id": "t-a", "agent_url": "http://x.example", "signing_secret": "short"}),
+    ] {
+        let resp = w
+            .app
+            .http
+            .post(w.app.url("/routes"))
+            .bearer_auth(&w.admin)
+            .json(&bad)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400, "{bad}");
+    }
+    let (_, ra) = add_route(&w, json!({"tenant_id": "t-a"}), "silent").await;
+    let (_, rb) = add_route(&w, json!({"tenant_id": "t-b"}), "silent").await;
+    assert!(ra.get("signing_secret").is_none(), "secrets are write-only");
+    let reader = w.app.api_key(&["read"], None).await;
+    let resp = w
+        .app
+        .http
+        .post(w.app.url("/routes"))
+        .bearer_auth(&reader)
+        .json(&json!({"default": true, "agent_url": "http://x.example", "signing_secret": SECRET}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    // A key scoped to t-a sees only t-a's route; t-b's does not exist for it.
+    let key_a = w.app.api_key(&["read", "admin"], Some("t-a")).await;
+    let list: Value = w
+        .app
+        .http
+        .get(w.app.url("/routes"))
+        .bearer_auth(&key_a)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["tenant_id"], "t-a");
+    let resp = w
+        .app
+        .http
+        .delete(
+            w.app
+                .url(&format!("/routes/{}", rb["id"].as_str().unwrap())),
+        )
+        .bearer_auth(&key_a)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    let resp = w
+        .app
+        .http
+        .post(w.app.url("/routes"))
+        .bearer_auth(&key_a)
+        .json(
+            &json!({"tenant_id": "t-b", "agent_url": "http://x.example", "signing_secret": SECRET}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    // The quarantine is per tenant too.
+    let sid = w.app.inbound("+15559000002", "hello").await; // t-b, whose agent is silent: routed
+    wait_route(&w.app, &sid, "routed").await;
+    sqlx::query("DELETE FROM agent_routes WHERE tenant_id = 't-b'")
+        .execute(&w.app.pool)
+        .await
+        .unwrap();
+    let sid = w.app.inbound("+15559000002", "again").await;
+    wait_route(&w.app, &sid, "unroutable").await;
+    let list: Value = w
+        .app
+        .http
+        .get(w.app.url("/unroutable"))
+        .bearer_auth(&key_a)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        list.as_array().unwrap().is_empty(),
+        "t-a does not see t-b's quarantine"
+    );
+    let all: Value = w
+        .app
+        .http
+        .get(w.app.url("/unroutable"))
+        .bearer_auth(&w.admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = all[0]["message_id"].as_str().unwrap();
+    let resp = w
+        .app
+        .http
+        .post(w.app.url(&format!("/unroutable/{id}/replay")))
+        .bearer_auth(&key_a)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+}
