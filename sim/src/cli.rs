@@ -6,13 +6,13 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use shared::config::LogFormat;
 
-use crate::{load, server, twilio, webhook};
+use crate::{agent, load, server, twilio, webhook};
 
 #[derive(Debug, Parser)]
 #[command(
     name = "sms-sim",
     version,
-    about = "Plays the Collections Monitor and Twilio's REST API, sends signed Twilio webhooks, \
+    about = "Plays the Collections Monitor, Twilio's REST API and tenant agents, sends signed Twilio webhooks, \
              generates load"
 )]
 pub struct Cli {
@@ -29,8 +29,8 @@ pub enum LogFormatArg {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Serve the Collections Monitor and Twilio REST simulators on one port (with their /_sim
-    /// control APIs) until Ctrl-C.
+    /// Serve the Collections Monitor, Twilio REST and agent simulators on one port (with their
+    /// /_sim control APIs) until Ctrl-C.
     Serve {
         #[arg(long, default_value = "127.0.0.1:8089")]
         bind: SocketAddr,
@@ -52,6 +52,15 @@ pub enum Command {
             default_value = twilio::DEFAULT_AUTH_TOKEN
         )]
         auth_token: String,
+        /// Secret the agent simulator (POST /agent/{echo,silent,slow,fail,reject}) verifies
+        /// X-SMS-Signature with: the agent routes' secret (its value is never shown in --help).
+        #[arg(
+            long,
+            env = "AGENT_SECRET",
+            hide_env_values = true,
+            default_value = agent::DEFAULT_SECRET
+        )]
+        agent_secret: String,
         #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "pretty")]
         log_format: LogFormatArg,
     },
@@ -166,6 +175,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             seed_demo,
             account_sid,
             auth_token,
+            agent_secret,
             log_format,
         } => {
             shared::telemetry::init(match log_format {
@@ -178,6 +188,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 seed_demo,
                 twilio_account_sid: account_sid,
                 twilio_auth_token: auth_token,
+                agent_secret,
             })
             .await
         }

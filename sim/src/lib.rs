@@ -1,7 +1,8 @@
 //! `sms-sim`: plays the services around SMS Foundation over real HTTP for tests, benchmarks and
 //! local runs: the Collections Monitor ([`monitor`]), Twilio's Messaging REST API with signed
-//! status callbacks ([`twilio`]), correctly signed Twilio webhooks ([`webhook`]) and load
-//! ([`load`]), served by [`server`] and driven from [`cli`].
+//! status callbacks ([`twilio`]), the tenants' agents ([`agent`]), correctly signed Twilio
+//! webhooks ([`webhook`]) and load ([`load`]), served by [`server`] and driven from [`cli`].
+pub mod agent;
 pub mod cli;
 pub mod load;
 pub mod monitor;

@@ -16,6 +16,7 @@ use serde_json::json;
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
 use crate::{
+    agent::{AgentState, agent_router},
     monitor::{MonitorState, demo_tenants, monitor_router},
     twilio::{TwilioState, twilio_router},
 };
@@ -24,8 +25,8 @@ use crate::{
 const GRACE: Duration = Duration::from_secs(5);
 
 /// Merges simulator routers (each without a fallback) into one app with `GET /_sim/health`, a
-/// JSON 404 fallback and a request log line, e.g. `app([monitor_router(m), twilio_router(t)])`.
-/// More simulators (agents) are added by passing their routers here.
+/// JSON 404 fallback and a request log line, e.g. `app([monitor_router(m), twilio_router(t),
+/// agent_router(a)])`. More simulators are added by passing their routers here.
 pub fn app(routers: impl IntoIterator<Item = Router>) -> Router {
     let mut app = Router::new().route("/_sim/health", get(health));
     for r in routers {
@@ -132,24 +133,34 @@ pub struct ServeOptions {
     /// callbacks are signed with the token.
     pub twilio_account_sid: String,
     pub twilio_auth_token: String,
+    /// Secret the agent simulator verifies `X-SMS-Signature` with (the routes' secret).
+    pub agent_secret: String,
 }
 
-/// Serves the simulators (Monitor and Twilio REST on one port) until Ctrl-C or SIGTERM.
+/// Serves the simulators (Monitor, Twilio REST and the agent on one port) until Ctrl-C or
+/// SIGTERM.
 pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     anyhow::ensure!(
         !opts.twilio_account_sid.is_empty() && !opts.twilio_auth_token.is_empty(),
         "the Twilio account SID and auth token must not be empty"
+    );
+    // An empty secret would make every signature trivially forgeable.
+    anyhow::ensure!(
+        !opts.agent_secret.is_empty(),
+        "the agent secret must not be empty"
     );
     let monitor = MonitorState::new(opts.monitor_api_key.clone());
     if opts.seed_demo {
         monitor.seed(demo_tenants());
     }
     let twilio = TwilioState::new(opts.twilio_account_sid, opts.twilio_auth_token);
+    let agent = AgentState::new(&opts.agent_secret);
     let server = SimServer::start(
         opts.bind,
         app([
             monitor_router(monitor.clone()),
             twilio_router(twilio.clone()),
+            agent_router(agent.clone()),
         ]),
     )
     .await?;
@@ -164,10 +175,15 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         account_sid = twilio.account_sid(),
         "Twilio REST simulator listening"
     );
+    tracing::info!(
+        echo = %format!("{}/agent/echo", server.base_url()),
+        "agent simulator listening (modes: echo, silent, slow, fail, reject)"
+    );
     wait_for_signal().await?;
     tracing::info!("shutting down");
     monitor.close();
     twilio.close();
+    agent.close();
     server.shutdown().await;
     Ok(())
 }

@@ -25,6 +25,7 @@ pub struct QueueSettings {
     pub batch_size: usize,
     pub heartbeat_interval: Duration,
     pub missed_heartbeats: usize,
+    pub poll_interval: Duration,
 }
 
 impl From<&config::Worker> for QueueSettings {
@@ -34,6 +35,7 @@ impl From<&config::Worker> for QueueSettings {
             batch_size: cfg.batch_size,
             heartbeat_interval: cfg.heartbeat_interval,
             missed_heartbeats: cfg.missed_heartbeats,
+            poll_interval: cfg.poll_interval,
         }
     }
 }
@@ -149,9 +151,18 @@ async fn supervise<J, F, Fut>(
             .batch_size(settings.batch_size)
             .heartbeat_interval(settings.heartbeat_interval)
             .missed_heartbeats(settings.missed_heartbeats);
+        // NOTIFY wakes the worker at once; the interval is the safety net for wake-ups that
+        // never come (a notification missed while busy), which otherwise left jobs waiting
+        // seconds.
+        let strategy = Strategy::new()
+            .stream(apalis_postgres::Pubsub::new(
+                deps.pool.clone(),
+                queue.to_owned(),
+            ))
+            .interval(settings.poll_interval);
         let backend = PostgresStorage::<J>::new(&deps.pool)
             .with_config(config)
-            .with_pubsub();
+            .poll_with_strategy(strategy);
         let worker = WorkerBuilder::new(name.as_str())
             .backend(backend)
             .data(deps.clone())

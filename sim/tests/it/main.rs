@@ -1,6 +1,7 @@
 //! The simulator's own tests: Monitor contract and faults, Twilio REST and status callbacks,
-//! signed webhooks, load generator.
+//! agent modes, signatures and faults, signed webhooks, load generator.
 
+mod agent;
 mod load;
 mod monitor;
 mod twilio;
