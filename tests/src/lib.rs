@@ -1,5 +1,4 @@
-//! Test support: a real PostgreSQL per test process (`pg`), the service started on real sockets
-//! (`app`), and an agent to route to (`agent`).
-pub mod agent;
+//! Test support: a real PostgreSQL per test process (`pg`) and the service started on real
+//! sockets (`app`).
 pub mod app;
 pub mod pg;

@@ -3,13 +3,13 @@
 
 use std::time::Duration;
 
-use harness::agent::{AgentFaults, AgentSim, AgentSimHandle};
 use harness::{
     app::{ACCOUNT_SID, AUTH_TOKEN, Settings, TestApp, wait_until},
     pg,
 };
 use serde_json::{Value, json};
 use shared::jobs;
+use sim::agent::{AgentFaults, AgentSim, AgentSimHandle};
 use sim::twilio::{TwilioSim, TwilioSimHandle};
 
 const SECRET: &str = "agent-secret-0123456789";
