@@ -81,7 +81,7 @@ use serde_json::{Value, json};
 use shared::agent_signature;
 use tokio::sync::watch;
 
-use crate::server::{self, SimServer};
+use crate::server::{self, SimServer, bad_request};
 
 /// The secret `sms-sim serve` verifies with unless told otherwise.
 pub const DEFAULT_SECRET: &str = "local-agent-secret";
@@ -284,15 +284,6 @@ fn error(status: StatusCode, code: &str) -> Response {
     (status, Json(json!({ "error": code }))).into_response()
 }
 
-/// `{"error": code, "detail": ...}` with `400`.
-fn bad_request(code: &str, detail: impl std::fmt::Display) -> Response {
-    (
-        StatusCode::BAD_REQUEST,
-        Json(json!({ "error": code, "detail": detail.to_string() })),
-    )
-        .into_response()
-}
-
 #[derive(Deserialize)]
 struct SlowQuery {
     ms: Option<u64>,
@@ -351,21 +342,10 @@ async fn set_faults(
     State(state): State<AgentState>,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Response {
-    let value = match body {
-        Ok(Json(v)) => v,
-        Err(e) => return bad_request("bad_body", e.body_text()),
-    };
-    // serde would take `[]` for an all-default struct; only an object is meant.
-    if !value.is_object() {
-        return bad_request("bad_body", "expected a JSON object");
-    }
-    let faults: AgentFaults = match serde_json::from_value(value) {
+    let faults = match server::parse_faults(body, |f: &AgentFaults| f.fail_status) {
         Ok(f) => f,
-        Err(e) => return bad_request("bad_body", e),
+        Err(detail) => return server::bad_request("bad_body", detail),
     };
-    if !(400..=599).contains(&faults.fail_status) {
-        return bad_request("bad_body", "fail_status must be a 4xx or 5xx status");
-    }
     state.set_faults(faults);
     StatusCode::NO_CONTENT.into_response()
 }

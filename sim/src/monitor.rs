@@ -58,7 +58,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::watch;
 
-use crate::server::{self, SimServer};
+use crate::server::{self, SimServer, bad_request};
 
 /// How long a `timeout_next` request hangs: longer than any sane client timeout.
 pub const HANG: Duration = Duration::from_secs(30);
@@ -288,15 +288,6 @@ fn error(status: StatusCode, code: &str) -> Response {
     (status, Json(json!({ "error": code }))).into_response()
 }
 
-/// `{"error": code, "detail": ...}` with `400`.
-fn bad_request(code: &str, detail: impl std::fmt::Display) -> Response {
-    (
-        StatusCode::BAD_REQUEST,
-        Json(json!({ "error": code, "detail": detail.to_string() })),
-    )
-        .into_response()
-}
-
 #[derive(Deserialize)]
 struct LookupQuery {
     phone: Option<String>,
@@ -395,21 +386,10 @@ async fn set_faults(
     State(state): State<MonitorState>,
     body: Result<Json<serde_json::Value>, JsonRejection>,
 ) -> Response {
-    let value = match body {
-        Ok(Json(v)) => v,
-        Err(e) => return bad_request("bad_body", e.body_text()),
-    };
-    // serde would take `[]` for an all-default struct; only an object is meant.
-    if !value.is_object() {
-        return bad_request("bad_body", "expected a JSON object");
-    }
-    let faults: Faults = match serde_json::from_value(value) {
+    let faults = match server::parse_faults(body, |f: &Faults| f.fail_status) {
         Ok(f) => f,
-        Err(e) => return bad_request("bad_body", e),
+        Err(detail) => return server::bad_request("bad_body", detail),
     };
-    if !(400..=599).contains(&faults.fail_status) {
-        return bad_request("bad_body", "fail_status must be a 4xx or 5xx status");
-    }
     state.set_faults(faults);
     StatusCode::NO_CONTENT.into_response()
 }

@@ -6,13 +6,14 @@ use std::{net::SocketAddr, time::Duration, time::Instant};
 use anyhow::Context;
 use axum::{
     Json, Router,
-    extract::Request,
+    extract::{Request, rejection::JsonRejection},
     http::StatusCode,
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::get,
 };
-use serde_json::json;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
 use crate::{
@@ -203,4 +204,31 @@ async fn wait_for_signal() -> anyhow::Result<()> {
         .await
         .context("waiting for Ctrl-C")?;
     Ok(())
+}
+
+/// `{"error": code, "detail": ...}` with `400`: the control APIs' error shape.
+pub(crate) fn bad_request(code: &str, detail: impl std::fmt::Display) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        Json(json!({ "error": code, "detail": detail.to_string() })),
+    )
+        .into_response()
+}
+
+/// A control API's faults body: a JSON object of known fields whose `fail_status` (read by
+/// `fail_status`) is a 4xx or 5xx status. Otherwise, why not (to answer as `bad_body`).
+pub(crate) fn parse_faults<F: DeserializeOwned>(
+    body: Result<Json<Value>, JsonRejection>,
+    fail_status: impl FnOnce(&F) -> u16,
+) -> Result<F, String> {
+    let value = body.map_err(|e| e.body_text())?.0;
+    // serde would take `[]` for an all-default struct; only an object is meant.
+    if !value.is_object() {
+        return Err("expected a JSON object".into());
+    }
+    let faults: F = serde_json::from_value(value).map_err(|e| e.to_string())?;
+    if !(400..=599).contains(&fail_status(&faults)) {
+        return Err("fail_status must be a 4xx or 5xx status".into());
+    }
+    Ok(faults)
 }

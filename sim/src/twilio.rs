@@ -1011,34 +1011,14 @@ async fn method_not_allowed() -> Response {
     twilio_error(StatusCode::METHOD_NOT_ALLOWED, 20004, "Method not allowed")
 }
 
-/// `{"error": code, "detail": ...}` with `400`, like the other simulators' control APIs.
-fn control_bad_request(detail: impl std::fmt::Display) -> Response {
-    (
-        StatusCode::BAD_REQUEST,
-        Json(json!({ "error": "bad_body", "detail": detail.to_string() })),
-    )
-        .into_response()
-}
-
 async fn set_faults(
     State(state): State<TwilioState>,
     body: Result<Json<serde_json::Value>, JsonRejection>,
 ) -> Response {
-    let value = match body {
-        Ok(Json(v)) => v,
-        Err(e) => return control_bad_request(e.body_text()),
-    };
-    // serde would take `[]` for an all-default struct; only an object is meant.
-    if !value.is_object() {
-        return control_bad_request("expected a JSON object");
-    }
-    let faults: Faults = match serde_json::from_value(value) {
+    let faults = match server::parse_faults(body, |f: &Faults| f.fail_status) {
         Ok(f) => f,
-        Err(e) => return control_bad_request(e),
+        Err(detail) => return server::bad_request("bad_body", detail),
     };
-    if !(400..=599).contains(&faults.fail_status) {
-        return control_bad_request("fail_status must be a 4xx or 5xx status");
-    }
     state.set_faults(faults);
     StatusCode::NO_CONTENT.into_response()
 }
