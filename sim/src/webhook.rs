@@ -82,37 +82,11 @@ impl InboundSms {
     }
 }
 
-/// GSM 03.38 basic characters (one septet each).
-const GSM_BASIC: &str = "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?¡\
-    ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà";
-/// GSM 03.38 extension characters (two septets each).
-const GSM_EXTENDED: &str = "^{}\\[~]|€\u{c}";
-
-/// Segments Twilio would count for `body`: GSM-7 (160, or 153 per part) when every character is
+/// Segments Twilio would count for `body` (see `shared::segments`): GSM-7 (160, or 153 per part) when every character is
 /// in the GSM alphabet, else UCS-2 (70, or 67 UTF-16 units per part). Keeps `NumSegments`
 /// consistent with accented and emoji bodies.
 pub fn num_segments(body: &str) -> usize {
-    let septets: Option<usize> = body
-        .chars()
-        .map(|c| {
-            if GSM_BASIC.contains(c) {
-                Some(1)
-            } else if GSM_EXTENDED.contains(c) {
-                Some(2)
-            } else {
-                None
-            }
-        })
-        .sum();
-    let (units, single, part) = match septets {
-        Some(n) => (n, 160, 153),
-        None => (body.encode_utf16().count(), 70, 67),
-    };
-    if units <= single {
-        1
-    } else {
-        units.div_ceil(part)
-    }
+    shared::segments::count(body).0 as usize
 }
 
 /// The form body and the X-Twilio-Signature for `params` posted to `url`.
