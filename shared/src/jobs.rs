@@ -78,6 +78,16 @@ pub struct NotifyLanguage {
 /// only bounds immediate re-runs after errors that escape a handler (e.g. the database failing).
 pub const MAX_ATTEMPTS: usize = 25;
 
+/// apalis stores `run_at` in whole seconds and its own `run_after` truncates, so a job could run up
+/// to a second early (a retry before its Retry-After). Round up instead: late by <1 s, never early.
+fn due_second(delay: Duration) -> u64 {
+    let due = std::time::SystemTime::now() + delay;
+    let since = due
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    since.as_secs() + u64::from(since.subsec_nanos() > 0)
+}
+
 /// Pushes jobs to `queue` on the caller's connection (normally inside its transaction).
 pub async fn push<J: Serialize>(
     conn: &mut PgConnection,
@@ -107,7 +117,7 @@ pub async fn push_with_priority<J: Serialize>(
                 .max_attempts(MAX_ATTEMPTS)
                 .priority(priority);
             if let Some(delay) = run_after {
-                builder = builder.run_after(delay);
+                builder = builder.run_at_timestamp(due_second(delay));
             }
             builder.build()
         })
