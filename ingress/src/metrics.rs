@@ -1,59 +1,110 @@
-//! Counters exposed at `GET /metrics` in Prometheus text format.
+//! The ingress's Prometheus metrics at `GET /metrics`: webhook outcomes, request latency, the job
+//! queues and the database pool.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicU64, Ordering},
+use std::{sync::Arc, time::Instant};
+
+use axum::{
+    extract::{MatchedPath, Request, State},
+    http::header,
+    middleware::Next,
+    response::{IntoResponse, Response},
 };
-
-use axum::{extract::State, http::header, response::IntoResponse};
+use prometheus::{HistogramVec, IntCounterVec, Registry};
+use shared::metrics::{self as m, ScrapeGauges};
 
 use crate::AppState;
 
-#[derive(Debug, Default)]
-struct Counters {
-    stored: AtomicU64,
-    duplicate: AtomicU64,
-    rejected: AtomicU64,
+struct Inner {
+    registry: Registry,
+    scrape: ScrapeGauges,
+    webhooks: IntCounterVec,
+    status_callbacks: IntCounterVec,
+    requests: HistogramVec,
 }
 
-#[derive(Debug, Clone, Default)]
-pub struct Metrics(Arc<Counters>);
+/// Per app instance (not a global recorder), so tests running several apps count separately.
+#[derive(Clone)]
+pub struct Metrics(Arc<Inner>);
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let r = Registry::new();
+        Self(Arc::new(Inner {
+            scrape: ScrapeGauges::new(&r),
+            webhooks: m::counter(
+                &r,
+                "sms_webhooks_total",
+                "Twilio webhooks: inbound SMS stored or duplicate; rejected (bad signature) and \
+                 rate_limited count both webhook endpoints.",
+                &["outcome"],
+            ),
+            status_callbacks: m::counter(
+                &r,
+                "sms_status_callbacks_total",
+                "Twilio status callbacks stored, or skipped as duplicates.",
+                &["outcome"],
+            ),
+            requests: m::histogram(
+                &r,
+                "sms_http_request_duration_seconds",
+                "HTTP request latency by route, method and status.",
+                &["route", "method", "status"],
+            ),
+            registry: r,
+        }))
+    }
+}
 
 impl Metrics {
     pub fn webhook_stored(&self) {
-        self.0.stored.fetch_add(1, Ordering::Relaxed);
+        self.webhook("stored");
     }
     pub fn webhook_duplicate(&self) {
-        self.0.duplicate.fetch_add(1, Ordering::Relaxed);
+        self.webhook("duplicate");
     }
     pub fn webhook_rejected(&self) {
-        self.0.rejected.fetch_add(1, Ordering::Relaxed);
+        self.webhook("rejected");
+    }
+    pub fn webhook_rate_limited(&self) {
+        self.webhook("rate_limited");
+    }
+    fn webhook(&self, outcome: &str) {
+        self.0.webhooks.with_label_values(&[outcome]).inc();
+    }
+    pub fn status_callback(&self, duplicate: bool) {
+        let outcome = if duplicate { "duplicate" } else { "stored" };
+        self.0.status_callbacks.with_label_values(&[outcome]).inc();
     }
 
-    pub fn render(&self, pool: &sqlx::PgPool) -> String {
-        let c = &self.0;
-        format!(
-            "# HELP sms_webhooks_total Inbound SMS webhooks by outcome.\n\
-             # TYPE sms_webhooks_total counter\n\
-             sms_webhooks_total{{outcome=\"stored\"}} {}\n\
-             sms_webhooks_total{{outcome=\"duplicate\"}} {}\n\
-             sms_webhooks_total{{outcome=\"rejected\"}} {}\n\
-             # HELP sms_db_pool_connections Database pool connections by state.\n\
-             # TYPE sms_db_pool_connections gauge\n\
-             sms_db_pool_connections{{state=\"open\"}} {}\n\
-             sms_db_pool_connections{{state=\"idle\"}} {}\n",
-            c.stored.load(Ordering::Relaxed),
-            c.duplicate.load(Ordering::Relaxed),
-            c.rejected.load(Ordering::Relaxed),
-            pool.size(),
-            pool.num_idle(),
-        )
+    pub async fn render(&self, pool: &sqlx::PgPool) -> String {
+        self.0.scrape.refresh(pool).await;
+        m::render(&self.0.registry)
     }
+}
+
+/// Middleware: observes each routed request's latency under its route template (not the raw
+/// path, which would carry phone numbers and ids).
+pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().clone();
+    let started = Instant::now();
+    let response = next.run(req).await;
+    state
+        .metrics
+        .0
+        .requests
+        .with_label_values(&[route.as_str(), method.as_str(), response.status().as_str()])
+        .observe(started.elapsed().as_secs_f64());
+    response
 }
 
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(&state.pool),
+        [(header::CONTENT_TYPE, m::CONTENT_TYPE)],
+        state.metrics.render(&state.pool).await,
     )
 }

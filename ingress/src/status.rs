@@ -85,6 +85,7 @@ pub async fn status_callback(
         .map_err(|e| ApiError::Internal(e.into()))?;
     }
     tx.commit().await?;
+    state.metrics.status_callback(inserted.is_none());
     if inserted.is_some() {
         tracing::info!("status callback stored");
     } else {

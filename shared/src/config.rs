@@ -408,6 +408,8 @@ pub struct Worker {
     pub route_max_attempts: u32,
     pub route_backoff_base: Duration,
     pub job_retention: Duration,
+    /// Where `GET /metrics` listens; None when WORKER_METRICS_ADDR is `off`.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl Worker {
@@ -442,6 +444,14 @@ impl Worker {
             route_max_attempts: parsed(src, "ROUTE_MAX_ATTEMPTS", 5u32)?,
             route_backoff_base: millis(src, "ROUTE_BACKOFF_BASE_MS", 2_000)?,
             job_retention: secs(src, "JOB_RETENTION_HOURS", 24)?.saturating_mul(3600),
+            metrics_addr: match src.get("WORKER_METRICS_ADDR").as_deref().map(str::trim) {
+                Some("off") => None,
+                _ => Some(parsed(
+                    src,
+                    "WORKER_METRICS_ADDR",
+                    SocketAddr::from(([127, 0, 0, 1], 9091)),
+                )?),
+            },
         })
     }
 }

@@ -5,6 +5,7 @@ pub mod config;
 pub mod db;
 pub mod jobs;
 pub mod language;
+pub mod metrics;
 pub mod monitor;
 pub mod optout;
 pub mod phone;

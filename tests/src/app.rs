@@ -235,6 +235,8 @@ impl TestApp {
         cmd.arg("--queues").arg(queues);
         cmd.env_clear();
         cmd.env("PATH", std::env::var("PATH").unwrap_or_default());
+        // Several workers run at once in tests: each takes any free port for its /metrics.
+        cmd.env("WORKER_METRICS_ADDR", "127.0.0.1:0");
         for (k, v) in &self.settings.0 {
             cmd.env(k, v);
         }

@@ -183,6 +183,8 @@ pub async fn process(deps: &Deps, message_id: Uuid) -> anyhow::Result<Outcome> {
     }
     tx.commit().await?;
 
+    deps.metrics.number(effective_tenant.is_some());
+    deps.metrics.language(detection.map(|d| d.language.code()));
     match (&resolution, &effective_tenant) {
         (_, Some(t)) => {
             tracing::info!(tenant_id = %t, from = %phone::mask(&number), "inbound message linked to tenant")

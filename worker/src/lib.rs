@@ -3,6 +3,7 @@
 
 pub mod inbound;
 pub mod language_notify;
+pub mod metrics;
 pub mod queues;
 pub mod reconcile;
 pub mod route;
@@ -35,6 +36,7 @@ pub struct Deps {
     pub route_backoff_base: std::time::Duration,
     /// Finished jobs older than this are deleted by the reconciler.
     pub job_retention: std::time::Duration,
+    pub metrics: metrics::WorkerMetrics,
 }
 
 impl Deps {
@@ -58,6 +60,7 @@ impl Deps {
             route_max_attempts: cfg.route_max_attempts,
             route_backoff_base: cfg.route_backoff_base,
             job_retention: cfg.job_retention,
+            metrics: metrics::WorkerMetrics::new(),
             outbound: cfg.outbound.clone().map(|o| {
                 let client =
                     TwilioClient::new(&o.api_base, &o.account_sid, &o.auth_token, o.timeout);

@@ -46,7 +46,30 @@ async fn main() -> anyhow::Result<()> {
     tokio::spawn(telemetry::cancel_on_signal(shutdown.clone()));
     tracing::info!(?queues, "sms-worker starting");
     tokio::spawn(report_cache(deps.clone(), shutdown.clone()));
-    queues::run(deps, queues, queues::QueueSettings::from(&cfg), shutdown).await;
+    let metrics_server = match cfg.metrics_addr {
+        Some(addr) => match worker::metrics::serve(addr, deps.clone(), shutdown.clone()).await {
+            Ok((bound, task)) => {
+                tracing::info!(addr = %bound, "worker metrics at http://{bound}/metrics");
+                Some(task)
+            }
+            Err(e) => {
+                eprintln!("configuration error: WORKER_METRICS_ADDR: cannot listen on {addr}: {e}");
+                std::process::exit(2);
+            }
+        },
+        None => None,
+    };
+    queues::run(
+        deps,
+        queues,
+        queues::QueueSettings::from(&cfg),
+        shutdown.clone(),
+    )
+    .await;
+    shutdown.cancel();
+    if let Some(task) = metrics_server {
+        let _ = task.await;
+    }
     tracing::info!("sms-worker stopped");
     Ok(())
 }

@@ -17,7 +17,11 @@ use shared::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::{Deps, inbound, language_notify, reconcile, route, send, status_apply};
+use crate::{
+    Deps, inbound, language_notify,
+    metrics::{JobResult, Retried},
+    reconcile, route, send, status_apply,
+};
 
 #[derive(Debug, Clone)]
 pub struct QueueSettings {
@@ -63,33 +67,62 @@ pub fn parse_queues(list: &str) -> Result<Vec<&'static str>, String> {
     Ok(out)
 }
 
-/// Turns a panic in a handler into a job error instead of taking the worker down with it.
-async fn guarded<T>(fut: impl Future<Output = anyhow::Result<T>>) -> Result<(), BoxDynError> {
-    match std::panic::AssertUnwindSafe(fut).catch_unwind().await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(e.into()),
-        Err(_) => Err("handler panicked".into()),
-    }
+/// Turns a panic in a handler into a job error instead of taking the worker down with it, and
+/// counts the job in the metrics.
+async fn guarded<T: Retried>(
+    deps: &Deps,
+    queue: &'static str,
+    fut: impl Future<Output = anyhow::Result<T>>,
+) -> Result<(), BoxDynError> {
+    let started = std::time::Instant::now();
+    let (result, answer) = match std::panic::AssertUnwindSafe(fut).catch_unwind().await {
+        Ok(Ok(outcome)) if outcome.retried() => (JobResult::Retried, Ok(())),
+        Ok(Ok(_)) => (JobResult::Done, Ok(())),
+        Ok(Err(e)) => (JobResult::Failed, Err(e.into())),
+        Err(_) => (JobResult::Failed, Err("handler panicked".into())),
+    };
+    deps.metrics.job(queue, result, started.elapsed());
+    answer
 }
 
 async fn handle_inbound(job: ProcessInbound, deps: Data<Arc<Deps>>) -> Result<(), BoxDynError> {
-    guarded(inbound::process_batch(&deps, &job.message_ids)).await
+    guarded(
+        &deps,
+        jobs::INBOUND,
+        inbound::process_batch(&deps, &job.message_ids),
+    )
+    .await
 }
 
 async fn handle_language(job: NotifyLanguage, deps: Data<Arc<Deps>>) -> Result<(), BoxDynError> {
-    guarded(language_notify::process(&deps, job)).await
+    guarded(
+        &deps,
+        jobs::MONITOR_LANGUAGE,
+        language_notify::process(&deps, job),
+    )
+    .await
 }
 
 async fn handle_send(job: SendMessage, deps: Data<Arc<Deps>>) -> Result<(), BoxDynError> {
-    guarded(send::process(&deps, job)).await
+    guarded(&deps, jobs::OUTBOUND_SEND, send::process(&deps, job)).await
 }
 
 async fn handle_route(job: RouteMessage, deps: Data<Arc<Deps>>) -> Result<(), BoxDynError> {
-    guarded(route::process(&deps, job)).await
+    guarded(&deps, jobs::ROUTE, async {
+        let outcome = route::process(&deps, job).await?;
+        deps.metrics.route(outcome.label());
+        Ok(outcome)
+    })
+    .await
 }
 
 async fn handle_status(job: ApplyStatus, deps: Data<Arc<Deps>>) -> Result<(), BoxDynError> {
-    guarded(status_apply::process(&deps, job)).await
+    guarded(
+        &deps,
+        jobs::OUTBOUND_STATUS,
+        status_apply::process(&deps, job),
+    )
+    .await
 }
 
 /// Runs the named queues until `shutdown`, restarting any worker whose backend fails.

@@ -29,6 +29,18 @@ pub enum Outcome {
     AlreadyDone,
 }
 
+impl Outcome {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Delivered => "delivered",
+            Outcome::Replied { .. } => "replied",
+            Outcome::Retrying => "retrying",
+            Outcome::Unroutable { .. } => "unroutable",
+            Outcome::AlreadyDone => "already_done",
+        }
+    }
+}
+
 struct Route {
     id: Uuid,
     reason: &'static str,

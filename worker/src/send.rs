@@ -254,6 +254,7 @@ pub async fn process(deps: &Deps, job: SendMessage) -> anyhow::Result<Outcome> {
             status_callback: &callback,
         })
         .await;
+    count_outcome(deps, &outcome);
     record(
         deps,
         cfg,
@@ -264,6 +265,28 @@ pub async fn process(deps: &Deps, job: SendMessage) -> anyhow::Result<Outcome> {
         outcome,
     )
     .await
+}
+
+/// Counts the call in `sms_twilio_sends_total`: Twilio's error code, else the HTTP status.
+fn count_outcome(deps: &Deps, outcome: &CreateOutcome) {
+    let code = |code: &Option<String>, http: &Option<u16>| {
+        code.clone().or_else(|| http.map(|s| format!("http_{s}")))
+    };
+    let (label, code) = match outcome {
+        CreateOutcome::Accepted(_) => ("accepted", None),
+        CreateOutcome::Retryable {
+            code: c,
+            http_status,
+            ..
+        } => ("retryable", code(c, http_status)),
+        CreateOutcome::Permanent {
+            code: c,
+            http_status,
+            ..
+        } => ("permanent", code(c, http_status)),
+        CreateOutcome::Unknown { .. } => ("unknown", None),
+    };
+    deps.metrics.twilio_send(label, code.as_deref());
 }
 
 async fn record(
@@ -396,6 +419,7 @@ async fn record(
                 .await?;
             }
             tracing::error!(attempt, http_status, code, "send failed permanently");
+            deps.metrics.delivery_status("failed");
             Outcome::Failed { code }
         }
         CreateOutcome::Unknown { message } => {

@@ -112,6 +112,7 @@ pub async fn process(deps: &Deps, job: ApplyStatus) -> anyhow::Result<Outcome> {
     tx.commit().await?;
     if changed {
         tracing::info!(message_id = %id, from = %current, to = %new_status, error_code, "delivery status updated");
+        deps.metrics.delivery_status(&new_status);
         Ok(Outcome::Applied { status: new_status })
     } else {
         Ok(Outcome::Unchanged)

@@ -4,6 +4,7 @@
 mod conversations;
 mod directory;
 mod inbound_worker;
+mod metrics;
 mod outbound;
 mod routing;
 
