@@ -7,5 +7,6 @@ mod inbound_worker;
 mod metrics;
 mod outbound;
 mod routing;
+mod shutdown;
 
 mod webhook;

@@ -1,0 +1,205 @@
+//! Graceful shutdown on SIGTERM, with the real binaries: a worker finishes the jobs it is running
+//! and hands back the rest with nothing left locked; the ingress stops accepting and finishes the
+//! requests it has.
+
+use std::{
+    io::{Read, Write},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use harness::{
+    app::{ACCOUNT_SID, AUTH_TOKEN, OUR_NUMBER, Settings, TestApp, wait_until, workspace_binary},
+    pg,
+};
+use serde_json::json;
+use sim::agent::AgentSim;
+
+const SECRET: &str = "agent-secret-0123456789";
+
+fn sigterm(child: &Child) {
+    let ok = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("run kill")
+        .success();
+    assert!(ok, "SIGTERM delivered");
+}
+
+/// Waits for the process to exit, up to `limit`; returns its exit code and how long it took.
+async fn wait_exit(mut child: Child, limit: Duration) -> (Option<i32>, Duration) {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return (status.code(), started.elapsed());
+        }
+        if started.elapsed() > limit {
+            child.kill().ok();
+            child.wait().ok();
+            panic!("process still running {limit:?} after SIGTERM");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn locked_jobs(app: &TestApp) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM apalis.jobs WHERE status IN ('Queued', 'Running') OR lock_by IS NOT NULL AND status = 'Pending'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_worker_finishes_running_jobs_and_hands_back_the_rest_on_sigterm() {
+    let db = pg::fresh_db().await;
+    sqlx::query(
+        "INSERT INTO tenant_profiles (tenant_id, phone_numbers) VALUES ('t-s', '[\"+15559100001\"]')",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let agent = AgentSim::start("127.0.0.1:0".parse().unwrap(), SECRET)
+        .await
+        .unwrap();
+    let mut app = TestApp::spawn(Settings::new(&db).set("ROUTE_TIMEOUT_MS", "10000")).await;
+    let admin = app.api_key(&["admin"], None).await;
+    let resp = app
+        .http
+        .post(app.url("/routes"))
+        .bearer_auth(&admin)
+        .json(&json!({"default": true, "agent_url": agent.url("slow?ms=1500"), "signing_secret": SECRET}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201, "{:?}", resp.text().await);
+
+    // Few handlers at a time, so some route jobs are running and others wait their turn.
+    let worker = app.spawn_worker_process("inbound,route", &[("WORKER_CONCURRENCY", "2")]);
+    const N: usize = 8;
+    for i in 0..N {
+        app.inbound("+15559100001", &format!("message {i}")).await;
+    }
+    let busy = wait_until(Duration::from_secs(20), || async {
+        agent.stats().requests >= 2
+    })
+    .await;
+    assert!(busy.is_ok(), "the agent never saw a request");
+
+    sigterm(&worker);
+    let (code, took) = wait_exit(worker, Duration::from_secs(20)).await;
+    assert_eq!(code, Some(0), "clean exit after SIGTERM");
+    println!("worker stopped {took:?} after SIGTERM");
+    // Whatever it had started reached the agent and was recorded; nothing stays locked to it.
+    assert_eq!(
+        locked_jobs(&app).await,
+        0,
+        "jobs left locked by the stopped worker"
+    );
+    let started = agent.stats().requests as i64;
+    let recorded: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM sms_routing_decisions WHERE agent_status IS NOT NULL",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        recorded, started,
+        "every started agent call finished and was recorded"
+    );
+
+    // A new worker takes the handed-back jobs: every message reaches the agent exactly once.
+    app.start_worker(&[shared::jobs::INBOUND, shared::jobs::ROUTE])
+        .await;
+    let all = wait_until(Duration::from_secs(40), || async {
+        agent.stats().by_message_id.len() == N
+    })
+    .await;
+    let stats = agent.stats();
+    assert!(
+        all.is_ok(),
+        "only {} of {N} routed",
+        stats.by_message_id.len()
+    );
+    assert!(
+        stats.by_message_id.values().all(|n| *n == 1),
+        "a message reached the agent twice: {:?}",
+        stats.by_message_id
+    );
+    app.stop_workers().await;
+}
+
+#[tokio::test]
+async fn the_ingress_finishes_a_request_in_flight_and_then_stops() {
+    let db = pg::fresh_db().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let base = format!("http://127.0.0.1:{port}");
+    let settings = Settings::new(&db)
+        .set("BIND_ADDR", format!("127.0.0.1:{port}"))
+        .set("PUBLIC_URL", base.clone());
+    let mut cmd = Command::new(workspace_binary("sms-ingress"));
+    cmd.arg("serve").env_clear();
+    for (k, v) in &settings.0 {
+        cmd.env(k, v);
+    }
+    let ingress = cmd
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start sms-ingress");
+    let http = reqwest::Client::new();
+    let up = wait_until(Duration::from_secs(10), || async {
+        http.get(format!("{base}/health")).send().await.is_ok()
+    })
+    .await;
+    assert!(up.is_ok(), "ingress never answered");
+
+    // A signed webhook whose body arrives in two parts, SIGTERM between them.
+    let sms = sim::webhook::InboundSms::new("+15559100002", OUR_NUMBER, "in flight");
+    let url = format!("{base}/webhook/twilio/sms");
+    let (body, signature) =
+        sim::webhook::signed_request(AUTH_TOKEN, &url, &sms.params(ACCOUNT_SID));
+    let body = body.into_bytes();
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    write!(
+        stream,
+        "POST /webhook/twilio/sms HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/x-www-form-urlencoded\r\nX-Twilio-Signature: {signature}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    let half = body.len() / 2;
+    stream.write_all(&body[..half]).unwrap();
+    stream.flush().unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sigterm(&ingress);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // New connections are refused while the old request is still open.
+    let refused = http.get(format!("{base}/health")).send().await;
+    assert!(refused.is_err(), "a new request was accepted after SIGTERM");
+
+    stream.write_all(&body[half..]).unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "the request in flight was answered: {answer}"
+    );
+    let (code, _) = wait_exit(ingress, Duration::from_secs(15)).await;
+    assert_eq!(code, Some(0));
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM sms_messages WHERE twilio_sid = $1")
+        .bind(&sms.message_sid)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, 1, "the answered webhook was committed");
+}
