@@ -20,19 +20,11 @@ export DATABASE_URL=${server%/*}/sms_bench_route
 target/release/sms-ingress migrate 2>/dev/null
 psql -q "$DATABASE_URL" -c "INSERT INTO tenant_profiles (tenant_id, phone_numbers)
   SELECT 't-' || g, jsonb_build_array('+1555200' || lpad(g::text, 4, '0')) FROM generate_series(1, 1000) g" -c "VACUUM ANALYZE tenant_profiles"
-# A minimal agent that answers 200 {} at once (its time is excluded from the figure anyway).
-python3 -c '
-import http.server, socketserver
-class H(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def do_POST(self):
-        self.rfile.read(int(self.headers.get("content-length", 0)))
-        self.send_response(200); self.send_header("content-type", "application/json"); self.send_header("content-length", "2"); self.end_headers(); self.wfile.write(b"{}")
-    def log_message(self, *a): pass
-class S(socketserver.ThreadingMixIn, http.server.HTTPServer): daemon_threads = True
-S(("127.0.0.1", 18091), H).serve_forever()' & pids+=($!)
+# The simulator's agent in its `silent` mode: verifies the signature and answers 200 at once
+# (its time is excluded from the figure anyway).
+target/release/sms-sim serve --bind 127.0.0.1:18091 --agent-secret bench-agent-secret-0001 >/dev/null 2>&1 & pids+=($!)
 sleep 0.5
-AGENT_SIGNING_SECRET=bench-agent-secret-0001 target/release/sms-ingress route add --default --url http://127.0.0.1:18091/agent >/dev/null
+AGENT_SIGNING_SECRET=bench-agent-secret-0001 target/release/sms-ingress route add --default --url http://127.0.0.1:18091/agent/silent >/dev/null
 target/release/sms-ingress serve >/dev/null 2>&1 & pids+=($!)
 target/release/sms-worker --queues inbound,route >/dev/null 2>&1 & pids+=($!)
 sleep 0.5

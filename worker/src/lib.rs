@@ -9,6 +9,7 @@ pub mod reconcile;
 pub mod route;
 pub mod send;
 pub mod status_apply;
+pub mod wakeups;
 
 use std::sync::Arc;
 

@@ -21,6 +21,7 @@ use crate::{
     Deps, inbound, language_notify,
     metrics::{JobResult, Retried},
     reconcile, route, send, status_apply,
+    wakeups::Wakeups,
 };
 
 #[derive(Debug, Clone)]
@@ -184,15 +185,11 @@ async fn supervise<J, F, Fut>(
             .batch_size(settings.batch_size)
             .heartbeat_interval(settings.heartbeat_interval)
             .missed_heartbeats(settings.missed_heartbeats);
-        // NOTIFY wakes the worker at once; the interval is the safety net for wake-ups that
-        // never come (a notification missed while busy), which otherwise left jobs waiting
-        // seconds.
-        let strategy = Strategy::new()
-            .stream(apalis_postgres::Pubsub::new(
-                deps.pool.clone(),
-                queue.to_owned(),
-            ))
-            .interval(settings.poll_interval);
+        // NOTIFY wakes the worker at once; the interval is the safety net (see wakeups.rs).
+        let strategy = Wakeups::new(
+            apalis_postgres::Pubsub::new(deps.pool.clone(), queue.to_owned()),
+            settings.poll_interval,
+        );
         let backend = PostgresStorage::<J>::new(&deps.pool)
             .with_config(config)
             .poll_with_strategy(strategy);

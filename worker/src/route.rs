@@ -149,7 +149,6 @@ pub async fn process(deps: &Deps, job: RouteMessage) -> anyhow::Result<Outcome> 
         .body(body)
         .send()
         .await;
-    let latency_ms = started.elapsed().as_millis() as i32;
     let (status, answer) = match sent {
         Ok(resp) => {
             let status = resp.status().as_u16();
@@ -161,6 +160,8 @@ pub async fn process(deps: &Deps, job: RouteMessage) -> anyhow::Result<Outcome> 
             (None, Value::Null)
         }
     };
+    // The agent's time includes sending its body (a slow body is the agent's, not ours).
+    let latency_ms = started.elapsed().as_millis() as i32;
     let attempt = job.attempt as i32;
     let mut tx = deps.pool.begin().await?;
     let outcome = match status {

@@ -1,0 +1,74 @@
+//! When an idle apalis worker fetches again: on a NOTIFY of a new job in its queue, or on a
+//! fallback interval.
+//!
+//! apalis's own combination (`Strategy::new().stream(pubsub).interval(..)`) takes one
+//! notification per poll and stops at the first ready strategy, so after a wake-up nothing may be
+//! armed for the next notification and a job committed meanwhile waits for the interval. This
+//! strategy drains every pending notification and polls the interval each time, so a waker is
+//! always armed.
+
+use std::{
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use apalis::prelude::{PollSnapshot, PollStrategy};
+use apalis_postgres::Pubsub;
+use futures::StreamExt;
+use tokio::time::{Interval, MissedTickBehavior};
+
+pub struct Wakeups {
+    pubsub: Pubsub,
+    /// Pubsub ended (its connection failed): fetch on the interval alone until the supervisor
+    /// restarts the worker.
+    pubsub_closed: bool,
+    period: Duration,
+    interval: Option<Interval>,
+}
+
+impl Wakeups {
+    pub fn new(pubsub: Pubsub, period: Duration) -> Self {
+        Self {
+            pubsub,
+            pubsub_closed: false,
+            // tokio intervals panic on zero.
+            period: period.max(Duration::from_millis(1)),
+            interval: None,
+        }
+    }
+}
+
+impl Clone for Wakeups {
+    fn clone(&self) -> Self {
+        Self::new(self.pubsub.clone(), self.period)
+    }
+}
+
+impl PollStrategy for Wakeups {
+    fn poll_drive(&mut self, cx: &mut Context<'_>, _: &PollSnapshot) -> Poll<Option<()>> {
+        let mut wake = false;
+        // Until Pending, which leaves the listener's waker armed for the next notification.
+        while !self.pubsub_closed {
+            match self.pubsub.poll_next_unpin(cx) {
+                Poll::Ready(Some(_)) => wake = true,
+                Poll::Ready(None) => self.pubsub_closed = true,
+                Poll::Pending => break,
+            }
+        }
+        let period = self.period;
+        let interval = self.interval.get_or_insert_with(|| {
+            let mut i = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+            i.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            i
+        });
+        // A ready tick is consumed; polling again arms the timer for the next one.
+        while interval.poll_tick(cx).is_ready() {
+            wake = true;
+        }
+        if wake {
+            Poll::Ready(Some(()))
+        } else {
+            Poll::Pending
+        }
+    }
+}
