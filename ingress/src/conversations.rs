@@ -16,13 +16,17 @@ use crate::{AppState, auth::ApiKey, error::ApiError};
 pub const DEFAULT_LIMIT: i64 = 50;
 pub const MAX_LIMIT: i64 = 200;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PageParams {
+    /// Messages per page, 1 to 200 (default 50).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 200)]
     pub limit: Option<String>,
+    /// The previous page's `next_cursor`.
     pub cursor: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ConversationView {
     pub id: Uuid,
     pub phone_number: String,
@@ -32,13 +36,16 @@ pub struct ConversationView {
     pub last_message_at: Option<DateTime<Utc>>,
     pub language_detected: Option<String>,
     pub language_confidence: Option<f32>,
+    /// Newest first.
     pub messages: Vec<MessageView>,
+    /// Give as `cursor` for the next page; null on the last page.
     pub next_cursor: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct MessageView {
     pub id: Uuid,
+    /// `inbound` or `outbound`.
     pub direction: String,
     pub content: String,
     pub twilio_sid: Option<String>,
@@ -52,7 +59,7 @@ pub struct MessageView {
     pub routing: Vec<RoutingDecision>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct RoutingDecision {
     pub attempt: i32,
     pub reason: String,
@@ -92,6 +99,33 @@ fn parse_limit(raw: Option<&str>) -> Result<i64, ApiError> {
     }
 }
 
+/// A conversation and its messages
+///
+/// Any written form of the number finds the conversation (`+15551230001`, `(555) 123-0001`,
+/// URL-encoded). Messages are newest first, paged with `limit` and `cursor`; inbound ones carry
+/// their routing decisions.
+#[utoipa::path(
+    get,
+    path = "/conversations/{phone_number}",
+    tag = "messages",
+    operation_id = "getConversation",
+    security(("api_key" = ["read"])),
+    params(
+        ("phone_number" = String, Path, description = "The other party's number, in any \
+            written form (URL-encode it).", example = "+15551230001"),
+        PageParams,
+    ),
+    responses(
+        (status = 200, description = "The conversation.", body = ConversationView),
+        (status = 400, description = "`invalid_limit` or `invalid_cursor`.", body = crate::error::ErrorBody),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::MissingScope),
+        (status = 404, description = "`not_found`: no conversation with this number (or \
+            another tenant's, for a tenant-scoped key).", body = crate::error::ErrorBody),
+        (status = 500, response = crate::openapi::Internal),
+        (status = 503, response = crate::openapi::Unavailable),
+    )
+)]
 pub async fn get_conversation(
     State(state): State<AppState>,
     key: ApiKey,

@@ -1,12 +1,35 @@
 //! The ingress's one error type, mapped to stable JSON `{"code", "detail"}`. Server-side failures
 //! are logged here and answered without internals.
 
+use std::collections::BTreeMap;
+
 use axum::{
     Json,
     http::StatusCode,
     response::{IntoResponse, Response},
 };
-use serde_json::json;
+use serde::Serialize;
+
+/// The JSON body of every error answer.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(
+    as = ApiError,
+    example = json!({"code": "invalid_request", "detail": "the request has invalid fields",
+                     "errors": {"to": "is required"}})
+)]
+pub struct ErrorBody {
+    /// Stable, machine-readable: `malformed_body`, `missing_field`, `invalid_request`,
+    /// `invalid_limit`, `invalid_cursor`, `invalid_idempotency_key`, `unknown_status`,
+    /// `unauthorized`, `forbidden`, `not_found`, `recipient_opted_out`, `idempotency_key_in_use`,
+    /// `route_exists`, `idempotency_key_reused`, `conversation_mismatch`, `payload_too_large`,
+    /// `unavailable`, `internal`.
+    pub code: &'static str,
+    /// For people; may change.
+    pub detail: String,
+    /// `invalid_request` only: a message per invalid field.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errors: Option<BTreeMap<String, String>>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -74,16 +97,27 @@ impl IntoResponse for ApiError {
         let body = match &self {
             Self::Internal(err) => {
                 tracing::error!(error = ?err, "request failed");
-                json!({"code": code, "detail": "internal error"})
+                ErrorBody {
+                    code,
+                    detail: "internal error".into(),
+                    errors: None,
+                }
             }
-            Self::Validation(fields) => {
-                let errors: serde_json::Map<String, serde_json::Value> = fields
-                    .iter()
-                    .map(|(f, m)| ((*f).to_owned(), serde_json::Value::String(m.clone())))
-                    .collect();
-                json!({"code": code, "detail": self.to_string(), "errors": errors})
-            }
-            _ => json!({"code": code, "detail": self.to_string()}),
+            Self::Validation(fields) => ErrorBody {
+                code,
+                detail: self.to_string(),
+                errors: Some(
+                    fields
+                        .iter()
+                        .map(|(f, m)| ((*f).to_owned(), m.clone()))
+                        .collect(),
+                ),
+            },
+            _ => ErrorBody {
+                code,
+                detail: self.to_string(),
+                errors: None,
+            },
         };
         let mut response = (status, Json(body)).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {

@@ -3,29 +3,89 @@
 use std::time::Duration;
 
 use axum::{Json, extract::State, http::StatusCode};
-use serde_json::{Value, json};
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::AppState;
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
-pub async fn health() -> Json<Value> {
-    Json(json!({"ok": true, "service": "sms-ingress", "version": env!("CARGO_PKG_VERSION")}))
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    pub ok: bool,
+    #[schema(example = "sms-ingress")]
+    pub service: &'static str,
+    #[schema(example = "0.1.0")]
+    pub version: &'static str,
 }
 
-pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Readiness {
+    /// Whether the database answered.
+    pub ok: bool,
+    pub version: &'static str,
+    pub checks: ReadinessChecks,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReadinessChecks {
+    /// `ok` or `unreachable`.
+    #[schema(example = "ok")]
+    pub database: &'static str,
+    /// `ok`, `unreachable` or `not_configured` (no `MONITOR_API_URL`); never makes the ingress
+    /// unready.
+    #[schema(example = "not_configured")]
+    pub monitor: &'static str,
+}
+
+/// Liveness
+///
+/// Answers without any I/O.
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "operations",
+    operation_id = "health",
+    responses((status = 200, description = "The process is up.", body = Health))
+)]
+pub async fn health() -> Json<Health> {
+    Json(Health {
+        ok: true,
+        service: "sms-ingress",
+        version: env!("CARGO_PKG_VERSION"),
+    })
+}
+
+/// Readiness
+///
+/// Probes the database (and the Collections Monitor, when configured) with 1 s timeouts. An
+/// unreachable Monitor is reported but does not make the ingress unready: inbound messages are
+/// still stored and attached to their tenant later.
+#[utoipa::path(
+    get,
+    path = "/health/ready",
+    tag = "operations",
+    operation_id = "ready",
+    responses(
+        (status = 200, description = "The database answers.", body = Readiness),
+        (status = 503, description = "The database is unreachable.", body = Readiness,
+         example = json!({"ok": false, "version": "0.1.0",
+                          "checks": {"database": "unreachable", "monitor": "ok"}})),
+    )
+)]
+pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
     let db = tokio::time::timeout(PROBE_TIMEOUT, sqlx::query("SELECT 1").execute(&state.pool))
         .await
         .is_ok_and(|r| r.is_ok());
     // The Monitor is optional for the ingress (workers treat its absence as "unknown tenant"), so
     // it is reported but does not make the ingress unready.
     let monitor = match &state.cfg.monitor.api_url {
-        None => Value::String("not_configured".into()),
+        None => "not_configured",
         Some(url) => {
             let reachable = tokio::time::timeout(PROBE_TIMEOUT, state.http.get(url).send())
                 .await
                 .is_ok_and(|r| r.is_ok());
-            Value::String(if reachable { "ok" } else { "unreachable" }.into())
+            if reachable { "ok" } else { "unreachable" }
         }
     };
     let status = if db {
@@ -35,10 +95,13 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     };
     (
         status,
-        Json(json!({
-            "ok": db,
-            "version": env!("CARGO_PKG_VERSION"),
-            "checks": {"database": if db { "ok" } else { "unreachable" }, "monitor": monitor}
-        })),
+        Json(Readiness {
+            ok: db,
+            version: env!("CARGO_PKG_VERSION"),
+            checks: ReadinessChecks {
+                database: if db { "ok" } else { "unreachable" },
+                monitor,
+            },
+        }),
     )
 }

@@ -102,6 +102,17 @@ pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> R
     response
 }
 
+/// Prometheus metrics
+///
+/// Prometheus text format. No key needed: keep the port private.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    operation_id = "metrics",
+    responses((status = 200, description = "Prometheus text exposition format 0.0.4.",
+               content_type = "text/plain; version=0.0.4", body = String))
+)]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, m::CONTENT_TYPE)],

@@ -12,18 +12,23 @@ use uuid::Uuid;
 
 use crate::{AppState, auth::ApiKey, error::ApiError};
 
-#[derive(Debug, Deserialize)]
+/// Exactly one of `tenant_id`, `workflow_type` and `default: true`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewRoute {
     pub tenant_id: Option<String>,
     pub workflow_type: Option<String>,
     #[serde(default)]
     pub default: bool,
+    /// An http(s) URL the messages are POSTed to.
+    #[schema(example = "http://127.0.0.1:8089/agent/echo")]
     pub agent_url: String,
+    /// At least 16 characters; signs each request to the agent (`X-SMS-Signature`). Write-only.
+    #[schema(min_length = 16, write_only)]
     pub signing_secret: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct RouteView {
     pub id: Uuid,
     pub tenant_id: Option<String>,
@@ -54,6 +59,23 @@ pub async fn all(pool: &sqlx::PgPool, tenant: Option<&str>) -> Result<Vec<RouteV
         .collect())
 }
 
+/// List routes
+///
+/// Signing secrets are never shown. A tenant-scoped key sees only its tenant's route.
+#[utoipa::path(
+    get,
+    path = "/routes",
+    tag = "routing",
+    operation_id = "listRoutes",
+    security(("api_key" = ["read"])),
+    responses(
+        (status = 200, description = "The routes.", body = Vec<RouteView>),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::MissingScope),
+        (status = 500, response = crate::openapi::Internal),
+        (status = 503, response = crate::openapi::Unavailable),
+    )
+)]
 pub async fn list(
     State(state): State<AppState>,
     key: ApiKey,
@@ -142,6 +164,32 @@ async fn insert(
     .await
 }
 
+/// Create or replace a route
+///
+/// The route of a tenant, of a workflow type, or the default; creating one for a target that
+/// has a route replaces it.
+#[utoipa::path(
+    post,
+    path = "/routes",
+    tag = "routing",
+    operation_id = "createRoute",
+    security(("api_key" = ["admin"])),
+    request_body = NewRoute,
+    responses(
+        (status = 201, description = "Saved.", body = RouteView),
+        (status = 400, description = "`malformed_body`: not JSON, an unknown field, or over \
+            MAX_BODY_BYTES; `invalid_request` with `errors` per field (`tenant_id`, `agent_url`, \
+            `signing_secret`).", body = crate::error::ErrorBody),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::MissingScope),
+        (status = 404, description = "`not_found`: a tenant-scoped key naming another tenant.",
+         body = crate::error::ErrorBody),
+        (status = 409, description = "`route_exists`: a route for the same target was created \
+            at the same time; retry.", body = crate::error::ErrorBody),
+        (status = 500, response = crate::openapi::Internal),
+        (status = 503, response = crate::openapi::Unavailable),
+    )
+)]
 pub async fn create(
     State(state): State<AppState>,
     key: ApiKey,
@@ -197,6 +245,26 @@ pub async fn create(
     ))
 }
 
+/// Delete a route
+#[utoipa::path(
+    delete,
+    path = "/routes/{id}",
+    tag = "routing",
+    operation_id = "deleteRoute",
+    security(("api_key" = ["admin"])),
+    params(("id" = Uuid, Path, description = "The route's id.")),
+    responses(
+        (status = 204, description = "Deleted."),
+        (status = 400, description = "`id` is not a UUID (plain-text answer).",
+         content_type = "text/plain", body = String),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::MissingScope),
+        (status = 404, description = "`not_found`: no such route (or another tenant's).",
+         body = crate::error::ErrorBody),
+        (status = 500, response = crate::openapi::Internal),
+        (status = 503, response = crate::openapi::Unavailable),
+    )
+)]
 pub async fn delete(
     State(state): State<AppState>,
     key: ApiKey,

@@ -26,23 +26,40 @@ pub const MAX_MEDIA: usize = 10;
 pub const REPLY_WINDOW_MINUTES: i32 = 30;
 const REPLY_PRIORITY: usize = 10;
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SendRequest {
+    /// The recipient in any written form; normalised to E.164.
+    #[schema(example = "(555) 123-0001", required = true)]
     pub to: Option<String>,
+    /// At most 1600 characters; required unless `media_urls` is given.
+    #[schema(example = "Hola Maria, su recibo está listo.", max_length = 1600)]
     pub body: Option<String>,
+    /// Send on this conversation (it must be the recipient's).
     pub conversation_id: Option<Uuid>,
+    /// Stored on the conversation; at most 200 characters.
+    #[schema(example = "collections", max_length = 200)]
     pub workflow_type: Option<String>,
+    /// Stored on the conversation; at most 200 characters.
+    #[schema(max_length = 200)]
     pub workflow_id: Option<String>,
+    /// At most 10 http(s) URLs (MMS).
+    #[schema(max_items = 10)]
     pub media_urls: Option<Vec<String>>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SendResponse {
     pub message_id: Uuid,
     pub conversation_id: Uuid,
+    /// `pending`: stored with its send job.
+    #[schema(example = "pending")]
     pub status: String,
+    /// Segments carriers will bill: 160/153 GSM-7 septets or 70/67 UTF-16 units each.
+    #[schema(example = 1)]
     pub segments: u32,
+    /// `GSM-7` or `UCS-2`.
+    #[schema(example = "UCS-2")]
     pub encoding: String,
 }
 
@@ -122,6 +139,47 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     Ok(Some(key.to_owned()))
 }
 
+/// Send an SMS
+///
+/// Validates, refuses opted-out recipients, links the conversation, and stores the outbound
+/// message with its send job in one transaction. A send to a conversation with an inbound message
+/// in the last 30 minutes is a reply and goes ahead of bulk sends. With `Idempotency-Key`, a
+/// retried identical request gets the first answer again and is sent once.
+#[utoipa::path(
+    post,
+    path = "/sms/send",
+    tag = "messages",
+    operation_id = "sendSms",
+    security(("api_key" = ["send"])),
+    params(
+        ("Idempotency-Key" = Option<String>, Header,
+         description = "1 to 255 ASCII characters, per API key. The same key with the same \
+             request answers the first answer again; with a different request, 422."),
+    ),
+    request_body = SendRequest,
+    responses(
+        (status = 202, description = "Accepted: stored and queued for sending.", body = SendResponse),
+        (status = 400, description = "`malformed_body`: not JSON or an unknown field; \
+            `invalid_request` with `errors` per field (`to`, `body`, `media_urls`, \
+            `workflow_type`, `workflow_id`); `invalid_idempotency_key`.",
+         body = crate::error::ErrorBody),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::MissingScope),
+        (status = 404, description = "`not_found`: `conversation_id` unknown (or another \
+            tenant's), or, for a tenant-scoped key, a recipient that is not its tenant's.",
+         body = crate::error::ErrorBody),
+        (status = 409, description = "`recipient_opted_out`: the recipient sent STOP (or Twilio \
+            refused an earlier send with 21610); `idempotency_key_in_use`: the first request with \
+            this key is still being processed.", body = crate::error::ErrorBody),
+        (status = 413, description = "`payload_too_large`: body over MAX_BODY_BYTES.",
+         body = crate::error::ErrorBody),
+        (status = 422, description = "`idempotency_key_reused`: the key was used with a different \
+            request; `conversation_mismatch`: the conversation belongs to another number.",
+         body = crate::error::ErrorBody),
+        (status = 500, response = crate::openapi::Internal),
+        (status = 503, response = crate::openapi::Unavailable),
+    )
+)]
 pub async fn send(
     State(state): State<AppState>,
     key: ApiKey,

@@ -29,6 +29,44 @@ fn our_message_id(uri: &axum::http::Uri) -> Option<Uuid> {
     })
 }
 
+/// Twilio's delivery-status callback
+///
+/// Verified like the inbound webhook. Each callback is stored once per (MessageSid,
+/// MessageStatus) and applied by the `outbound-status` queue, monotonically (a late `sent` never
+/// overwrites `delivered`); a repeat is answered 200 and changes nothing.
+#[utoipa::path(
+    post,
+    path = "/webhook/twilio/status",
+    tag = "webhooks",
+    operation_id = "statusCallback",
+    security(("twilio_signature" = [])),
+    params(
+        ("message_id" = Option<uuid::Uuid>, Query,
+         description = "Our message id, which the send worker puts in the StatusCallback URL."),
+        ("bodySHA256" = Option<String>, Query,
+         description = "JSON bodies only: hex SHA-256 of the body, covered by the signature."),
+    ),
+    request_body(
+        description = "Twilio's fields, form-encoded (or a JSON object with `?bodySHA256=`).",
+        content(
+            (crate::openapi::TwilioStatusCallback = "application/x-www-form-urlencoded"),
+            (crate::openapi::TwilioStatusCallback = "application/json"),
+        )
+    ),
+    responses(
+        (status = 200, description = "Stored (or already stored): empty TwiML.",
+         content_type = "text/xml", body = String),
+        (status = 400, description = "`malformed_body`: not UTF-8, a bad escape, bad JSON; \
+            `missing_field`: no `MessageSid` or `MessageStatus`; `unknown_status`.",
+         body = crate::error::ErrorBody),
+        (status = 403, description = "`forbidden`: missing or invalid `X-Twilio-Signature`; \
+            nothing stored.", body = crate::error::ErrorBody),
+        (status = 413, description = "`payload_too_large`: body over MAX_BODY_BYTES.",
+         body = crate::error::ErrorBody),
+        (status = 500, response = crate::openapi::Internal),
+        (status = 503, response = crate::openapi::Unavailable),
+    )
+)]
 #[tracing::instrument(skip_all, fields(message_sid, message_status))]
 pub async fn status_callback(
     State(state): State<AppState>,

@@ -13,16 +13,21 @@ use shared::phone;
 
 use crate::{AppState, auth::ApiKey, error::ApiError};
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Phones {
     pub tenant_id: String,
+    /// E.164.
+    #[schema(example = json!(["+15551230001"]))]
     pub phone_numbers: Vec<String>,
+    /// The number the tenant texted from last: the default destination of sends to them.
     pub last_used_phone_number: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddPhone {
+    /// Any written form; stored in E.164.
+    #[schema(example = "(555) 123-0099")]
     pub phone_number: String,
 }
 
@@ -49,6 +54,24 @@ async fn load(state: &AppState, tenant_id: &str) -> Result<Phones, ApiError> {
     })
 }
 
+/// A tenant's phone numbers
+#[utoipa::path(
+    get,
+    path = "/tenants/{tenant_id}/phones",
+    tag = "tenants",
+    operation_id = "listTenantPhones",
+    security(("api_key" = ["read"])),
+    params(("tenant_id" = String, Path, example = "t-1001")),
+    responses(
+        (status = 200, description = "The tenant's numbers.", body = Phones),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::MissingScope),
+        (status = 404, description = "`not_found`: no such tenant (or another tenant, for a \
+            tenant-scoped key).", body = crate::error::ErrorBody),
+        (status = 500, response = crate::openapi::Internal),
+        (status = 503, response = crate::openapi::Unavailable),
+    )
+)]
 pub async fn list(
     State(state): State<AppState>,
     key: ApiKey,
@@ -59,6 +82,30 @@ pub async fn list(
     Ok(Json(load(&state, &tenant_id).await?))
 }
 
+/// Add a phone number to a tenant
+///
+/// Creates the tenant's profile if needed; a number already listed is not added twice. Workers
+/// see the change within TENANT_CACHE_TTL_SECS.
+#[utoipa::path(
+    post,
+    path = "/tenants/{tenant_id}/phones",
+    tag = "tenants",
+    operation_id = "addTenantPhone",
+    security(("api_key" = ["admin"])),
+    params(("tenant_id" = String, Path, example = "t-1001")),
+    request_body = AddPhone,
+    responses(
+        (status = 201, description = "The tenant's numbers now.", body = Phones),
+        (status = 400, description = "`malformed_body`: not JSON, an unknown field, or over \
+            MAX_BODY_BYTES; `invalid_request` with `errors.phone_number`.", body = crate::error::ErrorBody),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::MissingScope),
+        (status = 404, description = "`not_found`: another tenant, for a tenant-scoped key.",
+         body = crate::error::ErrorBody),
+        (status = 500, response = crate::openapi::Internal),
+        (status = 503, response = crate::openapi::Unavailable),
+    )
+)]
 pub async fn add(
     State(state): State<AppState>,
     key: ApiKey,
@@ -90,6 +137,28 @@ pub async fn add(
     Ok((StatusCode::CREATED, Json(load(&state, &tenant_id).await?)))
 }
 
+/// Remove a phone number from a tenant
+#[utoipa::path(
+    delete,
+    path = "/tenants/{tenant_id}/phones/{phone_number}",
+    tag = "tenants",
+    operation_id = "removeTenantPhone",
+    security(("api_key" = ["admin"])),
+    params(
+        ("tenant_id" = String, Path, example = "t-1001"),
+        ("phone_number" = String, Path, description = "Any written form (URL-encode it).",
+         example = "+15551230099"),
+    ),
+    responses(
+        (status = 200, description = "The tenant's numbers now.", body = Phones),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::MissingScope),
+        (status = 404, description = "`not_found`: no such tenant, the number is not the \
+            tenant's, or another tenant for a tenant-scoped key.", body = crate::error::ErrorBody),
+        (status = 500, response = crate::openapi::Internal),
+        (status = 503, response = crate::openapi::Unavailable),
+    )
+)]
 pub async fn remove(
     State(state): State<AppState>,
     key: ApiKey,

@@ -14,17 +14,22 @@ use uuid::Uuid;
 
 use crate::{AppState, auth::ApiKey, error::ApiError};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
+    /// 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
+    /// Also list messages already replayed (default false).
     #[serde(default)]
     pub include_replayed: bool,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Unroutable {
     pub message_id: Uuid,
     pub tenant_id: Option<String>,
+    /// Why it was not routed (unknown number, no route, agent refused or never took it).
     pub reason: String,
     pub detail: Option<String>,
     pub from: Option<String>,
@@ -33,6 +38,27 @@ pub struct Unroutable {
     pub replayed_at: Option<DateTime<Utc>>,
 }
 
+/// List unroutable messages
+///
+/// The quarantine, newest first: messages from unknown numbers, without a route, or that their
+/// agent refused or never took.
+#[utoipa::path(
+    get,
+    path = "/unroutable",
+    tag = "routing",
+    operation_id = "listUnroutable",
+    security(("api_key" = ["admin"])),
+    params(ListParams),
+    responses(
+        (status = 200, description = "The quarantined messages.", body = Vec<Unroutable>),
+        (status = 400, description = "`invalid_limit` (JSON); a `limit` or `include_replayed` \
+            that does not parse is refused with a plain-text answer.", body = crate::error::ErrorBody),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::MissingScope),
+        (status = 500, response = crate::openapi::Internal),
+        (status = 503, response = crate::openapi::Unavailable),
+    )
+)]
 pub async fn list(
     State(state): State<AppState>,
     key: ApiKey,
@@ -74,11 +100,41 @@ pub async fn list(
     ))
 }
 
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Replayed {
+    pub message_id: Uuid,
+    /// `replayed`.
+    #[schema(example = "replayed")]
+    pub status: &'static str,
+}
+
+/// Replay an unroutable message
+///
+/// Routes it again (after adding a route, or once the agent is back).
+#[utoipa::path(
+    post,
+    path = "/unroutable/{message_id}/replay",
+    tag = "routing",
+    operation_id = "replayUnroutable",
+    security(("api_key" = ["admin"])),
+    params(("message_id" = Uuid, Path, description = "The quarantined message's id.")),
+    responses(
+        (status = 202, description = "Queued for routing again.", body = Replayed),
+        (status = 400, description = "`message_id` is not a UUID (plain-text answer).",
+         content_type = "text/plain", body = String),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::MissingScope),
+        (status = 404, description = "`not_found`: not in the quarantine, already replayed, or \
+            another tenant's.", body = crate::error::ErrorBody),
+        (status = 500, response = crate::openapi::Internal),
+        (status = 503, response = crate::openapi::Unavailable),
+    )
+)]
 pub async fn replay(
     State(state): State<AppState>,
     key: ApiKey,
     Path(message_id): Path<Uuid>,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+) -> Result<(StatusCode, Json<Replayed>), ApiError> {
     key.require("admin")?;
     let mut tx = state.pool.begin().await?;
     let found = sqlx::query!(
@@ -114,6 +170,9 @@ pub async fn replay(
     tracing::info!(%message_id, "unroutable message replayed");
     Ok((
         StatusCode::ACCEPTED,
-        Json(serde_json::json!({"message_id": message_id, "status": "replayed"})),
+        Json(Replayed {
+            message_id,
+            status: "replayed",
+        }),
     ))
 }

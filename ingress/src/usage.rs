@@ -10,14 +10,20 @@ use serde::{Deserialize, Serialize};
 
 use crate::{AppState, auth::ApiKey, error::ApiError};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct UsageParams {
+    /// Count only this tenant (a tenant-scoped key always counts only its own).
     pub tenant_id: Option<String>,
+    /// Start, inclusive: RFC 3339 or YYYY-MM-DD (default: 30 days before `to`).
+    #[param(example = "2026-11-01")]
     pub from: Option<String>,
+    /// End, exclusive: RFC 3339 or YYYY-MM-DD (default: now).
+    #[param(example = "2026-12-01")]
     pub to: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct UsageRow {
     pub tenant_id: Option<String>,
     pub direction: String,
@@ -26,7 +32,7 @@ pub struct UsageRow {
     pub segments: i64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Usage {
     pub from: DateTime<Utc>,
     pub to: DateTime<Utc>,
@@ -43,6 +49,29 @@ fn parse_time(field: &'static str, v: &str) -> Result<DateTime<Utc>, ApiError> {
         .map_err(|_| ApiError::Validation(vec![(field, "must be RFC 3339 or YYYY-MM-DD".into())]))
 }
 
+/// Usage
+///
+/// Messages and segments by tenant, direction and delivery status, counted from the stored
+/// messages.
+#[utoipa::path(
+    get,
+    path = "/usage",
+    tag = "tenants",
+    operation_id = "usage",
+    security(("api_key" = ["read"])),
+    params(UsageParams),
+    responses(
+        (status = 200, description = "The counts.", body = Usage),
+        (status = 400, description = "`invalid_request` with `errors` for `from` / `to` (not a \
+            time, or `from` after `to`).", body = crate::error::ErrorBody),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::MissingScope),
+        (status = 404, description = "`not_found`: a tenant-scoped key asking for another tenant.",
+         body = crate::error::ErrorBody),
+        (status = 500, response = crate::openapi::Internal),
+        (status = 503, response = crate::openapi::Unavailable),
+    )
+)]
 pub async fn usage(
     State(state): State<AppState>,
     key: ApiKey,

@@ -178,6 +178,42 @@ pub fn twiml_ok() -> Response {
         .into_response()
 }
 
+/// Twilio's inbound SMS webhook
+///
+/// Verifies the signature, then stores the complete payload (every field) and enqueues its
+/// processing in one transaction; only after that commit the answer is 200 with empty TwiML. A
+/// replay of a stored `MessageSid` is answered 200 and changes nothing.
+#[utoipa::path(
+    post,
+    path = "/webhook/twilio/sms",
+    tag = "webhooks",
+    operation_id = "inboundSms",
+    security(("twilio_signature" = [])),
+    params(
+        ("bodySHA256" = Option<String>, Query,
+         description = "JSON bodies only: hex SHA-256 of the body, covered by the signature."),
+    ),
+    request_body(
+        description = "Twilio's fields, form-encoded (or a JSON object with `?bodySHA256=`).",
+        content(
+            (crate::openapi::TwilioInboundSms = "application/x-www-form-urlencoded"),
+            (crate::openapi::TwilioInboundSms = "application/json"),
+        )
+    ),
+    responses(
+        (status = 200, description = "Stored (or already stored): empty TwiML.",
+         content_type = "text/xml", body = String,
+         example = json!(r#"<?xml version="1.0" encoding="UTF-8"?><Response></Response>"#)),
+        (status = 400, description = "`malformed_body`: not UTF-8, a bad escape, bad JSON; \
+            `missing_field`: no `MessageSid`.", body = crate::error::ErrorBody),
+        (status = 403, description = "`forbidden`: missing or invalid `X-Twilio-Signature`; \
+            nothing stored.", body = crate::error::ErrorBody),
+        (status = 413, description = "`payload_too_large`: body over MAX_BODY_BYTES.",
+         body = crate::error::ErrorBody),
+        (status = 500, response = crate::openapi::Internal),
+        (status = 503, response = crate::openapi::Unavailable),
+    )
+)]
 #[tracing::instrument(skip_all, fields(message_sid))]
 pub async fn inbound_sms(
     State(state): State<AppState>,

@@ -4,7 +4,9 @@
 mod conversations;
 mod directory;
 mod inbound_worker;
+mod isolation;
 mod metrics;
+mod openapi;
 mod outbound;
 mod routing;
 mod shutdown;

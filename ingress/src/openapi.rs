@@ -1,0 +1,233 @@
+//! The OpenAPI 3 document at `GET /openapi.json`, generated from the handlers' `#[utoipa::path]`
+//! annotations as [`crate::api`] registers them, and a self-contained page at `GET /docs` that
+//! renders it (no assets from elsewhere, so it works offline).
+
+use std::sync::LazyLock;
+
+use axum::{
+    http::header,
+    response::{Html, IntoResponse},
+};
+use utoipa::{
+    Modify, OpenApi, PartialSchema, ToResponse, ToSchema,
+    openapi::{
+        Content, HeaderBuilder, Ref, RefOr, ResponseBuilder,
+        response::Response,
+        security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme},
+    },
+};
+
+use crate::error::ErrorBody;
+
+/// The security scheme of API keys (`Authorization: Bearer <key>`).
+pub const API_KEY: &str = "api_key";
+/// The security scheme of Twilio's webhooks (`X-Twilio-Signature`).
+pub const TWILIO_SIGNATURE: &str = "twilio_signature";
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "sms-ingress",
+        description = "Twilio webhooks and the SMS HTTP API of the SMS Foundation. Errors are JSON \
+            `{\"code\", \"detail\"}` (see the `ApiError` schema); `code` is stable, `detail` is for \
+            people. API endpoints need a key created with `sms-ingress api-key create`, sent as \
+            `Authorization: Bearer <key>`; its scopes (`read`, `send`, `admin`, where `admin` \
+            implies the others) are listed on each operation's security requirement. A key \
+            confined to a tenant sees only that tenant's data: anything else answers 404."
+    ),
+    modifiers(&SecuritySchemes),
+    components(
+        schemas(ErrorBody),
+        responses(Unauthorized, MissingScope, Unavailable, Internal)
+    ),
+    tags(
+        (name = "webhooks", description = "Called by Twilio; authenticated by signature."),
+        (name = "messages", description = "Sending SMS and reading conversations."),
+        (name = "routing", description = "Which agent receives a tenant's messages, and the quarantine of those that could not be routed."),
+        (name = "tenants", description = "Tenants' phone numbers and usage."),
+        (name = "operations", description = "Health, metrics and this documentation; no key needed."),
+    )
+)]
+pub struct ApiDoc;
+
+struct SecuritySchemes;
+
+impl Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            API_KEY,
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("sk_<48 hex digits>")
+                    .description(Some(
+                        "An API key: `Authorization: Bearer sk_...`. Only its SHA-256 is stored. \
+                         The values in an operation's requirement are the scopes it needs \
+                         (`admin` implies `read` and `send`).",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            TWILIO_SIGNATURE,
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "X-Twilio-Signature",
+                "Twilio's signature: base64 of HMAC-SHA1, keyed with TWILIO_AUTH_TOKEN (or \
+                 TWILIO_AUTH_TOKEN_SECONDARY), over PUBLIC_URL + path + query followed by each \
+                 form parameter's name and value sorted by name; for a JSON body the URL carries \
+                 `bodySHA256` instead. Missing or wrong: 403 and nothing is stored.",
+            ))),
+        );
+    }
+}
+
+/// Content of an error answer: the `ApiError` schema.
+fn error_content() -> Content {
+    Content::new(Some(Ref::from_schema_name(ErrorBody::name())))
+}
+
+/// An error response with this description (for reusable responses).
+fn error_response(description: &str) -> ResponseBuilder {
+    ResponseBuilder::new()
+        .description(description)
+        .content("application/json", error_content())
+}
+
+/// 401 `unauthorized`.
+pub struct Unauthorized;
+
+impl<'r> ToResponse<'r> for Unauthorized {
+    fn response() -> (&'r str, RefOr<Response>) {
+        let r = error_response(
+            "`unauthorized`: no `Authorization: Bearer` header, or an unknown or revoked key.",
+        );
+        ("Unauthorized", r.build().into())
+    }
+}
+
+/// 403 `forbidden`: the key lacks the scope.
+pub struct MissingScope;
+
+impl<'r> ToResponse<'r> for MissingScope {
+    fn response() -> (&'r str, RefOr<Response>) {
+        let r = error_response("`forbidden`: the key lacks the scope this operation needs.");
+        ("MissingScope", r.build().into())
+    }
+}
+
+/// 503 `unavailable` with `Retry-After`.
+pub struct Unavailable;
+
+impl<'r> ToResponse<'r> for Unavailable {
+    fn response() -> (&'r str, RefOr<Response>) {
+        let r = error_response(
+            "`unavailable`: the database did not answer (or no connection was free within \
+             DATABASE_ACQUIRE_TIMEOUT_MS). Nothing was done; retry.",
+        )
+        .header(
+            "Retry-After",
+            HeaderBuilder::new()
+                .schema(u32::schema())
+                .description(Some("Seconds to wait before retrying (5)."))
+                .build(),
+        );
+        ("Unavailable", r.build().into())
+    }
+}
+
+/// 500 `internal`.
+pub struct Internal;
+
+impl<'r> ToResponse<'r> for Internal {
+    fn response() -> (&'r str, RefOr<Response>) {
+        let r = error_response(
+            "`internal`: an unexpected server-side failure (logged; no internals in the answer).",
+        );
+        ("Internal", r.build().into())
+    }
+}
+
+/// The fields of Twilio's inbound SMS webhook that the ingress reads. Every field sent is stored
+/// as received (`sms_messages.raw_webhook_data`), including ones not listed here; a repeated field
+/// is stored as an array.
+#[derive(ToSchema)]
+#[allow(non_snake_case, dead_code)]
+pub struct TwilioInboundSms {
+    /// Twilio's message id; a replay of a stored one changes nothing. `SmsMessageSid` is
+    /// accepted instead.
+    #[schema(example = "SM0123456789abcdef0123456789abcdef")]
+    MessageSid: String,
+    #[schema(example = "AC00000000000000000000000000000000")]
+    AccountSid: Option<String>,
+    /// The sender, in any written form.
+    #[schema(example = "+15551230001")]
+    From: Option<String>,
+    /// Our number.
+    #[schema(example = "+15550001000")]
+    To: Option<String>,
+    #[schema(example = "Sí, gracias")]
+    Body: Option<String>,
+    NumSegments: Option<String>,
+    NumMedia: Option<String>,
+}
+
+/// The fields of Twilio's status callback that the ingress reads; every field is stored.
+#[derive(ToSchema)]
+#[allow(non_snake_case, dead_code)]
+pub struct TwilioStatusCallback {
+    /// `SmsSid` is accepted instead.
+    #[schema(example = "SMabc0000000000000000000000000000")]
+    MessageSid: String,
+    /// queued, sending, sent, delivered, undelivered, failed, read, accepted, scheduled,
+    /// canceled, receiving, received. `SmsStatus` is accepted instead.
+    #[schema(example = "delivered")]
+    MessageStatus: String,
+    /// Twilio's error code on undelivered/failed (e.g. 30003); stored.
+    ErrorCode: Option<String>,
+    AccountSid: Option<String>,
+}
+
+/// The document, generated once from the registered routes.
+pub fn document() -> &'static utoipa::openapi::OpenApi {
+    static DOC: LazyLock<utoipa::openapi::OpenApi> = LazyLock::new(|| crate::api().into_openapi());
+    &DOC
+}
+
+static DOC_JSON: LazyLock<String> = LazyLock::new(|| {
+    document()
+        .to_json()
+        .expect("the OpenAPI document serialises")
+});
+
+/// OpenAPI document
+///
+/// This API's OpenAPI 3.1 document, generated from the code.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "operations",
+    operation_id = "openapi",
+    responses((status = 200, description = "The OpenAPI document.",
+               content_type = "application/json", body = inline(std::collections::BTreeMap<String, serde_json::Value>)))
+)]
+pub async fn openapi_json() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        DOC_JSON.as_str(),
+    )
+}
+
+/// API documentation page
+///
+/// A self-contained HTML page that renders `/openapi.json`.
+#[utoipa::path(
+    get,
+    path = "/docs",
+    tag = "operations",
+    operation_id = "docs",
+    responses((status = 200, description = "HTML.", content_type = "text/html", body = String))
+)]
+pub async fn docs() -> Html<&'static str> {
+    Html(include_str!("docs.html"))
+}
