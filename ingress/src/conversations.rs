@@ -1,10 +1,8 @@
 //! `GET /conversations/{phone_number}`: a conversation and its messages, newest first, with
 //! keyset pagination on (created_at, id).
 
-use axum::{
-    Json,
-    extract::{Path, Query, State},
-};
+use crate::extract::{Path, Query};
+use axum::{Json, extract::State};
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -117,7 +115,8 @@ fn parse_limit(raw: Option<&str>) -> Result<i64, ApiError> {
     ),
     responses(
         (status = 200, description = "The conversation.", body = ConversationView),
-        (status = 400, description = "`invalid_limit` or `invalid_cursor`.", body = crate::error::ErrorBody),
+        (status = 400, description = "`invalid_limit`, `invalid_cursor`, or `invalid_query`: a \
+            query that does not parse.", body = crate::error::ErrorBody),
         (status = 401, response = crate::openapi::Unauthorized),
         (status = 403, response = crate::openapi::MissingScope),
         (status = 404, description = "`not_found`: no conversation with this number (or \

@@ -22,6 +22,7 @@ pub struct ErrorBody {
     /// `invalid_limit`, `invalid_cursor`, `invalid_idempotency_key`, `unknown_status`,
     /// `unauthorized`, `forbidden`, `not_found`, `recipient_opted_out`, `idempotency_key_in_use`,
     /// `route_exists`, `idempotency_key_reused`, `conversation_mismatch`, `payload_too_large`,
+    /// `invalid_path`, `invalid_query`, `rate_limited`, `request_timeout`,
     /// `unavailable`, `internal`.
     pub code: &'static str,
     /// For people; may change.

@@ -3,6 +3,7 @@
 pub mod auth;
 pub mod conversations;
 pub mod error;
+pub mod extract;
 pub mod group_commit;
 pub mod health;
 pub mod metrics;

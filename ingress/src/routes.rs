@@ -2,11 +2,8 @@
 //! deleting need the `admin` scope; a tenant-scoped key sees only its tenant's route, and other
 //! routes do not exist for it (404). Signing secrets are write-only.
 
-use axum::{
-    Json,
-    extract::{Path, State},
-    http::StatusCode,
-};
+use crate::extract::Path;
+use axum::{Json, extract::State, http::StatusCode};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -177,9 +174,11 @@ async fn insert(
     request_body = NewRoute,
     responses(
         (status = 201, description = "Saved.", body = RouteView),
-        (status = 400, description = "`malformed_body`: not JSON, an unknown field, or over \
-            MAX_BODY_BYTES; `invalid_request` with `errors` per field (`tenant_id`, `agent_url`, \
+        (status = 400, description = "`malformed_body`: not JSON or an unknown field; \
+            `invalid_request` with `errors` per field (`tenant_id`, `agent_url`, \
             `signing_secret`).", body = crate::error::ErrorBody),
+        (status = 413, description = "`payload_too_large`: body over MAX_BODY_BYTES.",
+         body = crate::error::ErrorBody),
         (status = 401, response = crate::openapi::Unauthorized),
         (status = 403, response = crate::openapi::MissingScope),
         (status = 404, description = "`not_found`: a tenant-scoped key naming another tenant.",
@@ -196,7 +195,7 @@ pub async fn create(
     body: Result<Json<NewRoute>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<RouteView>), ApiError> {
     key.require("admin")?;
-    let Json(r) = body.map_err(|e| ApiError::bad_request("malformed_body", e.body_text()))?;
+    let Json(r) = body.map_err(|e| crate::extract::json_rejection(e, state.cfg.max_body_bytes))?;
     if let (Some(own), Some(t)) = (&key.tenant_id, &r.tenant_id)
         && own != t
     {
@@ -255,8 +254,8 @@ pub async fn create(
     params(("id" = Uuid, Path, description = "The route's id.")),
     responses(
         (status = 204, description = "Deleted."),
-        (status = 400, description = "`id` is not a UUID (plain-text answer).",
-         content_type = "text/plain", body = String),
+        (status = 400, description = "`invalid_path`: `id` is not a UUID.",
+         body = crate::error::ErrorBody),
         (status = 401, response = crate::openapi::Unauthorized),
         (status = 403, response = crate::openapi::MissingScope),
         (status = 404, description = "`not_found`: no such route (or another tenant's).",

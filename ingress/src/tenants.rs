@@ -3,11 +3,8 @@
 //! tenant-scoped key sees only its own tenant (404 for others). Workers cache lookups for
 //! `TENANT_CACHE_TTL_SECS`, so a change reaches routing within that time.
 
-use axum::{
-    Json,
-    extract::{Path, State},
-    http::StatusCode,
-};
+use crate::extract::Path;
+use axum::{Json, extract::State, http::StatusCode};
 use serde::{Deserialize, Serialize};
 use shared::phone;
 
@@ -96,8 +93,10 @@ pub async fn list(
     request_body = AddPhone,
     responses(
         (status = 201, description = "The tenant's numbers now.", body = Phones),
-        (status = 400, description = "`malformed_body`: not JSON, an unknown field, or over \
-            MAX_BODY_BYTES; `invalid_request` with `errors.phone_number`.", body = crate::error::ErrorBody),
+        (status = 400, description = "`malformed_body`: not JSON or an unknown field; \
+            `invalid_request` with `errors.phone_number`.", body = crate::error::ErrorBody),
+        (status = 413, description = "`payload_too_large`: body over MAX_BODY_BYTES.",
+         body = crate::error::ErrorBody),
         (status = 401, response = crate::openapi::Unauthorized),
         (status = 403, response = crate::openapi::MissingScope),
         (status = 404, description = "`not_found`: another tenant, for a tenant-scoped key.",
@@ -114,7 +113,8 @@ pub async fn add(
 ) -> Result<(StatusCode, Json<Phones>), ApiError> {
     key.require("admin")?;
     visible(&key, &tenant_id)?;
-    let Json(body) = body.map_err(|e| ApiError::bad_request("malformed_body", e.body_text()))?;
+    let Json(body) =
+        body.map_err(|e| crate::extract::json_rejection(e, state.cfg.max_body_bytes))?;
     let e164 =
         phone::normalize(&body.phone_number, state.cfg.common.default_region).map_err(|e| {
             ApiError::Validation(vec![(

@@ -2,11 +2,8 @@
 //! first), `POST /unroutable/{message_id}/replay` routes one again (after adding a route, or once
 //! the agent is back). A tenant-scoped key sees only its tenant's.
 
-use axum::{
-    Json,
-    extract::{Path, Query, State},
-    http::StatusCode,
-};
+use crate::extract::{Path, Query};
+use axum::{Json, extract::State, http::StatusCode};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use shared::jobs::{self, RouteMessage};
@@ -51,8 +48,8 @@ pub struct Unroutable {
     params(ListParams),
     responses(
         (status = 200, description = "The quarantined messages.", body = Vec<Unroutable>),
-        (status = 400, description = "`invalid_limit` (JSON); a `limit` or `include_replayed` \
-            that does not parse is refused with a plain-text answer.", body = crate::error::ErrorBody),
+        (status = 400, description = "`invalid_limit`, or `invalid_query`: a `limit` or \
+            `include_replayed` that does not parse.", body = crate::error::ErrorBody),
         (status = 401, response = crate::openapi::Unauthorized),
         (status = 403, response = crate::openapi::MissingScope),
         (status = 500, response = crate::openapi::Internal),
@@ -120,8 +117,8 @@ pub struct Replayed {
     params(("message_id" = Uuid, Path, description = "The quarantined message's id.")),
     responses(
         (status = 202, description = "Queued for routing again.", body = Replayed),
-        (status = 400, description = "`message_id` is not a UUID (plain-text answer).",
-         content_type = "text/plain", body = String),
+        (status = 400, description = "`invalid_path`: `message_id` is not a UUID.",
+         body = crate::error::ErrorBody),
         (status = 401, response = crate::openapi::Unauthorized),
         (status = 403, response = crate::openapi::MissingScope),
         (status = 404, description = "`not_found`: not in the quarantine, already replayed, or \

@@ -1,10 +1,8 @@
 //! `GET /usage?tenant_id=&from=&to=`: messages and segments per tenant, by direction and status,
 //! counted from the stored messages themselves (no second source of truth).
 
-use axum::{
-    Json,
-    extract::{Query, State},
-};
+use crate::extract::Query;
+use axum::{Json, extract::State};
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -63,7 +61,8 @@ fn parse_time(field: &'static str, v: &str) -> Result<DateTime<Utc>, ApiError> {
     responses(
         (status = 200, description = "The counts.", body = Usage),
         (status = 400, description = "`invalid_request` with `errors` for `from` / `to` (not a \
-            time, or `from` after `to`).", body = crate::error::ErrorBody),
+            time, or `from` after `to`); `invalid_query`: a query that does not parse.",
+         body = crate::error::ErrorBody),
         (status = 401, response = crate::openapi::Unauthorized),
         (status = 403, response = crate::openapi::MissingScope),
         (status = 404, description = "`not_found`: a tenant-scoped key asking for another tenant.",

@@ -438,3 +438,40 @@ async fn routes_admin_api_validates_and_isolates_tenants() {
         .unwrap();
     assert_eq!(resp.status(), 404);
 }
+
+#[tokio::test]
+async fn malformed_ids_queries_and_oversized_bodies_get_json_errors() {
+    let w = world(&[("MAX_BODY_BYTES", "1024")]).await;
+    let app = &w.app;
+    for (method, path, code) in [
+        ("DELETE", "/routes/not-a-uuid", "invalid_path"),
+        ("POST", "/unroutable/not-a-uuid/replay", "invalid_path"),
+        ("GET", "/unroutable?limit=lots", "invalid_query"),
+        ("GET", "/unroutable?include_replayed=perhaps", "invalid_query"),
+    ] {
+        let resp = app
+            .http
+            .request(method.parse().unwrap(), app.url(path))
+            .bearer_auth(&w.admin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400, "{method} {path}");
+        let body: Value = resp.json().await.expect("a JSON error body");
+        assert_eq!(body["code"], code, "{method} {path}: {body}");
+    }
+    let big = "x".repeat(4096);
+    for path in ["/routes", "/tenants/t-a/phones"] {
+        let resp = app
+            .http
+            .post(app.url(path))
+            .bearer_auth(&w.admin)
+            .json(&json!({"agent_url": big, "phone_number": big}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 413, "{path}");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["code"], "payload_too_large");
+    }
+}
