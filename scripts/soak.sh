@@ -2,7 +2,7 @@
 # Soak: a steady mix for MINUTES minutes through the real binaries: signed inbound webhooks at
 # IN_RATE/s (1,000 numbers, half of them known tenants, routed to the simulator's agent) and API
 # sends at SEND_RATE/s (the simulator plays Twilio and posts delivery callbacks). Every 10 s it
-# samples the RSS of the ingress, the worker and Postgres, and the queue depth and oldest due job;
+# samples the RSS of the ingress and the worker, the proportional memory (PSS) of Postgres, and the queue depth and oldest due job;
 # at the end it compares the first and last quarter and checks that nothing was lost.
 # Usage: scripts/soak.sh [MINUTES=10] [IN_RATE=100] [SEND_RATE=20]
 # Samples: target/soak/samples.csv; summary on stdout and in target/soak/summary.txt.
@@ -66,17 +66,24 @@ print(json.dumps({"accepted": ok, "failed": failed}))
 PY
 
 rss() { awk '/VmRSS/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
-pg_rss() { # all Postgres processes of this cluster, in kB
-  if [ -n "$pg_pid" ]; then ps --ppid "$pg_pid" -o rss= | awk -v p="$(rss "$pg_pid")" '{s += $1} END {print s + p}'; else echo 0; fi
+pg_pss() { # proportional memory of all this cluster's processes in kB (RSS would count the shared
+  # buffers once per backend)
+  [ -n "$pg_pid" ] || { echo 0; return; }
+  local total=0 p v
+  for p in "$pg_pid" $(ps --ppid "$pg_pid" -o pid=); do
+    v=$(awk '/^Pss:/ {print $2}' "/proc/$p/smaps_rollup" 2>/dev/null || echo 0)
+    total=$((total + ${v:-0}))
+  done
+  echo "$total"
 }
-echo "t_s,ingress_rss_kb,worker_rss_kb,postgres_rss_kb,queue_due,queue_oldest_s,inbound_stored,outbound_delivered" >"$out/samples.csv"
+echo "t_s,ingress_rss_kb,worker_rss_kb,postgres_pss_kb,queue_due,queue_oldest_s,inbound_stored,outbound_delivered" >"$out/samples.csv"
 start=$(date +%s)
 while :; do
   t=$(( $(date +%s) - start ))
   q=$(psql -tA -F, "$DATABASE_URL" -c "SELECT count(*), COALESCE(round(extract(epoch FROM now() - min(run_at))::numeric, 1), 0)
         FROM apalis.jobs WHERE status = 'Pending' AND run_at <= now()")
   c=$(psql -tA -F, "$DATABASE_URL" -c "SELECT count(*) FILTER (WHERE direction = 'inbound'), count(*) FILTER (WHERE direction = 'outbound' AND delivery_status = 'delivered') FROM sms_messages")
-  echo "$t,$(rss $ingress),$(rss $worker),$(pg_rss),$q,$c" >>"$out/samples.csv"
+  echo "$t,$(rss $ingress),$(rss $worker),$(pg_pss),$q,$c" >>"$out/samples.csv"
   if [ "$t" -ge "$seconds" ]; then break; fi
   sleep 10
 done
@@ -101,7 +108,7 @@ delivered = int(sql("SELECT count(*) FROM sms_messages WHERE direction = 'outbou
 outbound = int(sql("SELECT count(*) FROM sms_messages WHERE direction = 'outbound'"))
 print(f"soak: {rows[-1]['t_s']:.0f} s, {len(rows)} samples; webhooks answered 200: {web['statuses'].get('200', 0)} of {web['sent']}; sends accepted: {sends['accepted']} (failed {sends['failed']})")
 print(f"inbound stored {stored}, processed {processed}; outbound {outbound}, delivered {delivered}")
-for k, name in [("ingress_rss_kb", "ingress RSS"), ("worker_rss_kb", "worker RSS"), ("postgres_rss_kb", "Postgres RSS")]:
+for k, name in [("ingress_rss_kb", "ingress RSS"), ("worker_rss_kb", "worker RSS"), ("postgres_pss_kb", "Postgres PSS")]:
     a, b = med(first, k) / 1024, med(last, k) / 1024
     print(f"{name}: first quarter median {a:.1f} MB, last quarter median {b:.1f} MB (ratio {b / a if a else 0:.2f})")
 print(f"due jobs: first quarter median {med(first, 'queue_due'):.0f}, last quarter median {med(last, 'queue_due'):.0f}, max {max(r['queue_due'] for r in rows):.0f}")
