@@ -87,6 +87,18 @@ impl TestApp {
         format!("{}{}", self.base_url, path)
     }
 
+    /// GETs `path` without credentials and returns the body as text.
+    pub async fn get_text(&self, path: &str) -> String {
+        self.http
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request reaches the ingress")
+            .text()
+            .await
+            .expect("a text body")
+    }
+
     pub fn webhook_url(&self) -> String {
         format!("{}/webhook/twilio/sms", self.public_url)
     }
@@ -244,8 +256,15 @@ impl TestApp {
         for (k, v) in extra {
             cmd.env(k, v);
         }
+        // TEST_LOG shows the process's own log too (it is silent otherwise).
+        let log = if std::env::var_os("TEST_LOG").is_some() {
+            cmd.env("LOG_FORMAT", "pretty").env("RUST_LOG", "info");
+            std::process::Stdio::inherit()
+        } else {
+            std::process::Stdio::null()
+        };
         cmd.stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("start sms-worker")
     }

@@ -260,15 +260,7 @@ async fn a_tenant_scoped_key_sees_nothing_of_another_tenant_on_any_endpoint() {
     // Public, key-less endpoints carry no tenant data; still, nothing of B in them.
     for path in ["/health", "/health/ready", "/metrics"] {
         s.not_tenant_data("get", path);
-        let text = app
-            .http
-            .get(app.url(path))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = app.get_text(path).await;
         for marker in b_markers() {
             assert!(!text.contains(marker), "{path} leaked {marker:?}");
         }
@@ -297,15 +289,7 @@ async fn a_tenant_scoped_key_sees_nothing_of_another_tenant_on_any_endpoint() {
     );
 
     // Every operation the API documents was swept.
-    let spec: Value = app
-        .http
-        .get(app.url("/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let spec: Value = serde_json::from_str(&app.get_text("/openapi.json").await).unwrap();
     let mut documented = BTreeSet::new();
     for (path, ops) in spec["paths"]
         .as_object()

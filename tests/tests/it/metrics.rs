@@ -147,15 +147,7 @@ async fn worker_and_ingress_expose_the_operational_metrics() {
 
     // The ingress: webhook outcomes, latency by route template (never a raw path with a
     // number in it), and the queue depth it can see in the database.
-    let text = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.get_text("/metrics").await;
     assert_eq!(
         sample(&text, "sms_webhooks_total{outcome=\"stored\"}"),
         Some(3.0)

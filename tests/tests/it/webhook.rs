@@ -402,15 +402,7 @@ async fn metrics_count_webhook_outcomes() {
         .send()
         .await
         .unwrap();
-    let text = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.get_text("/metrics").await;
     for line in [
         "sms_webhooks_total{outcome=\"stored\"} 1",
         "sms_webhooks_total{outcome=\"duplicate\"} 1",
