@@ -51,6 +51,14 @@ pub enum ApiError {
     NotFound(&'static str),
     #[error("request body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    /// A webhook source over its invalid-signature limit.
+    #[error(
+        "too many invalid signatures from this source; retry in {} s",
+        retry_after_secs(*retry_after)
+    )]
+    RateLimited { retry_after: std::time::Duration },
+    #[error("the request was not completed in time")]
+    RequestTimeout,
     #[error("database unavailable")]
     Unavailable,
     #[error("internal error")]
@@ -75,6 +83,8 @@ impl ApiError {
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            Self::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            Self::RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             Self::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -126,6 +136,16 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert("retry-after", axum::http::HeaderValue::from_static("5"));
         }
+        if let Self::RateLimited { retry_after } = self {
+            response
+                .headers_mut()
+                .insert("retry-after", retry_after_secs(retry_after).into());
+        }
         response
     }
+}
+
+/// Whole seconds for `Retry-After`, rounded up and at least 1.
+fn retry_after_secs(d: std::time::Duration) -> u64 {
+    d.as_secs_f64().ceil().max(1.0) as u64
 }

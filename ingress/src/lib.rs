@@ -8,8 +8,10 @@ pub mod group_commit;
 pub mod health;
 pub mod metrics;
 pub mod openapi;
+pub mod rate_limit;
 pub mod routes;
 pub mod send;
+pub mod server;
 pub mod status;
 pub mod tenants;
 pub mod unroutable;
@@ -21,12 +23,11 @@ use std::{sync::Arc, time::Duration};
 use axum::{Router, extract::DefaultBodyLimit};
 use shared::config;
 use sqlx::PgPool;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 use utoipa::OpenApi;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use crate::{group_commit::GroupCommit, metrics::Metrics};
+pub use crate::server::serve;
+use crate::{group_commit::GroupCommit, metrics::Metrics, rate_limit::InvalidSignatureLimit};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -35,6 +36,8 @@ pub struct AppState {
     pub inbound: GroupCommit,
     pub http: reqwest::Client,
     pub metrics: Metrics,
+    /// None when INVALID_SIGNATURE_LIMIT is 0.
+    pub invalid_signatures: Option<Arc<InvalidSignatureLimit>>,
 }
 
 impl AppState {
@@ -44,7 +47,11 @@ impl AppState {
             cfg.group_commit_writers,
             cfg.group_commit_max_batch,
         );
+        let invalid_signatures =
+            InvalidSignatureLimit::new(cfg.invalid_signature_limit, cfg.invalid_signature_window)
+                .map(Arc::new);
         Self {
+            invalid_signatures,
             cfg: Arc::new(cfg),
             pool,
             inbound,
@@ -105,18 +112,10 @@ pub fn router(state: AppState) -> Router {
             metrics::track,
         ))
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.cfg.request_timeout,
+            server::deadline,
+        ))
         .layer(request_ids)
         .with_state(state)
-}
-
-/// Serves on an already bound listener until `shutdown` is cancelled, then finishes in-flight
-/// requests.
-pub async fn serve(
-    listener: TcpListener,
-    state: AppState,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
 }

@@ -17,6 +17,7 @@ use uuid::Uuid;
 use crate::{
     AppState,
     error::ApiError,
+    rate_limit::WebhookSource,
     webhook::{field, raw_payload, twiml_ok, verified_webhook},
 };
 
@@ -63,6 +64,9 @@ fn our_message_id(uri: &axum::http::Uri) -> Option<Uuid> {
             nothing stored.", body = crate::error::ErrorBody),
         (status = 413, description = "`payload_too_large`: body over MAX_BODY_BYTES.",
          body = crate::error::ErrorBody),
+        (status = 429, description = "`rate_limited`: this source sent INVALID_SIGNATURE_LIMIT \
+            bad signatures within the window; refused unread until it ends (`Retry-After`).",
+         body = crate::error::ErrorBody),
         (status = 500, response = crate::openapi::Internal),
         (status = 503, response = crate::openapi::Unavailable),
     )
@@ -70,11 +74,12 @@ fn our_message_id(uri: &axum::http::Uri) -> Option<Uuid> {
 #[tracing::instrument(skip_all, fields(message_sid, message_status))]
 pub async fn status_callback(
     State(state): State<AppState>,
+    source: WebhookSource,
     OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let (params, sid) = verified_webhook(&state, &headers, &uri, body, "SmsSid")?;
+    let (params, sid) = verified_webhook(&state, source, &headers, &uri, body, "SmsSid")?;
     let message_status = field(&params, "MessageStatus")
         .or_else(|| field(&params, "SmsStatus"))
         .map(|s| s.trim().to_ascii_lowercase())

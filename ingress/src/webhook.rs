@@ -13,6 +13,7 @@ use crate::{
     AppState,
     error::ApiError,
     group_commit::{NewInbound, StoreError, Stored},
+    rate_limit::WebhookSource,
 };
 
 const EMPTY_TWIML: &str = r#"<?xml version="1.0" encoding="UTF-8"?><Response></Response>"#;
@@ -118,6 +119,11 @@ pub fn verified_params(
     uri: &axum::http::Uri,
     body: &[u8],
 ) -> Result<Params, ApiError> {
+    // An unsigned request is refused before its body is parsed.
+    let signature = headers
+        .get("x-twilio-signature")
+        .and_then(|v| v.to_str().ok())
+        .ok_or(ApiError::Forbidden("missing X-Twilio-Signature"))?;
     let url = signed_url(state, headers, uri);
     let is_json = headers
         .get(header::CONTENT_TYPE)
@@ -128,10 +134,6 @@ pub fn verified_params(
     } else {
         parse_form(body)?
     };
-    let signature = headers
-        .get("x-twilio-signature")
-        .and_then(|v| v.to_str().ok())
-        .ok_or(ApiError::Forbidden("missing X-Twilio-Signature"))?;
     let tokens = state.cfg.twilio.tokens();
     let valid = if is_json {
         signature::verify_json(&tokens, &url, body, signature)
@@ -146,20 +148,23 @@ pub fn verified_params(
 }
 
 /// Reads and verifies a Twilio webhook (inbound or status): its fields and its MessageSid (or the
-/// older `alt_sid` name). Bad signatures are counted.
+/// older `alt_sid` name). Bad signatures are counted, in the metrics and against their source.
 pub fn verified_webhook(
     state: &AppState,
+    source: WebhookSource,
     headers: &HeaderMap,
     uri: &axum::http::Uri,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
     alt_sid: &str,
 ) -> Result<(Params, String), ApiError> {
     let body = body.map_err(|e| body_rejection(e, state.cfg.max_body_bytes))?;
-    let params = verified_params(state, headers, uri, &body).inspect_err(|e| {
+    let mut params = verified_params(state, headers, uri, &body).inspect_err(|e| {
         if matches!(e, ApiError::Forbidden(_)) {
             state.metrics.webhook_rejected();
+            source.strike(state);
         }
     })?;
+    storable(&mut params);
     let sid = field(&params, "MessageSid")
         .or_else(|| field(&params, alt_sid))
         .map(str::trim)
@@ -167,6 +172,18 @@ pub fn verified_webhook(
         .ok_or_else(|| ApiError::bad_request("missing_field", "MessageSid is required"))?
         .to_owned();
     Ok((params, sid))
+}
+
+/// PostgreSQL's text and jsonb cannot hold U+0000, and one such field would fail its whole group
+/// commit: it is stored as U+FFFD instead. Everything else is kept as sent.
+fn storable(params: &mut Params) {
+    for (k, v) in params.iter_mut() {
+        for s in [k, v] {
+            if s.contains('\0') {
+                *s = s.replace('\0', "\u{FFFD}");
+            }
+        }
+    }
 }
 
 pub fn twiml_ok() -> Response {
@@ -210,6 +227,9 @@ pub fn twiml_ok() -> Response {
             nothing stored.", body = crate::error::ErrorBody),
         (status = 413, description = "`payload_too_large`: body over MAX_BODY_BYTES.",
          body = crate::error::ErrorBody),
+        (status = 429, description = "`rate_limited`: this source sent INVALID_SIGNATURE_LIMIT \
+            bad signatures within the window; refused unread until it ends (`Retry-After`).",
+         body = crate::error::ErrorBody),
         (status = 500, response = crate::openapi::Internal),
         (status = 503, response = crate::openapi::Unavailable),
     )
@@ -217,11 +237,13 @@ pub fn twiml_ok() -> Response {
 #[tracing::instrument(skip_all, fields(message_sid))]
 pub async fn inbound_sms(
     State(state): State<AppState>,
+    source: WebhookSource,
     OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let (params, message_sid) = verified_webhook(&state, &headers, &uri, body, "SmsMessageSid")?;
+    let (params, message_sid) =
+        verified_webhook(&state, source, &headers, &uri, body, "SmsMessageSid")?;
     tracing::Span::current().record("message_sid", message_sid.as_str());
     let from = field(&params, "From").unwrap_or_default().to_owned();
     let item = NewInbound {

@@ -282,7 +282,9 @@ impl Outbound {
                 "must be 0 (off) or a positive number",
             ));
         }
-        let max_attempts = parsed(src, "SEND_MAX_ATTEMPTS", 6u32)?;
+        // 10: retries then span at least 4 minutes (0.5 s, 1 s, 2 s ... 128 s), so a Twilio outage of a
+        // few minutes delays sends instead of failing them (6 gave up after 16 to 31 s).
+        let max_attempts = parsed(src, "SEND_MAX_ATTEMPTS", 10u32)?;
         if max_attempts == 0 {
             return Err(ConfigError::new("SEND_MAX_ATTEMPTS", "must be at least 1"));
         }
@@ -345,6 +347,15 @@ pub struct Ingress {
     pub group_commit_max_batch: usize,
     pub group_commit_writers: usize,
     pub worker_threads: usize,
+    /// Missing or invalid webhook signatures one source may send per window before its webhook
+    /// requests are refused with 429 until the window ends; 0 turns the limit off.
+    pub invalid_signature_limit: u32,
+    pub invalid_signature_window: Duration,
+    /// Longest a client may take to send a request's headers (also how long an idle keep-alive
+    /// connection stays open).
+    pub request_header_timeout: Duration,
+    /// Longest a request may take from its headers to its answer, body included.
+    pub request_timeout: Duration,
 }
 
 impl Ingress {
@@ -376,6 +387,25 @@ impl Ingress {
                 "must be at least 1",
             ));
         }
+        let invalid_signature_limit = parsed(src, "INVALID_SIGNATURE_LIMIT", 20u32)?;
+        let invalid_signature_window = secs(src, "INVALID_SIGNATURE_WINDOW_SECS", 60)?;
+        if invalid_signature_limit > 0 && invalid_signature_window.is_zero() {
+            return Err(ConfigError::new(
+                "INVALID_SIGNATURE_WINDOW_SECS",
+                "must be at least 1 (set INVALID_SIGNATURE_LIMIT=0 to turn the limit off)",
+            ));
+        }
+        let request_header_timeout = millis(src, "REQUEST_HEADER_TIMEOUT_MS", 5000)?;
+        if request_header_timeout.is_zero() {
+            return Err(ConfigError::new(
+                "REQUEST_HEADER_TIMEOUT_MS",
+                "must be at least 1",
+            ));
+        }
+        let request_timeout = millis(src, "REQUEST_TIMEOUT_MS", 10_000)?;
+        if request_timeout.is_zero() {
+            return Err(ConfigError::new("REQUEST_TIMEOUT_MS", "must be at least 1"));
+        }
         Ok(Self {
             common: Common::load(src, 16)?,
             twilio: Twilio::load(src)?,
@@ -387,6 +417,10 @@ impl Ingress {
             group_commit_max_batch,
             group_commit_writers,
             worker_threads,
+            invalid_signature_limit,
+            invalid_signature_window,
+            request_header_timeout,
+            request_timeout,
         })
     }
 }
@@ -481,6 +515,30 @@ mod tests {
         assert!(!cfg.trust_forwarded_headers);
         assert_eq!(cfg.bind_addr.to_string(), "127.0.0.1:8080");
         assert!(cfg.monitor.api_url.is_none());
+        assert_eq!(cfg.invalid_signature_limit, 20);
+        assert_eq!(cfg.invalid_signature_window, Duration::from_secs(60));
+        assert_eq!(cfg.request_header_timeout, Duration::from_millis(5000));
+        assert_eq!(cfg.request_timeout, Duration::from_millis(10_000));
+    }
+
+    #[test]
+    fn abuse_settings_are_validated() {
+        for (key, value) in [
+            ("INVALID_SIGNATURE_LIMIT", "-1"),
+            ("INVALID_SIGNATURE_WINDOW_SECS", "0"),
+            ("INVALID_SIGNATURE_WINDOW_SECS", "soon"),
+            ("REQUEST_HEADER_TIMEOUT_MS", "0"),
+            ("REQUEST_TIMEOUT_MS", "0"),
+        ] {
+            let mut s = src(BASE);
+            s.insert(key.into(), value.into());
+            assert_eq!(Ingress::load(&s).unwrap_err().setting, key, "{key}={value}");
+        }
+        // A limit of 0 turns it off, and then the window does not matter.
+        let mut s = src(BASE);
+        s.insert("INVALID_SIGNATURE_LIMIT".into(), "0".into());
+        s.insert("INVALID_SIGNATURE_WINDOW_SECS".into(), "0".into());
+        assert_eq!(Ingress::load(&s).unwrap().invalid_signature_limit, 0);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Integration tests: the service on real sockets against a real Postgres, with external
 //! services played by `sms-sim` over HTTP.
 
+mod abuse;
 mod conversations;
 mod directory;
 mod inbound_worker;
