@@ -70,6 +70,9 @@
 //!     `callback_delay_ms` (u64, default `20`), `no_callbacks` (statuses move but nothing is
 //!     posted, as if every callback were lost).
 //!   - `down` (bool): every REST request answers `503` code `20503` until cleared.
+//!   - `outage` (bool): every create answers, in turn, `429` code `20429` (with `Retry-After`
+//!     when `retry_after_secs` is set) and `fail_status` (`500` by default), creating nothing,
+//!     until cleared: Twilio rate-limiting and failing for a while. Reads still work.
 //! - `GET /_sim/twilio/stats`: `create_attempts` (every create POST, whatever its answer),
 //!   `creates` (messages created, hung ones included), `unauthorized`, `messages` (`[{sid, to,
 //!   from, messaging_service_sid, body, media_urls, status_callback}]` in creation order),
@@ -80,7 +83,8 @@
 //! - `POST /_sim/twilio/reset`: clears faults and stats; messages stay readable.
 //!
 //! Order of processing for a create: count the attempt, `down`, auth, path account, injected
-//! fault (`timeout_next`, then `rate_limit_next`, then `fail_next`; one fault per request),
+//! fault (`outage`, then `timeout_next`, then `rate_limit_next`, then `fail_next`; one fault per
+//! request),
 //! validation, `permanent_errors`, create. A request refused before the fault step (`503` down,
 //! `401`, `404`) consumes no `*_next` counter.
 //!
@@ -242,6 +246,8 @@ pub struct Faults {
     pub no_callbacks: bool,
     /// Answer `503` to every REST request until cleared.
     pub down: bool,
+    /// Answer every create with `429` and `fail_status` in turn until cleared.
+    pub outage: bool,
 }
 
 impl Default for Faults {
@@ -261,6 +267,7 @@ impl Default for Faults {
             callback_delay_ms: 20,
             no_callbacks: false,
             down: false,
+            outage: false,
         }
     }
 }
@@ -478,8 +485,19 @@ impl TwilioState {
     /// Takes the next injected fault for a create, if any.
     fn take_injected(&self) -> Option<Injected> {
         let mut inner = self.lock();
+        let attempts = inner.stats.create_attempts;
         let f = &mut inner.faults;
-        if f.timeout_next > 0 {
+        if f.outage {
+            // Alternating by attempt number, so a client sees both kinds of answer.
+            if attempts % 2 == 1 {
+                Some(Injected::RateLimit(f.retry_after_secs))
+            } else {
+                let status = StatusCode::from_u16(f.fail_status)
+                    .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                let code = f.fail_code.unwrap_or(20_000 + u32::from(status.as_u16()));
+                Some(Injected::Fail { status, code })
+            }
+        } else if f.timeout_next > 0 {
             f.timeout_next -= 1;
             Some(Injected::Hang {
                 creates: f.timeout_creates,

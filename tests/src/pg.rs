@@ -551,6 +551,22 @@ fn start_cluster() -> Result<String, String> {
 }
 
 fn init_and_start(bin: &Path, dir: &Path, data: &Path) -> Result<String, String> {
+    initdb(bin, dir, data)?;
+    let mut last_err = String::new();
+    for _ in 0..5 {
+        let Some(port) = free_port() else { continue };
+        match pg_ctl_start(bin, dir, data, port, CLUSTER_MAX_CONNECTIONS) {
+            Ok(()) => return Ok(format!("postgres://postgres@127.0.0.1:{port}/postgres")),
+            Err(e) => last_err = e,
+        }
+    }
+    Err(format!(
+        "could not start the test PostgreSQL cluster: {last_err}\nserver log:\n{}",
+        log_tail(dir)
+    ))
+}
+
+fn initdb(bin: &Path, dir: &Path, data: &Path) -> Result<(), String> {
     if is_root() {
         let mut chown = Command::new("chown");
         chown.args(["-R", "postgres:"]).arg(dir);
@@ -575,44 +591,164 @@ fn init_and_start(bin: &Path, dir: &Path, data: &Path) -> Result<String, String>
             "{e}\n(the cluster folder {} must be writable by the user running initdb)",
             dir.display()
         )
-    })?;
+    })
+}
 
-    let log = dir.join("server.log");
-    let mut last_err = String::new();
-    for _ in 0..5 {
-        let Some(port) = free_port() else { continue };
-        let opts = format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
-             -c full_page_writes=off -c max_connections={CLUSTER_MAX_CONNECTIONS} \
-             -c shared_buffers=128MB",
-            dir.display()
-        );
-        let mut start = pg_command(&os(&[
-            &bin.join("pg_ctl"),
-            &"-D",
-            &data,
-            &"-o",
-            &opts,
-            &"-l",
-            &log,
-            &"-w",
-            &"start",
-        ]));
-        start.current_dir(dir);
-        match run(start, "pg_ctl start") {
-            Ok(()) => return Ok(format!("postgres://postgres@127.0.0.1:{port}/postgres")),
-            Err(e) => last_err = e,
-        }
-    }
-    let log_tail = std::fs::read_to_string(&log)
+/// `pg_ctl start` on `port`, waiting until the server accepts connections.
+fn pg_ctl_start(
+    bin: &Path,
+    dir: &Path,
+    data: &Path,
+    port: u16,
+    max_connections: u32,
+) -> Result<(), String> {
+    let opts = format!(
+        "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
+         -c full_page_writes=off -c max_connections={max_connections} \
+         -c shared_buffers=128MB",
+        dir.display()
+    );
+    let mut start = pg_command(&os(&[
+        &bin.join("pg_ctl"),
+        &"-D",
+        &data,
+        &"-o",
+        &opts,
+        &"-l",
+        &dir.join("server.log"),
+        &"-w",
+        &"start",
+    ]));
+    start.current_dir(dir);
+    run(start, "pg_ctl start")
+}
+
+/// The last lines of a cluster's server log, for error messages.
+fn log_tail(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("server.log"))
         .map(|l| {
             let lines: Vec<&str> = l.lines().collect();
             lines[lines.len().saturating_sub(20)..].join("\n")
         })
-        .unwrap_or_default();
-    Err(format!(
-        "could not start the test PostgreSQL cluster: {last_err}\nserver log:\n{log_tail}"
-    ))
+        .unwrap_or_default()
+}
+
+// ---- a cluster of one test's own ----
+
+/// A PostgreSQL cluster owned by one test, which may stop and start it (fault tests: a database
+/// restart must not disturb the other tests sharing the per-process cluster). Always local, from
+/// the installed binaries, even when `DATABASE_URL` is set. Stopped and deleted on drop (and by
+/// the reaper if the test process dies first).
+pub struct OwnCluster {
+    bin: PathBuf,
+    dir: PathBuf,
+    data: PathBuf,
+    port: u16,
+}
+
+/// `max_connections` of an [`OwnCluster`].
+const OWN_CLUSTER_MAX_CONNECTIONS: u32 = 100;
+
+impl OwnCluster {
+    /// initdb and start on a free port (blocking; call it from `spawn_blocking` in async code).
+    pub fn start_new() -> Result<Self, String> {
+        let bin = bin_dir()?;
+        let dir = std::env::temp_dir().join(format!(
+            "sms-test-own-pg-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+        let data = dir.join("data");
+        spawn_reaper(&bin, &dir, &data);
+        initdb(&bin, &dir, &data)?;
+        let mut last_err = String::new();
+        for _ in 0..5 {
+            let Some(port) = free_port() else { continue };
+            match pg_ctl_start(&bin, &dir, &data, port, OWN_CLUSTER_MAX_CONNECTIONS) {
+                Ok(()) => {
+                    return Ok(Self {
+                        bin,
+                        dir,
+                        data,
+                        port,
+                    });
+                }
+                Err(e) => last_err = e,
+            }
+        }
+        Err(format!(
+            "could not start a test's own PostgreSQL cluster: {last_err}\nserver log:\n{}",
+            log_tail(&dir)
+        ))
+    }
+
+    /// URL of database `db` on this cluster.
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// Creates and migrates database `db`; returns a [`TestDb`] on it with a pool of
+    /// `max_connections`.
+    pub async fn create_db(&self, db: &str, max_connections: u32) -> TestDb {
+        let mut admin = connect(&self.url("postgres")).await;
+        execute(&mut admin, &format!(r#"CREATE DATABASE "{db}""#), &[]).await;
+        let _ = admin.close().await;
+        let url = self.url(db);
+        let pool = retry(&format!("connect to {db}"), &[], || {
+            PgPoolOptions::new()
+                .max_connections(max_connections)
+                .acquire_timeout(Duration::from_secs(5))
+                .connect(&url)
+        })
+        .await;
+        shared::db::migrate(&pool)
+            .await
+            .unwrap_or_else(|e| panic!("migrations failed on {db}: {e:#}"));
+        TestDb {
+            url,
+            pool,
+            name: db.to_owned(),
+        }
+    }
+
+    /// `pg_ctl stop -m fast`: clients are disconnected, the server is down when this returns.
+    pub fn stop(&self) -> Result<(), String> {
+        self.pg_ctl_stop("fast")
+    }
+
+    /// Starts the stopped server again on the same port and data.
+    pub fn start(&self) -> Result<(), String> {
+        pg_ctl_start(
+            &self.bin,
+            &self.dir,
+            &self.data,
+            self.port,
+            OWN_CLUSTER_MAX_CONNECTIONS,
+        )
+        .map_err(|e| format!("{e}\nserver log:\n{}", log_tail(&self.dir)))
+    }
+
+    fn pg_ctl_stop(&self, mode: &str) -> Result<(), String> {
+        let mut stop = pg_command(&os(&[
+            &self.bin.join("pg_ctl"),
+            &"-D",
+            &self.data,
+            &"-m",
+            &mode,
+            &"-w",
+            &"stop",
+        ]));
+        stop.current_dir(&self.dir);
+        run(stop, "pg_ctl stop")
+    }
+}
+
+impl Drop for OwnCluster {
+    fn drop(&mut self) {
+        let _ = self.pg_ctl_stop("immediate");
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// Stops the cluster and removes its folder once this test process has exited. Detached: its own

@@ -9,13 +9,13 @@ use std::{sync::Arc, time::Duration};
 
 use apalis::prelude::*;
 use apalis_postgres::{Config, PostgresStorage};
-use futures::FutureExt;
 use serde::{Serialize, de::DeserializeOwned};
 use shared::{
     config,
     jobs::{self, ApplyStatus, NotifyLanguage, ProcessInbound, RouteMessage, SendMessage},
 };
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::{
     Deps, inbound, language_notify,
@@ -68,61 +68,73 @@ pub fn parse_queues(list: &str) -> Result<Vec<&'static str>, String> {
     Ok(out)
 }
 
-/// Turns a panic in a handler into a job error instead of taking the worker down with it, and
-/// counts the job in the metrics.
-async fn guarded<T: Retried>(
+/// Runs a handler as a task of its own, turns a panic in it into a job error instead of taking
+/// the worker down with it, and counts the job in the metrics.
+///
+/// A task of its own because apalis drops its in-flight handler futures when its backend fails
+/// (one failed fetch or heartbeat, e.g. Postgres restarting): a send cut between Twilio's answer
+/// and its recording would become an unknown outcome, and if its status callbacks were lost to
+/// the same outage, a second send after the grace period. A spawned handler runs to its end;
+/// its job, re-queued later, finds the work done.
+async fn guarded<T: Retried + Send + 'static>(
     deps: &Deps,
     queue: &'static str,
-    fut: impl Future<Output = anyhow::Result<T>>,
+    fut: impl Future<Output = anyhow::Result<T>> + Send + 'static,
 ) -> Result<(), BoxDynError> {
     let started = std::time::Instant::now();
-    let (result, answer) = match std::panic::AssertUnwindSafe(fut).catch_unwind().await {
+    let (result, answer) = match tokio::spawn(fut.in_current_span()).await {
         Ok(Ok(outcome)) if outcome.retried() => (JobResult::Retried, Ok(())),
         Ok(Ok(_)) => (JobResult::Done, Ok(())),
         Ok(Err(e)) => (JobResult::Failed, Err(e.into())),
-        Err(_) => (JobResult::Failed, Err("handler panicked".into())),
+        Err(e) if e.is_panic() => (JobResult::Failed, Err("handler panicked".into())),
+        Err(e) => (
+            JobResult::Failed,
+            Err(format!("handler cancelled: {e}").into()),
+        ),
     };
     deps.metrics.job(queue, result, started.elapsed());
     answer
 }
 
 async fn handle_inbound(job: ProcessInbound, deps: Data<Arc<Deps>>) -> Result<(), BoxDynError> {
-    guarded(
-        &deps,
-        jobs::INBOUND,
-        inbound::process_batch(&deps, &job.message_ids),
-    )
+    let d = Arc::clone(&deps);
+    guarded(&deps, jobs::INBOUND, async move {
+        inbound::process_batch(&d, &job.message_ids).await
+    })
     .await
 }
 
 async fn handle_language(job: NotifyLanguage, deps: Data<Arc<Deps>>) -> Result<(), BoxDynError> {
-    guarded(
-        &deps,
-        jobs::MONITOR_LANGUAGE,
-        language_notify::process(&deps, job),
-    )
+    let d = Arc::clone(&deps);
+    guarded(&deps, jobs::MONITOR_LANGUAGE, async move {
+        language_notify::process(&d, job).await
+    })
     .await
 }
 
 async fn handle_send(job: SendMessage, deps: Data<Arc<Deps>>) -> Result<(), BoxDynError> {
-    guarded(&deps, jobs::OUTBOUND_SEND, send::process(&deps, job)).await
+    let d = Arc::clone(&deps);
+    guarded(&deps, jobs::OUTBOUND_SEND, async move {
+        send::process(&d, job).await
+    })
+    .await
 }
 
 async fn handle_route(job: RouteMessage, deps: Data<Arc<Deps>>) -> Result<(), BoxDynError> {
-    guarded(&deps, jobs::ROUTE, async {
-        let outcome = route::process(&deps, job).await?;
-        deps.metrics.route(outcome.label());
+    let d = Arc::clone(&deps);
+    guarded(&deps, jobs::ROUTE, async move {
+        let outcome = route::process(&d, job).await?;
+        d.metrics.route(outcome.label());
         Ok(outcome)
     })
     .await
 }
 
 async fn handle_status(job: ApplyStatus, deps: Data<Arc<Deps>>) -> Result<(), BoxDynError> {
-    guarded(
-        &deps,
-        jobs::OUTBOUND_STATUS,
-        status_apply::process(&deps, job),
-    )
+    let d = Arc::clone(&deps);
+    guarded(&deps, jobs::OUTBOUND_STATUS, async move {
+        status_apply::process(&d, job).await
+    })
     .await
 }
 

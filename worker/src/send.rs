@@ -97,6 +97,17 @@ pub async fn process(deps: &Deps, job: SendMessage) -> anyhow::Result<Outcome> {
         return Ok(Outcome::Missing);
     };
     if msg.twilio_sid.is_some() || status::rank(&msg.delivery_status) > 0 {
+        // A status callback already proved an attempt whose answer was lost (a worker killed
+        // mid-call): close it in the ledger too, or it stays `in_flight` forever.
+        if let Some(open_attempt) = msg.open_attempt {
+            sqlx::query!(
+                "UPDATE sms_send_attempts SET outcome = 'resolved', finished_at = now() WHERE message_id = $1 AND attempt = $2",
+                job.message_id,
+                open_attempt
+            )
+            .execute(&deps.pool)
+            .await?;
+        }
         return Ok(Outcome::AlreadySent);
     }
 
@@ -255,16 +266,39 @@ pub async fn process(deps: &Deps, job: SendMessage) -> anyhow::Result<Outcome> {
         })
         .await;
     count_outcome(deps, &outcome);
-    record(
-        deps,
-        cfg,
-        &job,
-        attempt,
-        msg.priority,
-        &msg.to_number,
-        outcome,
-    )
-    .await
+    // Twilio's answer must not be lost to a database blip: the attempt would stay unknown and,
+    // were its status callbacks lost to the same outage, the message would be sent again after
+    // the grace period. So recording is retried while the database is unreachable (the handler
+    // runs to its end even when its apalis worker restarts meanwhile, see queues.rs).
+    let deadline = std::time::Instant::now() + cfg.unknown_outcome_grace;
+    let mut pause = Duration::from_millis(200);
+    loop {
+        let recorded = record(
+            deps,
+            cfg,
+            &job,
+            attempt,
+            msg.priority,
+            &msg.to_number,
+            outcome.clone(),
+        )
+        .await;
+        match recorded {
+            Err(e) if db_unreachable(&e) && std::time::Instant::now() < deadline => {
+                tracing::warn!(error = %e, attempt, "database unreachable while recording Twilio's answer; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn db_unreachable(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<sqlx::Error>()
+            .is_some_and(shared::db::is_unavailable)
+    })
 }
 
 /// Counts the call in `sms_twilio_sends_total`: Twilio's error code, else the HTTP status.

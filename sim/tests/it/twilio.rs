@@ -700,6 +700,52 @@ async fn down_answers_503_to_every_rest_request() {
 }
 
 #[tokio::test]
+async fn an_outage_answers_429_and_5xx_in_turn_until_cleared() {
+    let sim = twilio().await;
+    let http = reqwest::Client::new();
+    let form = [("To", TO), ("From", FROM), ("Body", "hi")];
+    let (_, m) = create(&http, &sim, &form).await;
+    let sid = m["sid"].as_str().unwrap();
+    let faults_url = format!("{}/_sim/twilio/faults", sim.base_url());
+    assert_eq!(
+        post_json(
+            &http,
+            faults_url.clone(),
+            json!({"outage": true, "retry_after_secs": 2, "fail_status": 503})
+        )
+        .await,
+        204
+    );
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let resp = http
+            .post(sim.messages_url())
+            .basic_auth(ACCOUNT, Some(TOKEN))
+            .form(&form)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        if status == 429 {
+            assert_eq!(resp.headers()["retry-after"], "2");
+            assert_twilio_error(&resp.json().await.unwrap(), 429, 20429);
+        } else {
+            assert_twilio_error(&resp.json().await.unwrap(), 503, 20503);
+        }
+        seen.push(status);
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, vec![429, 429, 503, 503], "both kinds, in turn");
+    // Reads still work during the outage; nothing was created.
+    assert_eq!(fetch(&http, &sim, sid).await.0, 200);
+    assert_eq!(sim.stats().creates, 1);
+    assert_eq!(post_json(&http, faults_url, json!({})).await, 204);
+    assert_eq!(create(&http, &sim, &form).await.0, 201);
+    assert_eq!(sim.stats().create_attempts, 6);
+    assert_eq!(sim.stats().creates, 2);
+}
+
+#[tokio::test]
 async fn hung_create_times_out_but_creates_by_default() {
     let sim = twilio().await;
     let recv = Receiver::spawn(&sim).await;

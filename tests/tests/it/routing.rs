@@ -447,7 +447,11 @@ async fn malformed_ids_queries_and_oversized_bodies_get_json_errors() {
         ("DELETE", "/routes/not-a-uuid", "invalid_path"),
         ("POST", "/unroutable/not-a-uuid/replay", "invalid_path"),
         ("GET", "/unroutable?limit=lots", "invalid_query"),
-        ("GET", "/unroutable?include_replayed=perhaps", "invalid_query"),
+        (
+            "GET",
+            "/unroutable?include_replayed=perhaps",
+            "invalid_query",
+        ),
     ] {
         let resp = app
             .http
