@@ -6,7 +6,7 @@
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use serde_json::Value;
-use shared::jobs;
+use shared::{jobs, telemetry::TraceContext};
 use sqlx::PgPool;
 use tokio::sync::{Mutex, mpsc, oneshot};
 use uuid::Uuid;
@@ -21,6 +21,8 @@ pub struct NewInbound {
     pub num_segments: Option<i32>,
     pub num_media: Option<i32>,
     pub raw: Value,
+    /// The webhook request's trace, continued by the worker that processes this message.
+    pub trace: Option<TraceContext>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,7 +87,14 @@ async fn writer(
             return; // every sender is gone: shutting down
         }
         let (rows, started) = (batch.len(), std::time::Instant::now());
-        write_batch(&pool, &mut batch, rx_guard).await;
+        if write_batch(&pool, &mut batch, rx_guard).await == Written::DatabaseUnavailable {
+            // Everything that queued up while this batch waited for a connection would wait as
+            // long again: answer it 503 now (Twilio retries) instead of one batch at a time.
+            let mut rx_guard = rx.lock().await;
+            while let Ok((_, reply)) = rx_guard.try_recv() {
+                let _ = reply.send(Err(StoreError::Unavailable));
+            }
+        }
         tracing::debug!(
             rows,
             micros = started.elapsed().as_micros() as u64,
@@ -94,7 +103,17 @@ async fn writer(
     }
 }
 
-async fn write_batch<G>(pool: &PgPool, batch: &mut Vec<(NewInbound, Reply)>, rx_guard: G) {
+#[derive(Debug, PartialEq, Eq)]
+enum Written {
+    Done,
+    DatabaseUnavailable,
+}
+
+async fn write_batch<G>(
+    pool: &PgPool,
+    batch: &mut Vec<(NewInbound, Reply)>,
+    rx_guard: G,
+) -> Written {
     // A MessageSid twice in one batch: the first is the candidate, later ones are duplicates.
     let mut first: HashMap<String, usize> = HashMap::with_capacity(batch.len());
     for (i, (item, _)) in batch.iter().enumerate() {
@@ -112,7 +131,11 @@ async fn write_batch<G>(pool: &PgPool, batch: &mut Vec<(NewInbound, Reply)>, rx_
             for (_, reply) in batch.drain(..) {
                 let _ = reply.send(Err(err.clone()));
             }
-            return;
+            return if matches!(err, StoreError::Unavailable) {
+                Written::DatabaseUnavailable
+            } else {
+                Written::Done
+            };
         }
     };
     for (i, (item, reply)) in batch.drain(..).enumerate() {
@@ -122,6 +145,7 @@ async fn write_batch<G>(pool: &PgPool, batch: &mut Vec<(NewInbound, Reply)>, rx_
         };
         let _ = reply.send(Ok(outcome));
     }
+    Written::Done
 }
 
 /// Inserts the batch's first occurrence of each MessageSid and one job for the rows that were
@@ -140,6 +164,8 @@ async fn insert<G>(
     let mut segments = Vec::with_capacity(n);
     let mut media = Vec::with_capacity(n);
     let mut raws: Vec<&Value> = Vec::with_capacity(n);
+    let mut traceparents: Vec<Option<&str>> = Vec::with_capacity(n);
+    let mut tracestates: Vec<Option<&str>> = Vec::with_capacity(n);
     for (i, (item, _)) in batch.iter().enumerate() {
         if first.get(&item.message_sid) != Some(&i) {
             continue;
@@ -151,10 +177,13 @@ async fn insert<G>(
         segments.push(item.num_segments);
         media.push(item.num_media);
         raws.push(&item.raw);
+        traceparents.push(item.trace.as_ref().map(|t| t.traceparent.as_str()));
+        tracestates.push(item.trace.as_ref().and_then(|t| t.tracestate.as_deref()));
     }
     // One statement is one transaction: the rows and the job that processes them commit
     // together, in a single round trip. The job row is what apalis-postgres's `push_tasks` writes
-    // (its `queries/task/sink.sql`): JSON args as bytes, status Pending, runnable now.
+    // (its `queries/task/sink.sql`): JSON args as bytes, status Pending, runnable now. Its JSON is
+    // a `jobs::ProcessInbound`: the ids, and each traced message's trace context by id.
     let mut conn = tokio::time::timeout(Duration::from_secs(10), pool.acquire())
         .await
         .map_err(|_| sqlx::Error::PoolTimedOut)??;
@@ -169,11 +198,19 @@ async fn insert<G>(
                     AS u(sid, body, from_number, to_number, segments, media, raw)
                ON CONFLICT (twilio_sid) DO NOTHING
                RETURNING id, twilio_sid
+           ), traced AS (
+               SELECT * FROM UNNEST($1::text[], $10::text[], $11::text[]) AS t(sid, traceparent, tracestate)
+               WHERE traceparent IS NOT NULL
            ), job AS (
                INSERT INTO apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at, priority, metadata)
-               SELECT apalis.generate_ulid(), $8, convert_to(json_build_object('message_ids', json_agg(id))::text, 'UTF8'),
+               SELECT apalis.generate_ulid(), $8,
+                      convert_to(json_strip_nulls(json_build_object(
+                          'message_ids', json_agg(n.id),
+                          'traces', json_object_agg(n.id, json_build_object('traceparent', t.traceparent, 'tracestate', t.tracestate))
+                                    FILTER (WHERE t.traceparent IS NOT NULL)
+                      ))::text, 'UTF8'),
                       'Pending', 0, $9, now(), 0, ''::hstore
-               FROM new_rows
+               FROM new_rows n LEFT JOIN traced t ON t.sid = n.twilio_sid
                HAVING count(*) > 0
            )
            SELECT id AS "id!", twilio_sid AS "twilio_sid!" FROM new_rows"#,
@@ -186,6 +223,8 @@ async fn insert<G>(
         &raws as &[&Value],
         jobs::INBOUND,
         jobs::MAX_ATTEMPTS as i32,
+        &traceparents as &[Option<&str>],
+        &tracestates as &[Option<&str>],
     )
     .fetch_all(&mut *conn)
     .await?;

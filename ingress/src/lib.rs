@@ -71,7 +71,27 @@ fn request_span(req: &axum::http::Request<axum::body::Body>) -> tracing::Span {
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
-    tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path())
+    let path = masked_path(req.uri().path());
+    let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = %path, otel.kind = "server");
+    // A caller's `traceparent` makes this request part of its trace.
+    let caller = shared::telemetry::TraceContext::from_headers(req.headers());
+    shared::telemetry::continue_trace_in(&span, caller.as_ref());
+    span
+}
+
+/// The path for logs and traces, with any segment that looks like a phone number (7 or more
+/// digits, e.g. `/conversations/+15551230001`) masked to its last four digits.
+fn masked_path(path: &str) -> String {
+    path.split('/')
+        .map(|seg| {
+            if seg.chars().filter(char::is_ascii_digit).count() >= 7 && !seg.contains('-') {
+                shared::phone::mask(seg)
+            } else {
+                seg.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 /// Every route, each registered with its OpenAPI description: `routes!` takes the path and
@@ -118,4 +138,21 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(request_ids)
         .with_state(state)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn phone_numbers_in_paths_are_masked_ids_are_not() {
+        assert_eq!(
+            super::masked_path("/conversations/+15551230001"),
+            "/conversations/********0001"
+        );
+        assert_eq!(
+            super::masked_path("/tenants/t-1/phones/%2B15551230001"),
+            "/tenants/t-1/phones/**********0001"
+        );
+        let id = "/routes/0193b0a4-1c2d-7e3f-8a9b-0c1d2e3f4a5b";
+        assert_eq!(super::masked_path(id), id);
+    }
 }

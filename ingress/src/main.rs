@@ -98,7 +98,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve => {
             let cfg = config::Ingress::load(&config::Env).unwrap_or_else(|e| exit_config(e));
-            telemetry::init(cfg.common.log_format);
+            // Held to the end: dropping it flushes the spans not yet exported.
+            let _telemetry =
+                telemetry::init_with_traces(cfg.common.log_format, &config::Env, "sms-ingress")
+                    .unwrap_or_else(|e| exit_config(e));
             let pool = shared::db::lazy_pool(&cfg.common)?;
             let listener = tokio::net::TcpListener::bind(cfg.bind_addr).await?;
             tracing::info!(addr = %listener.local_addr()?, "sms-ingress listening");

@@ -349,6 +349,7 @@ pub async fn send(
         &[SendMessage {
             message_id,
             slot: None,
+            trace: shared::telemetry::TraceContext::current(),
         }],
         None,
         priority,

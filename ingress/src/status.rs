@@ -121,6 +121,7 @@ pub async fn status_callback(
             &[ApplyStatus {
                 message_sid: sid.clone(),
                 our_message_id: our_id,
+                trace: shared::telemetry::TraceContext::current(),
             }],
             None,
         )

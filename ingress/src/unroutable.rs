@@ -158,6 +158,7 @@ pub async fn replay(
         &[RouteMessage {
             message_id,
             attempt: 0,
+            trace: shared::telemetry::TraceContext::current(),
         }],
         None,
     )

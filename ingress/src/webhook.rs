@@ -254,6 +254,7 @@ pub async fn inbound_sms(
         raw: raw_payload(&params),
         from,
         message_sid,
+        trace: shared::telemetry::TraceContext::current(),
     };
     let from_masked = phone::mask(&item.from);
     match state.inbound.store(item).await {

@@ -1,12 +1,14 @@
 //! Queue names and job payloads. Jobs are pushed with apalis-postgres's `push_tasks` inside the
 //! caller's transaction, so a job exists exactly when the rows it refers to were committed.
 
-use std::time::Duration;
+use std::{collections::HashMap, time::Duration};
 
 use apalis_core::task::builder::TaskBuilder;
 use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 use uuid::Uuid;
+
+use crate::telemetry::TraceContext;
 
 /// Processing of a stored inbound webhook.
 pub const INBOUND: &str = "inbound";
@@ -38,6 +40,9 @@ pub struct RouteMessage {
     pub message_id: Uuid,
     #[serde(default)]
     pub attempt: u32,
+    /// The trace this job continues (see `telemetry`); absent in jobs written without tracing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<TraceContext>,
 }
 
 /// Send one outbound message. `slot` is the pacing slot already reserved for it, if any.
@@ -46,6 +51,9 @@ pub struct SendMessage {
     pub message_id: Uuid,
     #[serde(default)]
     pub slot: Option<chrono::DateTime<chrono::Utc>>,
+    /// The trace this job continues (see `telemetry`); absent in jobs written without tracing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<TraceContext>,
 }
 
 /// Apply the stored status callbacks of one Twilio message.
@@ -54,6 +62,9 @@ pub struct ApplyStatus {
     pub message_sid: String,
     #[serde(default)]
     pub our_message_id: Option<Uuid>,
+    /// The trace this job continues (see `telemetry`); absent in jobs written without tracing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<TraceContext>,
 }
 
 /// Stored inbound webhooks to process: the messages one group commit stored. One job per commit
@@ -62,6 +73,10 @@ pub struct ApplyStatus {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ProcessInbound {
     pub message_ids: Vec<Uuid>,
+    /// Each message's own trace (the webhook request that stored it), by message id: one job
+    /// carries messages of many requests. The ingress writes this JSON itself (group_commit.rs).
+    #[serde(default, skip_serializing_if = "HashMap::is_empty")]
+    pub traces: HashMap<Uuid, TraceContext>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -72,6 +87,9 @@ pub struct NotifyLanguage {
     /// Attempts made so far; our own durable retry count (apalis retries in memory only).
     #[serde(default)]
     pub attempt: u32,
+    /// The trace this job continues (see `telemetry`); absent in jobs written without tracing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<TraceContext>,
 }
 
 /// apalis's own attempt limit. Handlers schedule their own durable retries and return Ok, so this
@@ -123,4 +141,37 @@ pub async fn push_with_priority<J: Serialize>(
         })
         .collect();
     apalis_postgres::queries::push_tasks(conn, queue, tasks).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jobs_without_a_trace_still_read_and_none_is_not_written() {
+        let old: SendMessage =
+            serde_json::from_str(r#"{"message_id":"0190a0b0-0000-7000-8000-000000000001"}"#)
+                .unwrap();
+        assert_eq!(old.trace, None);
+        assert!(!serde_json::to_string(&old).unwrap().contains("trace"));
+        let inbound: ProcessInbound =
+            serde_json::from_str(r#"{"message_ids":["0190a0b0-0000-7000-8000-000000000001"]}"#)
+                .unwrap();
+        assert!(inbound.traces.is_empty());
+        assert!(!serde_json::to_string(&inbound).unwrap().contains("traces"));
+    }
+
+    #[test]
+    fn inbound_traces_are_keyed_by_message() {
+        let id = "0190a0b0-0000-7000-8000-000000000001";
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        // The shape group_commit.rs builds in SQL.
+        let job: ProcessInbound = serde_json::from_str(&format!(
+            r#"{{"message_ids":["{id}"],"traces":{{"{id}":{{"traceparent":"{tp}"}}}}}}"#
+        ))
+        .unwrap();
+        let trace = &job.traces[&id.parse::<Uuid>().unwrap()];
+        assert_eq!(trace.traceparent, tp);
+        assert_eq!(trace.tracestate, None);
+    }
 }

@@ -19,6 +19,7 @@ use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 use crate::{
     agent::{AgentState, agent_router},
     monitor::{MonitorState, demo_tenants, monitor_router},
+    otlp::{OtlpState, otlp_router},
     twilio::{TwilioState, twilio_router},
 };
 
@@ -162,6 +163,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
             monitor_router(monitor.clone()),
             twilio_router(twilio.clone()),
             agent_router(agent.clone()),
+            otlp_router(OtlpState::new()),
         ]),
     )
     .await?;
@@ -179,6 +181,10 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     tracing::info!(
         echo = %format!("{}/agent/echo", server.base_url()),
         "agent simulator listening (modes: echo, silent, slow, fail, reject)"
+    );
+    tracing::info!(
+        endpoint = %server.base_url(),
+        "OTLP trace receiver listening (OTEL_EXPORTER_OTLP_ENDPOINT; spans at /_sim/otlp/spans)"
     );
     wait_for_signal().await?;
     tracing::info!("shutting down");

@@ -282,6 +282,9 @@ pub struct CreatedMessage {
     pub body: String,
     pub media_urls: Vec<String>,
     pub status_callback: Option<String>,
+    /// The create request's W3C `traceparent` header, if it had one.
+    #[serde(default)]
+    pub traceparent: Option<String>,
 }
 
 /// What the simulated Twilio was asked and did.
@@ -571,6 +574,7 @@ impl TwilioState {
                 body: req.body,
                 media_urls: req.media_urls,
                 status_callback: req.status_callback.clone(),
+                traceparent: req.traceparent,
             });
             let f = &inner.faults;
             let steps = match f.final_status.get(&req.to) {
@@ -845,6 +849,8 @@ struct CreateRequest {
     body: String,
     media_urls: Vec<String>,
     status_callback: Option<String>,
+    /// A header, not a form field: set by the handler.
+    traceparent: Option<String>,
 }
 
 /// A create refused with `400`: its Twilio code and message.
@@ -953,6 +959,7 @@ fn parse_create(form: &[u8], permanent: &BTreeMap<String, u32>) -> Result<Create
         body,
         media_urls,
         status_callback,
+        traceparent: None,
     })
 }
 
@@ -994,7 +1001,13 @@ async fn create_message(
         Ok(form) => {
             let permanent = state.lock().faults.permanent_errors.clone();
             match parse_create(&form, &permanent) {
-                Ok(req) => (StatusCode::CREATED, Json(state.create(req))).into_response(),
+                Ok(mut req) => {
+                    req.traceparent = headers
+                        .get("traceparent")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned);
+                    (StatusCode::CREATED, Json(state.create(req))).into_response()
+                }
                 Err(r) => bad_request(r.code, r.message),
             }
         }

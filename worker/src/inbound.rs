@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use shared::{
-    jobs::{self, NotifyLanguage, RouteMessage},
+    jobs::{self, NotifyLanguage, ProcessInbound, RouteMessage},
     language::{self, Detection, Language},
     optout::{self, OptChange},
     phone,
@@ -39,12 +39,13 @@ struct Stored {
 /// Messages of one job processed at once.
 const MESSAGES_IN_FLIGHT: usize = 16;
 
-/// Processes every message of a job. All are attempted even when some fail; the job then fails
-/// and its re-run skips the messages already linked.
-pub async fn process_batch(deps: &Deps, message_ids: &[Uuid]) -> anyhow::Result<()> {
+/// Processes every message of a job, each in the trace of the webhook that stored it. All are
+/// attempted even when some fail; the job then fails and its re-run skips the messages already
+/// linked.
+pub async fn process_batch(deps: &Deps, job: &ProcessInbound) -> anyhow::Result<()> {
     use futures::StreamExt;
-    let failures: Vec<anyhow::Error> = futures::stream::iter(message_ids.to_vec())
-        .map(|id| process(deps, id))
+    let failures: Vec<anyhow::Error> = futures::stream::iter(job.message_ids.iter().copied())
+        .map(|id| process_traced(deps, id, job.traces.get(&id)))
         .buffer_unordered(MESSAGES_IN_FLIGHT)
         .filter_map(|r| async move { r.err() })
         .collect()
@@ -55,8 +56,17 @@ pub async fn process_batch(deps: &Deps, message_ids: &[Uuid]) -> anyhow::Result<
     }
 }
 
-#[tracing::instrument(skip_all, fields(message_id = %message_id), err)]
 pub async fn process(deps: &Deps, message_id: Uuid) -> anyhow::Result<Outcome> {
+    process_traced(deps, message_id, None).await
+}
+
+#[tracing::instrument(name = "process_inbound", skip_all, fields(message_id = %message_id), err)]
+async fn process_traced(
+    deps: &Deps,
+    message_id: Uuid,
+    trace: Option<&shared::telemetry::TraceContext>,
+) -> anyhow::Result<Outcome> {
+    shared::telemetry::continue_trace(trace);
     let Some(row) = sqlx::query!(
         r#"SELECT from_number, to_number, message_content, raw_webhook_data, created_at,
                   processed_at
@@ -176,6 +186,7 @@ pub async fn process(deps: &Deps, message_id: Uuid) -> anyhow::Result<Outcome> {
             &[RouteMessage {
                 message_id,
                 attempt: 0,
+                trace: shared::telemetry::TraceContext::current(),
             }],
             None,
         )
@@ -259,6 +270,7 @@ async fn update_tenant(
                 language: merged.language.code().to_owned(),
                 confidence: merged.confidence,
                 attempt: 0,
+                trace: shared::telemetry::TraceContext::current(),
             };
             jobs::push(tx, jobs::MONITOR_LANGUAGE, &[job], None).await?;
         }

@@ -21,7 +21,9 @@ pub fn retry_delay(attempt: u32) -> Duration {
     Duration::from_secs(2u64.saturating_pow(attempt.min(20))).min(Duration::from_secs(600))
 }
 
+#[tracing::instrument(name = "notify_language", skip_all, fields(tenant_id = %job.tenant_id, attempt = job.attempt))]
 pub async fn process(deps: &Deps, job: NotifyLanguage) -> anyhow::Result<Outcome> {
+    shared::telemetry::continue_trace(job.trace.as_ref());
     let Some(monitor) = deps.tenants.monitor() else {
         return Ok(Outcome::NoMonitor);
     };
@@ -36,6 +38,7 @@ pub async fn process(deps: &Deps, job: NotifyLanguage) -> anyhow::Result<Outcome
         Err(err) if err.is_retryable() && job.attempt + 1 < deps.language_notify_max_attempts => {
             let next = NotifyLanguage {
                 attempt: job.attempt + 1,
+                trace: shared::telemetry::TraceContext::current(),
                 ..job
             };
             let after = retry_delay(next.attempt);

@@ -39,7 +39,12 @@ async fn main() -> anyhow::Result<()> {
         // Started without naming queues and without Twilio settings: run everything else.
         queues.retain(|q| *q != jobs::OUTBOUND_SEND);
     }
-    telemetry::init(cfg.common.log_format);
+    // Held to the end: dropping it flushes the spans not yet exported.
+    let _telemetry = telemetry::init_with_traces(cfg.common.log_format, &config::Env, "sms-worker")
+        .unwrap_or_else(|e| {
+            eprintln!("{e}");
+            std::process::exit(2);
+        });
     let pool = shared::db::lazy_pool(&cfg.common)?;
     let deps = Deps::new(&cfg, pool);
     let shutdown = CancellationToken::new();

@@ -99,7 +99,7 @@ async fn guarded<T: Retried + Send + 'static>(
 async fn handle_inbound(job: ProcessInbound, deps: Data<Arc<Deps>>) -> Result<(), BoxDynError> {
     let d = Arc::clone(&deps);
     guarded(&deps, jobs::INBOUND, async move {
-        inbound::process_batch(&d, &job.message_ids).await
+        inbound::process_batch(&d, &job).await
     })
     .await
 }

@@ -122,6 +122,7 @@ async fn pass(deps: &Deps) -> anyhow::Result<Report> {
                     &[ApplyStatus {
                         message_sid: m.sid.clone(),
                         our_message_id: Some(m.id),
+                        trace: shared::telemetry::TraceContext::current(),
                     }],
                     None,
                 )

@@ -16,6 +16,7 @@ use shared::{
     jobs::{self, RouteMessage, SendMessage},
     segments,
 };
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::Deps;
@@ -48,8 +49,9 @@ struct Route {
     secret: String,
 }
 
-#[tracing::instrument(skip_all, fields(message_id = %job.message_id, attempt = job.attempt), err)]
+#[tracing::instrument(name = "route_message", skip_all, fields(message_id = %job.message_id, attempt = job.attempt), err)]
 pub async fn process(deps: &Deps, job: RouteMessage) -> anyhow::Result<Outcome> {
+    shared::telemetry::continue_trace(job.trace.as_ref());
     let Some(m) = sqlx::query!(
         r#"SELECT m.id, m.message_content, m.twilio_sid, m.created_at, m.route_status,
                   m.language_detected, m.language_confidence, m.from_number,
@@ -136,7 +138,14 @@ pub async fn process(deps: &Deps, job: RouteMessage) -> anyhow::Result<Outcome> 
     let body = serde_json::to_vec(&payload)?;
     let ts = chrono::Utc::now().timestamp();
     let started = Instant::now();
-    let sent = deps
+    // The agent's request is a client span of its own, and the agent gets its `traceparent`.
+    let call = tracing::info_span!(
+        "agent_request",
+        otel.kind = "client",
+        route_id = %route.id,
+        http.response.status_code = tracing::field::Empty,
+    );
+    let request = deps
         .http
         .post(&route.url)
         .timeout(deps.route_timeout)
@@ -146,9 +155,14 @@ pub async fn process(deps: &Deps, job: RouteMessage) -> anyhow::Result<Outcome> 
             agent_signature::SIGNATURE_HEADER,
             agent_signature::sign(&route.secret, ts, &body),
         )
-        .body(body)
+        .body(body);
+    let sent = shared::telemetry::inject(request, &call)
         .send()
+        .instrument(call.clone())
         .await;
+    if let Ok(resp) = &sent {
+        call.record("http.response.status_code", resp.status().as_u16());
+    }
     let (status, answer) = match sent {
         Ok(resp) => {
             let status = resp.status().as_u16();
@@ -264,6 +278,7 @@ pub async fn process(deps: &Deps, job: RouteMessage) -> anyhow::Result<Outcome> 
                 &[RouteMessage {
                     message_id: m.id,
                     attempt: job.attempt + 1,
+                    trace: shared::telemetry::TraceContext::current(),
                 }],
                 Some(after),
             )
@@ -378,6 +393,7 @@ async fn queue_reply(
         &[SendMessage {
             message_id: id,
             slot: None,
+            trace: shared::telemetry::TraceContext::current(),
         }],
         None,
         10,

@@ -73,8 +73,9 @@ async fn reschedule(
     Ok(())
 }
 
-#[tracing::instrument(skip_all, fields(message_id = %job.message_id), err)]
+#[tracing::instrument(name = "send_message", skip_all, fields(message_id = %job.message_id), err)]
 pub async fn process(deps: &Deps, job: SendMessage) -> anyhow::Result<Outcome> {
+    shared::telemetry::continue_trace(job.trace.as_ref());
     let Some((cfg, twilio)) = deps.outbound.as_ref() else {
         anyhow::bail!("outbound sending is not configured (TWILIO_AUTH_TOKEN)");
     };
@@ -135,6 +136,7 @@ pub async fn process(deps: &Deps, job: SendMessage) -> anyhow::Result<Outcome> {
                 &[ApplyStatus {
                     message_sid: sid.clone(),
                     our_message_id: Some(job.message_id),
+                    trace: shared::telemetry::TraceContext::current(),
                 }],
                 None,
             )
@@ -213,6 +215,7 @@ pub async fn process(deps: &Deps, job: SendMessage) -> anyhow::Result<Outcome> {
             let paced = SendMessage {
                 message_id: job.message_id,
                 slot: Some(slot),
+                trace: shared::telemetry::TraceContext::current(),
             };
             reschedule(
                 &mut conn,
@@ -364,6 +367,7 @@ async fn record(
                     &[ApplyStatus {
                         message_sid: m.sid.clone(),
                         our_message_id: Some(id),
+                        trace: shared::telemetry::TraceContext::current(),
                     }],
                     None,
                 )
@@ -394,6 +398,7 @@ async fn record(
                 &SendMessage {
                     message_id: id,
                     slot: None,
+                    trace: shared::telemetry::TraceContext::current(),
                 },
                 after,
                 priority,
@@ -469,6 +474,7 @@ async fn record(
                 &SendMessage {
                     message_id: id,
                     slot: None,
+                    trace: shared::telemetry::TraceContext::current(),
                 },
                 Duration::from_secs(2),
                 priority,

@@ -14,8 +14,9 @@ pub enum Outcome {
     MessageNotKnownYet,
 }
 
-#[tracing::instrument(skip_all, fields(message_sid = %job.message_sid), err)]
+#[tracing::instrument(name = "apply_status", skip_all, fields(message_sid = %job.message_sid), err)]
 pub async fn process(deps: &Deps, job: ApplyStatus) -> anyhow::Result<Outcome> {
+    shared::telemetry::continue_trace(job.trace.as_ref());
     let mut tx = deps.pool.begin().await?;
     let msg = match job.our_message_id {
         Some(id) => sqlx::query!(

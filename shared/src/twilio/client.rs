@@ -100,6 +100,8 @@ impl TwilioClient {
         )
     }
 
+    /// A client span of its own; Twilio gets its `traceparent`.
+    #[tracing::instrument(name = "twilio_create_message", skip_all, fields(otel.kind = "client", http.response.status_code))]
     pub async fn create(&self, msg: &NewMessage<'_>) -> CreateOutcome {
         let mut form: Vec<(&str, &str)> = vec![
             ("To", msg.to),
@@ -114,11 +116,12 @@ impl TwilioClient {
         for url in msg.media_urls {
             form.push(("MediaUrl", url));
         }
-        let sent = self
+        let request = self
             .http
             .post(self.messages_url())
             .basic_auth(&self.account_sid, Some(&self.auth_token))
-            .form(&form)
+            .form(&form);
+        let sent = crate::telemetry::inject(request, &tracing::Span::current())
             .send()
             .await;
         let resp = match sent {
@@ -143,6 +146,7 @@ impl TwilioClient {
             }
         };
         let status = resp.status().as_u16();
+        tracing::Span::current().record("http.response.status_code", status);
         let retry_after = resp
             .headers()
             .get("retry-after")
@@ -189,15 +193,17 @@ impl TwilioClient {
     }
 
     /// Fetches a message's current state; None when Twilio does not know the SID.
+    #[tracing::instrument(name = "twilio_fetch_message", skip_all, fields(otel.kind = "client"))]
     pub async fn fetch(&self, sid: &str) -> anyhow::Result<Option<MessageResource>> {
         let url = format!(
             "{}/2010-04-01/Accounts/{}/Messages/{}.json",
             self.base, self.account_sid, sid
         );
-        let resp = self
+        let request = self
             .http
             .get(url)
-            .basic_auth(&self.account_sid, Some(&self.auth_token))
+            .basic_auth(&self.account_sid, Some(&self.auth_token));
+        let resp = crate::telemetry::inject(request, &tracing::Span::current())
             .send()
             .await?;
         if resp.status().as_u16() == 404 {

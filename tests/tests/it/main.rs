@@ -9,6 +9,7 @@ mod inbound_worker;
 mod isolation;
 mod metrics;
 mod openapi;
+mod otel;
 mod outbound;
 mod routing;
 mod shutdown;
