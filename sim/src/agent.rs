@@ -70,11 +70,11 @@ use axum::{
     body::Bytes,
     extract::{
         Path, Query, State,
-        rejection::{JsonRejection, PathRejection, QueryRejection},
+        rejection::{PathRejection, QueryRejection},
     },
     http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
-    routing::{get, post},
+    routing::post,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -338,29 +338,24 @@ async fn agent(
     }
 }
 
-async fn set_faults(
-    State(state): State<AgentState>,
-    body: Result<Json<Value>, JsonRejection>,
-) -> Response {
-    let faults = match server::parse_faults(body, |f: &AgentFaults| f.fail_status) {
-        Ok(f) => f,
-        Err(detail) => return server::bad_request("bad_body", detail),
-    };
-    state.set_faults(faults);
-    StatusCode::NO_CONTENT.into_response()
-}
-
-async fn get_faults(State(state): State<AgentState>) -> Json<AgentFaults> {
-    Json(state.faults())
-}
-
-async fn stats(State(state): State<AgentState>) -> Json<AgentStats> {
-    Json(state.stats())
-}
-
-async fn reset(State(state): State<AgentState>) -> StatusCode {
-    state.reset();
-    StatusCode::NO_CONTENT
+impl server::Controlled for AgentState {
+    type Faults = AgentFaults;
+    type Stats = AgentStats;
+    fn set_faults(&self, faults: AgentFaults) {
+        AgentState::set_faults(self, faults)
+    }
+    fn faults(&self) -> AgentFaults {
+        AgentState::faults(self)
+    }
+    fn stats(&self) -> AgentStats {
+        AgentState::stats(self)
+    }
+    fn reset(&self) {
+        AgentState::reset(self)
+    }
+    fn fail_status(faults: &AgentFaults) -> u16 {
+        faults.fail_status
+    }
 }
 
 /// The agent's routes plus its control API. It sets no fallback, so it merges into a larger
@@ -368,9 +363,7 @@ async fn reset(State(state): State<AgentState>) -> StatusCode {
 pub fn agent_router(state: AgentState) -> Router {
     Router::new()
         .route("/agent/{mode}", post(agent))
-        .route("/_sim/agent/faults", post(set_faults).get(get_faults))
-        .route("/_sim/agent/stats", get(stats))
-        .route("/_sim/agent/reset", post(reset))
+        .merge(server::control_routes::<AgentState>("agent"))
         .with_state(state)
 }
 

@@ -382,29 +382,24 @@ async fn list_tenants(State(state): State<MonitorState>) -> Json<Vec<Tenant>> {
     Json(state.tenants())
 }
 
-async fn set_faults(
-    State(state): State<MonitorState>,
-    body: Result<Json<serde_json::Value>, JsonRejection>,
-) -> Response {
-    let faults = match server::parse_faults(body, |f: &Faults| f.fail_status) {
-        Ok(f) => f,
-        Err(detail) => return server::bad_request("bad_body", detail),
-    };
-    state.set_faults(faults);
-    StatusCode::NO_CONTENT.into_response()
-}
-
-async fn get_faults(State(state): State<MonitorState>) -> Json<Faults> {
-    Json(state.faults())
-}
-
-async fn stats(State(state): State<MonitorState>) -> Json<Stats> {
-    Json(state.stats())
-}
-
-async fn reset(State(state): State<MonitorState>) -> StatusCode {
-    state.reset();
-    StatusCode::NO_CONTENT
+impl server::Controlled for MonitorState {
+    type Faults = Faults;
+    type Stats = Stats;
+    fn set_faults(&self, faults: Faults) {
+        MonitorState::set_faults(self, faults)
+    }
+    fn faults(&self) -> Faults {
+        MonitorState::faults(self)
+    }
+    fn stats(&self) -> Stats {
+        MonitorState::stats(self)
+    }
+    fn reset(&self) {
+        MonitorState::reset(self)
+    }
+    fn fail_status(faults: &Faults) -> u16 {
+        faults.fail_status
+    }
 }
 
 /// The Monitor's routes plus its control API. It sets no fallback, so it merges into a larger
@@ -414,9 +409,7 @@ pub fn monitor_router(state: MonitorState) -> Router {
         .route("/tenants/lookup", get(lookup))
         .route("/tenants/{tenant_id}/language", put(update_language))
         .route("/_sim/monitor/tenants", post(seed).get(list_tenants))
-        .route("/_sim/monitor/faults", post(set_faults).get(get_faults))
-        .route("/_sim/monitor/stats", get(stats))
-        .route("/_sim/monitor/reset", post(reset))
+        .merge(server::control_routes::<MonitorState>("monitor"))
         .with_state(state)
 }
 

@@ -6,13 +6,13 @@ use std::{net::SocketAddr, time::Duration, time::Instant};
 use anyhow::Context;
 use axum::{
     Json, Router,
-    extract::{Request, rejection::JsonRejection},
+    extract::{Request, State, rejection::JsonRejection},
     http::StatusCode,
     middleware::{self, Next},
     response::{IntoResponse, Response},
-    routing::get,
+    routing::{get, post},
 };
-use serde::de::DeserializeOwned;
+use serde::{Serialize, de::DeserializeOwned};
 use serde_json::{Value, json};
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
@@ -219,6 +219,52 @@ pub(crate) fn bad_request(code: &str, detail: impl std::fmt::Display) -> Respons
         Json(json!({ "error": code, "detail": detail.to_string() })),
     )
         .into_response()
+}
+
+/// A simulator's state with the common control API: faults to set and read, stats, reset.
+pub(crate) trait Controlled: Clone + Send + Sync + 'static {
+    type Faults: Serialize + DeserializeOwned + Send + 'static;
+    type Stats: Serialize + Send + 'static;
+    fn set_faults(&self, faults: Self::Faults);
+    fn faults(&self) -> Self::Faults;
+    fn stats(&self) -> Self::Stats;
+    fn reset(&self);
+    /// The `fail_status` field, which must be a 4xx or 5xx status.
+    fn fail_status(faults: &Self::Faults) -> u16;
+}
+
+/// `/_sim/{name}/faults` (POST replaces, GET reads), `/_sim/{name}/stats` and
+/// `POST /_sim/{name}/reset`, for any [`Controlled`] simulator.
+pub(crate) fn control_routes<S: Controlled>(name: &str) -> Router<S> {
+    async fn set_faults<S: Controlled>(
+        State(state): State<S>,
+        body: Result<Json<Value>, JsonRejection>,
+    ) -> Response {
+        match parse_faults(body, S::fail_status) {
+            Ok(faults) => {
+                state.set_faults(faults);
+                StatusCode::NO_CONTENT.into_response()
+            }
+            Err(detail) => bad_request("bad_body", detail),
+        }
+    }
+    async fn get_faults<S: Controlled>(State(state): State<S>) -> Json<S::Faults> {
+        Json(state.faults())
+    }
+    async fn stats<S: Controlled>(State(state): State<S>) -> Json<S::Stats> {
+        Json(state.stats())
+    }
+    async fn reset<S: Controlled>(State(state): State<S>) -> StatusCode {
+        state.reset();
+        StatusCode::NO_CONTENT
+    }
+    Router::new()
+        .route(
+            &format!("/_sim/{name}/faults"),
+            post(set_faults::<S>).get(get_faults::<S>),
+        )
+        .route(&format!("/_sim/{name}/stats"), get(stats::<S>))
+        .route(&format!("/_sim/{name}/reset"), post(reset::<S>))
 }
 
 /// A control API's faults body: a JSON object of known fields whose `fail_status` (read by

@@ -107,7 +107,7 @@ use axum::{
     body::Bytes,
     extract::{
         Path, State,
-        rejection::{BytesRejection, JsonRejection, PathRejection},
+        rejection::{BytesRejection, PathRejection},
     },
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
@@ -1042,29 +1042,24 @@ async fn method_not_allowed() -> Response {
     twilio_error(StatusCode::METHOD_NOT_ALLOWED, 20004, "Method not allowed")
 }
 
-async fn set_faults(
-    State(state): State<TwilioState>,
-    body: Result<Json<serde_json::Value>, JsonRejection>,
-) -> Response {
-    let faults = match server::parse_faults(body, |f: &Faults| f.fail_status) {
-        Ok(f) => f,
-        Err(detail) => return server::bad_request("bad_body", detail),
-    };
-    state.set_faults(faults);
-    StatusCode::NO_CONTENT.into_response()
-}
-
-async fn get_faults(State(state): State<TwilioState>) -> Json<Faults> {
-    Json(state.faults())
-}
-
-async fn stats(State(state): State<TwilioState>) -> Json<Stats> {
-    Json(state.stats())
-}
-
-async fn reset(State(state): State<TwilioState>) -> StatusCode {
-    state.reset();
-    StatusCode::NO_CONTENT
+impl server::Controlled for TwilioState {
+    type Faults = Faults;
+    type Stats = Stats;
+    fn set_faults(&self, faults: Faults) {
+        TwilioState::set_faults(self, faults)
+    }
+    fn faults(&self) -> Faults {
+        TwilioState::faults(self)
+    }
+    fn stats(&self) -> Stats {
+        TwilioState::stats(self)
+    }
+    fn reset(&self) {
+        TwilioState::reset(self)
+    }
+    fn fail_status(faults: &Faults) -> u16 {
+        faults.fail_status
+    }
 }
 
 /// Twilio's Messages routes plus the `/_sim/twilio` control API. It sets no fallback, so it
@@ -1079,9 +1074,7 @@ pub fn twilio_router(state: TwilioState) -> Router {
             "/2010-04-01/Accounts/{account_sid}/Messages/{file}",
             get(fetch_message).fallback(method_not_allowed),
         )
-        .route("/_sim/twilio/faults", post(set_faults).get(get_faults))
-        .route("/_sim/twilio/stats", get(stats))
-        .route("/_sim/twilio/reset", post(reset))
+        .merge(server::control_routes::<TwilioState>("twilio"))
         .with_state(state)
 }
 
