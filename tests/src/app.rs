@@ -87,6 +87,17 @@ impl TestApp {
         format!("{}{}", self.base_url, path)
     }
 
+    /// GETs `path` with an API key (or none): the status and the JSON body (Null when not JSON).
+    pub async fn get_json(&self, path: &str, key: Option<&str>) -> (u16, serde_json::Value) {
+        let mut req = self.http.get(self.url(path));
+        if let Some(key) = key {
+            req = req.bearer_auth(key);
+        }
+        let resp = req.send().await.expect("request reaches the ingress");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
     /// GETs `path` without credentials and returns the body as text.
     pub async fn get_text(&self, path: &str) -> String {
         self.http

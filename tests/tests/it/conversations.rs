@@ -7,24 +7,16 @@ use harness::{
 use serde_json::Value;
 use shared::jobs;
 
-async fn get(app: &TestApp, path: &str, key: Option<&str>) -> (u16, Value) {
-    let mut req = app.http.get(app.url(path));
-    if let Some(key) = key {
-        req = req.bearer_auth(key);
-    }
-    let resp = req.send().await.unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
-}
-
 #[tokio::test]
 async fn requires_a_valid_key() {
     let db = pg::fresh_db().await;
     let app = TestApp::spawn(Settings::new(&db)).await;
-    let (status, body) = get(&app, "/conversations/+15551230001", None).await;
+    let (status, body) = app.get_json("/conversations/+15551230001", None).await;
     assert_eq!(status, 401);
     assert_eq!(body["code"], "unauthorized");
-    let (status, _) = get(&app, "/conversations/+15551230001", Some("sk_wrong")).await;
+    let (status, _) = app
+        .get_json("/conversations/+15551230001", Some("sk_wrong"))
+        .await;
     assert_eq!(status, 401);
     // Keys are stored only as a hash.
     let key = app.api_key(&["read"], None).await;
@@ -35,7 +27,9 @@ async fn requires_a_valid_key() {
             .await
             .unwrap();
     assert_eq!(stored, 0);
-    let (status, body) = get(&app, "/conversations/+15551230001", Some(&key)).await;
+    let (status, body) = app
+        .get_json("/conversations/+15551230001", Some(&key))
+        .await;
     assert_eq!(status, 404);
     assert_eq!(body["code"], "not_found");
 }
@@ -58,11 +52,15 @@ async fn any_written_form_finds_it_and_pages_newest_first() {
         "15551239999",
         "%2B1%20555%20123%209999",
     ] {
-        let (status, body) = get(&app, &format!("/conversations/{form}"), Some(&key)).await;
+        let (status, body) = app
+            .get_json(&format!("/conversations/{form}"), Some(&key))
+            .await;
         assert_eq!(status, 200, "{form}");
         assert_eq!(body["phone_number"], "+15551239999");
     }
-    let (_, page1) = get(&app, "/conversations/+15551239999?limit=2", Some(&key)).await;
+    let (_, page1) = app
+        .get_json("/conversations/+15551239999?limit=2", Some(&key))
+        .await;
     for field in [
         "tenant_id",
         "workflow_type",
@@ -94,33 +92,32 @@ async fn any_written_form_finds_it_and_pages_newest_first() {
     }
     assert_eq!(m["twilio_sid"], sids[4].as_str());
     let cursor = page1["next_cursor"].as_str().unwrap();
-    let (_, page2) = get(
-        &app,
-        &format!("/conversations/+15551239999?limit=2&cursor={cursor}"),
-        Some(&key),
-    )
-    .await;
-    assert_eq!(contents(&page2), vec!["message 2", "message 1"]);
-    let cursor = page2["next_cursor"].as_str().unwrap();
-    let (_, page3) = get(
-        &app,
-        &format!("/conversations/+15551239999?limit=2&cursor={cursor}"),
-        Some(&key),
-    )
-    .await;
-    assert_eq!(contents(&page3), vec!["message 0"]);
-    assert!(page3["next_cursor"].is_null());
-
-    let (_, all) = get(&app, "/conversations/+15551239999", Some(&key)).await;
-    assert_eq!(all["messages"].as_array().unwrap().len(), 5);
-
-    for bad in ["limit=0", "limit=201", "limit=abc", "cursor=%21%21"] {
-        let (status, body) = get(
-            &app,
-            &format!("/conversations/+15551239999?{bad}"),
+    let (_, page2) = app
+        .get_json(
+            &format!("/conversations/+15551239999?limit=2&cursor={cursor}"),
             Some(&key),
         )
         .await;
+    assert_eq!(contents(&page2), vec!["message 2", "message 1"]);
+    let cursor = page2["next_cursor"].as_str().unwrap();
+    let (_, page3) = app
+        .get_json(
+            &format!("/conversations/+15551239999?limit=2&cursor={cursor}"),
+            Some(&key),
+        )
+        .await;
+    assert_eq!(contents(&page3), vec!["message 0"]);
+    assert!(page3["next_cursor"].is_null());
+
+    let (_, all) = app
+        .get_json("/conversations/+15551239999", Some(&key))
+        .await;
+    assert_eq!(all["messages"].as_array().unwrap().len(), 5);
+
+    for bad in ["limit=0", "limit=201", "limit=abc", "cursor=%21%21"] {
+        let (status, body) = app
+            .get_json(&format!("/conversations/+15551239999?{bad}"), Some(&key))
+            .await;
         assert_eq!(status, 400, "{bad}");
         assert!(body["detail"].is_string());
     }
@@ -143,26 +140,28 @@ async fn a_tenant_scoped_key_sees_only_its_tenant() {
     app.drain(jobs::INBOUND).await;
     let key_a = app.api_key(&["read"], Some("t-a")).await;
     assert_eq!(
-        get(&app, "/conversations/+15550000001", Some(&key_a))
+        app.get_json("/conversations/+15550000001", Some(&key_a))
             .await
             .0,
         200
     );
-    let (status, body) = get(&app, "/conversations/+15550000002", Some(&key_a)).await;
+    let (status, body) = app
+        .get_json("/conversations/+15550000002", Some(&key_a))
+        .await;
     assert_eq!(
         status, 404,
         "another tenant's conversation is not found, not forbidden"
     );
     assert_eq!(body["code"], "not_found");
     assert_eq!(
-        get(&app, "/conversations/+15550000003", Some(&key_a))
+        app.get_json("/conversations/+15550000003", Some(&key_a))
             .await
             .0,
         404
     );
     let admin = app.api_key(&["read"], None).await;
     assert_eq!(
-        get(&app, "/conversations/+15550000002", Some(&admin))
+        app.get_json("/conversations/+15550000002", Some(&admin))
             .await
             .0,
         200

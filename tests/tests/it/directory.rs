@@ -181,16 +181,7 @@ async fn tenant_phones_are_managed_and_isolated() {
     app.inbound("+15551110009", "hi from my new phone").await;
     app.drain(jobs::INBOUND).await;
     let key_1 = app.api_key(&["read"], Some("t-1")).await;
-    let mine: Value = app
-        .http
-        .get(app.url("/tenants/t-1/phones"))
-        .bearer_auth(&key_1)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let mine: Value = app.get_json("/tenants/t-1/phones", Some(&key_1)).await.1;
     assert_eq!(mine["last_used_phone_number"], "+15551110009");
     assert_eq!(
         app.http
@@ -240,16 +231,7 @@ async fn usage_counts_messages_and_segments_per_tenant() {
         .unwrap();
     assert_eq!(resp.status(), 202);
     let key_1 = app.api_key(&["read"], Some("t-1")).await;
-    let usage: Value = app
-        .http
-        .get(app.url("/usage"))
-        .bearer_auth(&key_1)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let usage: Value = app.get_json("/usage", Some(&key_1)).await.1;
     assert_eq!(usage["tenant_id"], "t-1");
     let rows = usage["rows"].as_array().unwrap();
     let find = |dir: &str, status: &str| {
@@ -274,16 +256,7 @@ async fn usage_counts_messages_and_segments_per_tenant() {
         404
     );
     let admin = app.api_key(&["read"], None).await;
-    let all: Value = app
-        .http
-        .get(app.url("/usage?from=2000-01-01"))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let all: Value = app.get_json("/usage?from=2000-01-01", Some(&admin)).await.1;
     assert!(
         all["rows"]
             .as_array()

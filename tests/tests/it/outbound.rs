@@ -133,15 +133,9 @@ async fn happy_path_sends_once_and_tracks_to_delivered() {
     assert!(conv.last_message_at.is_some());
     // The conversation API shows the outbound message with its status.
     let view: Value = app
-        .http
-        .get(app.url(&format!("/conversations/{TO}")))
-        .bearer_auth(&key)
-        .send()
+        .get_json(&format!("/conversations/{TO}"), Some(&key))
         .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .1;
     assert_eq!(view["messages"][0]["direction"], "outbound");
     assert_eq!(view["messages"][0]["delivery_status"], "delivered");
 }

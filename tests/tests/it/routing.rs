@@ -243,17 +243,7 @@ async fn unknown_numbers_are_quarantined_and_can_be_replayed() {
         .inbound("+15559000099", "Who do I talk to about my lease?")
         .await;
     wait_route(&w.app, &sid, "unroutable").await;
-    let list: Value = w
-        .app
-        .http
-        .get(w.app.url("/unroutable"))
-        .bearer_auth(&w.admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = w.app.get_json("/unroutable", Some(&w.admin)).await.1;
     assert_eq!(list.as_array().unwrap().len(), 1);
     assert_eq!(list[0]["reason"], "unknown_number");
     assert_eq!(list[0]["content"], "Who do I talk to about my lease?");
@@ -276,17 +266,7 @@ async fn unknown_numbers_are_quarantined_and_can_be_replayed() {
         .unwrap();
     assert_eq!(resp.status(), 202);
     wait_route(&w.app, &sid, "routed").await;
-    let list: Value = w
-        .app
-        .http
-        .get(w.app.url("/unroutable"))
-        .bearer_auth(&w.admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = w.app.get_json("/unroutable", Some(&w.admin)).await.1;
     assert!(list.as_array().unwrap().is_empty());
     let again = w
         .app
@@ -355,17 +335,7 @@ async fn routes_admin_api_validates_and_isolates_tenants() {
     assert_eq!(resp.status(), 403);
     // A key scoped to t-a sees only t-a's route; t-b's does not exist for it.
     let key_a = w.app.api_key(&["read", "admin"], Some("t-a")).await;
-    let list: Value = w
-        .app
-        .http
-        .get(w.app.url("/routes"))
-        .bearer_auth(&key_a)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = w.app.get_json("/routes", Some(&key_a)).await.1;
     assert_eq!(list.as_array().unwrap().len(), 1);
     assert_eq!(list[0]["tenant_id"], "t-a");
     let resp = w
@@ -401,32 +371,12 @@ async fn routes_admin_api_validates_and_isolates_tenants() {
         .unwrap();
     let sid = w.app.inbound("+15559000002", "again").await;
     wait_route(&w.app, &sid, "unroutable").await;
-    let list: Value = w
-        .app
-        .http
-        .get(w.app.url("/unroutable"))
-        .bearer_auth(&key_a)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = w.app.get_json("/unroutable", Some(&key_a)).await.1;
     assert!(
         list.as_array().unwrap().is_empty(),
         "t-a does not see t-b's quarantine"
     );
-    let all: Value = w
-        .app
-        .http
-        .get(w.app.url("/unroutable"))
-        .bearer_auth(&w.admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let all: Value = w.app.get_json("/unroutable", Some(&w.admin)).await.1;
     let id = all[0]["message_id"].as_str().unwrap();
     let resp = w
         .app
