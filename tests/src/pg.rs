@@ -494,7 +494,8 @@ fn os(parts: &[&dyn AsRef<OsStr>]) -> Vec<OsString> {
     parts.iter().map(|p| p.as_ref().to_owned()).collect()
 }
 
-fn free_port() -> Option<u16> {
+/// A port nothing listens on right now (free for a moment: bind it soon).
+pub fn free_port() -> Option<u16> {
     Some(
         TcpListener::bind("127.0.0.1:0")
             .ok()?

@@ -78,16 +78,9 @@ async fn messages(app: &TestApp) -> i64 {
 }
 
 async fn metric(app: &TestApp, series: &str) -> String {
-    let text = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
+    app.get_text("/metrics")
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
+        .lines()
         .find_map(|l| l.strip_prefix(series))
         .map(|v| v.trim().to_owned())
         .unwrap_or_else(|| panic!("{series} in /metrics"))

@@ -121,10 +121,6 @@ impl Client {
     }
 }
 
-async fn scalar(app: &TestApp, sql: &'static str) -> i64 {
-    app.count(sql).await
-}
-
 /// `(count, distinct message ids)` of route jobs: processing a message pushes exactly one.
 async fn route_jobs(app: &TestApp) -> (i64, i64) {
     sqlx::query_as(
@@ -272,7 +268,7 @@ async fn a_worker_killed_mid_run_loses_nothing_repeats_nothing_and_its_jobs_are_
     .unwrap();
     let sent_at_kill = tw.stats().creates;
     let processed_at_kill =
-        scalar(&app, "SELECT count(*) FROM sms_messages WHERE direction = 'inbound' AND processed_at IS NOT NULL").await;
+        app.count("SELECT count(*) FROM sms_messages WHERE direction = 'inbound' AND processed_at IS NOT NULL").await;
     assert!(
         (sent_at_kill as usize) < KILL_SENDS && (processed_at_kill as usize) < KILL_INBOUND,
         "killed mid-run ({sent_at_kill} sent, {processed_at_kill} processed)"
@@ -316,9 +312,9 @@ async fn a_worker_killed_mid_run_loses_nothing_repeats_nothing_and_its_jobs_are_
     assert!(sends.iter().all(|a| a.status == 202), "every send accepted");
     let ids: Vec<String> = sends.iter().map(|a| a.id.clone()).collect();
     let drained = wait_until(Duration::from_secs(120), || async {
-        scalar(&app, "SELECT count(*) FROM sms_messages WHERE direction = 'inbound' AND processed_at IS NOT NULL").await
+        app.count("SELECT count(*) FROM sms_messages WHERE direction = 'inbound' AND processed_at IS NOT NULL").await
             == KILL_INBOUND as i64
-            && scalar(&app, "SELECT count(*) FROM sms_messages WHERE direction = 'outbound' AND delivery_status = 'delivered'").await
+            && app.count("SELECT count(*) FROM sms_messages WHERE direction = 'outbound' AND delivery_status = 'delivered'").await
                 == KILL_SENDS as i64
     })
     .await;
@@ -344,21 +340,18 @@ async fn a_worker_killed_mid_run_loses_nothing_repeats_nothing_and_its_jobs_are_
     assert!(
         drained.is_ok(),
         "not drained: {} inbound processed, {} sends delivered",
-        scalar(&app, "SELECT count(*) FROM sms_messages WHERE direction = 'inbound' AND processed_at IS NOT NULL").await,
-        scalar(&app, "SELECT count(*) FROM sms_messages WHERE direction = 'outbound' AND delivery_status = 'delivered'").await
+        app.count("SELECT count(*) FROM sms_messages WHERE direction = 'inbound' AND processed_at IS NOT NULL").await,
+        app.count("SELECT count(*) FROM sms_messages WHERE direction = 'outbound' AND delivery_status = 'delivered'").await
     );
 
     // Inbound: each message stored once, linked once, its follow-up (route job) pushed once.
     assert_eq!(
-        scalar(&app, "SELECT count(*) FROM sms_messages WHERE direction = 'inbound' AND conversation_id IS NOT NULL").await,
+        app.count("SELECT count(*) FROM sms_messages WHERE direction = 'inbound' AND conversation_id IS NOT NULL").await,
         KILL_INBOUND as i64
     );
     assert_eq!(
-        scalar(
-            &app,
-            "SELECT count(*) FROM sms_conversations WHERE phone_number LIKE '+1555770%'"
-        )
-        .await,
+        app.count("SELECT count(*) FROM sms_conversations WHERE phone_number LIKE '+1555770%'")
+            .await,
         KILL_SENDERS as i64,
         "one conversation per sender"
     );
@@ -683,7 +676,7 @@ async fn round(app: &TestApp, n: usize) {
     }
     let want = ((KNOWN + UNKNOWN) * n) as i64;
     let ok = wait_until(Duration::from_secs(60), || async {
-        scalar(app, "SELECT count(*) FROM sms_messages WHERE direction = 'inbound' AND processed_at IS NOT NULL AND conversation_id IS NOT NULL").await == want
+        app.count("SELECT count(*) FROM sms_messages WHERE direction = 'inbound' AND processed_at IS NOT NULL AND conversation_id IS NOT NULL").await == want
     })
     .await;
     assert!(ok.is_ok(), "round {n} processed while the Monitor is out");
@@ -759,11 +752,8 @@ async fn a_monitor_outage_stores_messages_as_unknown_then_attaches_their_tenants
     monitor.set_faults(monitor::Faults::default());
     let back_at = Instant::now();
     let attached = wait_until(Duration::from_secs(60), || async {
-        scalar(
-            &app,
-            "SELECT count(*) FROM sms_conversations WHERE tenant_id IS NOT NULL",
-        )
-        .await
+        app.count("SELECT count(*) FROM sms_conversations WHERE tenant_id IS NOT NULL")
+            .await
             == KNOWN as i64
     })
     .await;
@@ -808,7 +798,7 @@ async fn a_monitor_outage_stores_messages_as_unknown_then_attaches_their_tenants
     }
     // Both rounds' messages stay linked to those conversations.
     assert_eq!(
-        scalar(&app, "SELECT count(*) FROM sms_messages m JOIN sms_conversations c ON c.id = m.conversation_id WHERE m.direction = 'inbound'").await,
+        app.count("SELECT count(*) FROM sms_messages m JOIN sms_conversations c ON c.id = m.conversation_id WHERE m.direction = 'inbound'").await,
         (2 * (KNOWN + UNKNOWN)) as i64
     );
     assert!(lookups_during_outage > 0, "the worker did ask the Monitor");
@@ -900,7 +890,7 @@ async fn a_twilio_outage_of_429s_and_5xx_delays_sends_without_dropping_or_doubli
     tw.set_faults(twilio::Faults::default());
     let back_at = Instant::now();
     let delivered = wait_until(Duration::from_secs(300), || async {
-        scalar(&app, "SELECT count(*) FROM sms_messages WHERE direction = 'outbound' AND delivery_status = 'delivered'").await
+        app.count("SELECT count(*) FROM sms_messages WHERE direction = 'outbound' AND delivery_status = 'delivered'").await
             == SENDS as i64
     })
     .await;
@@ -930,11 +920,8 @@ async fn a_twilio_outage_of_429s_and_5xx_delays_sends_without_dropping_or_doubli
     assert!(delivered.is_ok(), "every send delivered after the outage");
     assert!(r429 > 0 && r5xx > 0, "the outage answered both");
     assert_eq!(
-        scalar(
-            &app,
-            "SELECT count(*) FROM sms_messages WHERE delivery_status = 'failed'"
-        )
-        .await,
+        app.count("SELECT count(*) FROM sms_messages WHERE delivery_status = 'failed'")
+            .await,
         0,
         "none dropped"
     );

@@ -16,14 +16,6 @@ fn sample(text: &str, series: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test]
 async fn worker_and_ingress_expose_the_operational_metrics() {
     let tw = TwilioSim::start("127.0.0.1:0".parse().unwrap(), ACCOUNT_SID, AUTH_TOKEN)
@@ -48,7 +40,7 @@ async fn worker_and_ingress_expose_the_operational_metrics() {
     .await
     .unwrap();
 
-    let port = free_port();
+    let port = pg::free_port().expect("a free port");
     let addr = format!("127.0.0.1:{port}");
     let mut worker = app.spawn_worker_process(
         "inbound,outbound-send,outbound-status",

@@ -63,11 +63,7 @@ async fn world() -> World {
     )
     .await
     .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = pg::free_port().expect("a free port");
     let ingress = format!("http://127.0.0.1:{port}");
     let settings = Settings::new(&db)
         .set("PUBLIC_URL", ingress.clone())

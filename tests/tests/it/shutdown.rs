@@ -133,11 +133,7 @@ async fn a_worker_finishes_running_jobs_and_hands_back_the_rest_on_sigterm() {
 #[tokio::test]
 async fn the_ingress_finishes_a_request_in_flight_and_then_stops() {
     let db = pg::fresh_db().await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = pg::free_port().expect("a free port");
     let base = format!("http://127.0.0.1:{port}");
     let settings = Settings::new(&db)
         .set("BIND_ADDR", format!("127.0.0.1:{port}"))
