@@ -1,9 +1,10 @@
-//! axum's `Path` and `Query` with their rejections as our JSON errors: a malformed id or query
-//! gets `400 {"code": "invalid_path" | "invalid_query", ...}` instead of axum's plain text.
+//! Request parts turned into our JSON errors: `Path` and `Query` whose malformed id or query
+//! gets `400 {"code": "invalid_path" | "invalid_query", ...}` instead of axum's plain text, and
+//! bodies that cannot be read (413 when too large, else 400 `malformed_body`).
 
 use axum::extract::{
     FromRequestParts,
-    rejection::{JsonRejection, PathRejection, QueryRejection},
+    rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection},
 };
 use axum::http::StatusCode;
 
@@ -29,11 +30,20 @@ impl From<QueryRejection> for ApiError {
     }
 }
 
-/// A JSON body's rejection: over the size limit is 413 like every other body, else 400.
+/// A body that could not be read: over MAX_BODY_BYTES is 413, anything else 400.
+pub fn body_rejection(e: BytesRejection, limit: usize) -> ApiError {
+    unreadable_body(e.status(), e.body_text(), limit)
+}
+
+/// As [`body_rejection`], for a JSON body (whose rejection wraps the bytes' one).
 pub fn json_rejection(e: JsonRejection, limit: usize) -> ApiError {
-    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+    unreadable_body(e.status(), e.body_text(), limit)
+}
+
+fn unreadable_body(status: StatusCode, detail: String, limit: usize) -> ApiError {
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::PayloadTooLarge { limit }
     } else {
-        ApiError::bad_request("malformed_body", e.body_text())
+        ApiError::bad_request("malformed_body", detail)
     }
 }

@@ -187,7 +187,7 @@ pub async fn send(
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     key.require("send")?;
-    let body = body.map_err(|e| crate::webhook::body_rejection(e, state.cfg.max_body_bytes))?;
+    let body = body.map_err(|e| crate::extract::body_rejection(e, state.cfg.max_body_bytes))?;
     let req: SendRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request("malformed_body", format!("invalid JSON body: {e}")))?;
     let idem = idempotency_key(&headers)?;

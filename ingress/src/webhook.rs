@@ -157,7 +157,7 @@ pub fn verified_webhook(
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
     alt_sid: &str,
 ) -> Result<(Params, String), ApiError> {
-    let body = body.map_err(|e| body_rejection(e, state.cfg.max_body_bytes))?;
+    let body = body.map_err(|e| crate::extract::body_rejection(e, state.cfg.max_body_bytes))?;
     let mut params = verified_params(state, headers, uri, &body).inspect_err(|e| {
         if matches!(e, ApiError::Forbidden(_)) {
             state.metrics.webhook_rejected();
@@ -270,14 +270,6 @@ pub async fn inbound_sms(
         }
         Err(StoreError::Unavailable) => Err(ApiError::Unavailable),
         Err(StoreError::Failed(e)) => Err(ApiError::Internal(anyhow::anyhow!(e))),
-    }
-}
-
-pub fn body_rejection(err: axum::extract::rejection::BytesRejection, limit: usize) -> ApiError {
-    if err.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::PayloadTooLarge { limit }
-    } else {
-        ApiError::bad_request("malformed_body", err.body_text())
     }
 }
 
