@@ -4,7 +4,7 @@
 
 use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Registry, TextEncoder, core::Collector,
 };
 use sqlx::PgPool;
 
@@ -15,40 +15,33 @@ pub fn latency_buckets() -> Vec<f64> {
     prometheus::exponential_buckets(0.001, 2.0, 15).expect("valid bucket parameters")
 }
 
-pub fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+/// Registers `metric` (built from a definition in this file, so valid and registered once).
+fn register<M: Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: prometheus::Result<M>,
+) -> M {
+    let metric = metric.expect("valid metric definition");
     registry
-        .register(Box::new(c.clone()))
+        .register(Box::new(metric.clone()))
         .expect("metric registered once");
-    c
+    metric
+}
+
+pub fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    register(registry, IntCounterVec::new(Opts::new(name, help), labels))
 }
 
 pub fn histogram(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
-    let h = HistogramVec::new(
-        HistogramOpts::new(name, help).buckets(latency_buckets()),
-        labels,
-    )
-    .expect("valid metric definition");
-    registry
-        .register(Box::new(h.clone()))
-        .expect("metric registered once");
-    h
+    let opts = HistogramOpts::new(name, help).buckets(latency_buckets());
+    register(registry, HistogramVec::new(opts, labels))
 }
 
 fn int_gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric definition");
-    registry
-        .register(Box::new(g.clone()))
-        .expect("metric registered once");
-    g
+    register(registry, IntGaugeVec::new(Opts::new(name, help), labels))
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
-    let g = GaugeVec::new(Opts::new(name, help), labels).expect("valid metric definition");
-    registry
-        .register(Box::new(g.clone()))
-        .expect("metric registered once");
-    g
+    register(registry, GaugeVec::new(Opts::new(name, help), labels))
 }
 
 /// Gauges refreshed on each scrape: the job queues (from Postgres) and the pool.
@@ -75,17 +68,13 @@ impl ScrapeGauges {
                 "How long the oldest due job of each queue has been waiting (0 when none).",
                 &["queue"],
             ),
-            queue_scrape_errors: {
-                let c = IntCounter::new(
+            queue_scrape_errors: register(
+                registry,
+                IntCounter::new(
                     "sms_queue_scrape_errors_total",
                     "Scrapes whose queue query failed (e.g. the database was down).",
-                )
-                .expect("valid metric definition");
-                registry
-                    .register(Box::new(c.clone()))
-                    .expect("metric registered once");
-                c
-            },
+                ),
+            ),
             pool: int_gauge(
                 registry,
                 "sms_db_pool_connections",
