@@ -11,7 +11,7 @@ count=$((rate * seconds))
 cargo build --release --quiet -p sms-ingress -p sms-worker -p sms-sim
 server=${DATABASE_URL:-$(scripts/pg-local.sh start)}
 admin=${server%/*}/postgres
-export TWILIO_AUTH_TOKEN=bench-token TWILIO_ACCOUNT_SID=AC00000000000000000000000000000000 TWILIO_PHONE_NUMBER=+15550001000 PUBLIC_URL=http://127.0.0.1:18084 BIND_ADDR=127.0.0.1:18084 RUST_LOG=warn LOG_FORMAT=json
+export TWILIO_AUTH_TOKEN=bench-token TWILIO_ACCOUNT_SID=AC00000000000000000000000000000000 TWILIO_PHONE_NUMBER=+15550001000 PUBLIC_URL=http://127.0.0.1:18084 BIND_ADDR=127.0.0.1:18084 RUST_LOG=warn LOG_FORMAT=json WORKER_METRICS_ADDR=off
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
@@ -26,11 +26,14 @@ target/release/sms-sim serve --bind 127.0.0.1:18091 --agent-secret bench-agent-s
 sleep 0.5
 AGENT_SIGNING_SECRET=bench-agent-secret-0001 target/release/sms-ingress route add --default --url http://127.0.0.1:18091/agent/silent >/dev/null
 target/release/sms-ingress serve >/dev/null 2>&1 & pids+=($!)
-target/release/sms-worker --queues inbound,route >/dev/null 2>&1 & pids+=($!)
+target/release/sms-worker --queues inbound,route >/dev/null 2>&1 & wp=$!; pids+=($wp)
 sleep 0.5
 target/release/sms-sim webhooks --url "$PUBLIC_URL/webhook/twilio/sms" --count "$count" --rate "$rate" --concurrency 16 --numbers 1000 \
   | python3 -c "import json,sys; r=json.load(sys.stdin); print(f\"sent {r['sent']} at {r['throughput_rps']:.0f}/s, webhook p99 {r['latency_ms']['p99']:.1f} ms\")"
-until [ "$(psql -tA "$DATABASE_URL" -c "SELECT count(*) FROM sms_messages WHERE route_status IN ('routed', 'unroutable', 'skipped')")" = "$count" ]; do sleep 0.5; done
+until [ "$(psql -tA "$DATABASE_URL" -c "SELECT count(*) FROM sms_messages WHERE route_status IN ('routed', 'unroutable', 'skipped')")" = "$count" ]; do
+  kill -0 $wp 2>/dev/null || { echo "sms-worker exited early" >&2; exit 1; }
+  sleep 0.5
+done
 psql -tA "$DATABASE_URL" -c "
   WITH l AS (
     SELECT extract(epoch FROM d.decided_at - m.created_at) * 1000 - d.latency_ms AS ms, d.latency_ms AS agent_ms,

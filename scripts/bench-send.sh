@@ -11,7 +11,7 @@ cargo build --release --quiet -p sms-ingress -p sms-worker -p sms-sim
 server=${DATABASE_URL:-$(scripts/pg-local.sh start)}
 admin=${server%/*}/postgres
 export TWILIO_AUTH_TOKEN=bench-token TWILIO_ACCOUNT_SID=AC00000000000000000000000000000000 TWILIO_PHONE_NUMBER=+15550001000
-export PUBLIC_URL=http://127.0.0.1:18083 BIND_ADDR=127.0.0.1:18083 TWILIO_API_BASE=http://127.0.0.1:18089 RUST_LOG=warn LOG_FORMAT=json
+export PUBLIC_URL=http://127.0.0.1:18083 BIND_ADDR=127.0.0.1:18083 TWILIO_API_BASE=http://127.0.0.1:18089 RUST_LOG=warn LOG_FORMAT=json WORKER_METRICS_ADDR=off
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT

@@ -10,7 +10,7 @@ cargo build --release --quiet -p sms-ingress -p sms-worker -p sms-sim
 server=${DATABASE_URL:-$(scripts/pg-local.sh start)}
 admin=${server%/*}/postgres
 port=${BENCH_PORT:-18082}
-export TWILIO_AUTH_TOKEN=bench-token PUBLIC_URL=http://127.0.0.1:$port BIND_ADDR=127.0.0.1:$port RUST_LOG=warn
+export TWILIO_AUTH_TOKEN=bench-token PUBLIC_URL=http://127.0.0.1:$port BIND_ADDR=127.0.0.1:$port RUST_LOG=warn WORKER_METRICS_ADDR=off
 results=()
 for i in $(seq 1 "$runs"); do
   psql -q "$admin" -c "DROP DATABASE IF EXISTS sms_bench_worker" -c "CREATE DATABASE sms_bench_worker" 2>/dev/null
@@ -24,8 +24,11 @@ for i in $(seq 1 "$runs"); do
   sleep 0.5
   target/release/sms-sim webhooks --url "$PUBLIC_URL/webhook/twilio/sms" --count "$count" --concurrency 32 --numbers 1000 >/dev/null
   kill $ip; wait $ip 2>/dev/null || true
-  target/release/sms-worker --queues inbound >/dev/null 2>&1 & wp=$!
-  while [ "$(psql -tA "$DATABASE_URL" -c "SELECT count(*) FROM sms_messages WHERE processed_at IS NULL")" != 0 ]; do sleep 0.5; done
+  target/release/sms-worker --queues inbound >/dev/null 2>/tmp/sms-bench-worker.err & wp=$!
+  while [ "$(psql -tA "$DATABASE_URL" -c "SELECT count(*) FROM sms_messages WHERE processed_at IS NULL")" != 0 ]; do
+    kill -0 $wp 2>/dev/null || { echo "sms-worker exited early (exit $(wait $wp; echo $?))" >&2; exit 1; }
+    sleep 0.5
+  done
   rss=$(awk '/VmHWM/ {print $2}' /proc/$wp/status)
   kill $wp; wait $wp 2>/dev/null || true
   line=$(psql -tA -F' ' "$DATABASE_URL" -c "SELECT round(count(*) / extract(epoch FROM max(processed_at) - min(processed_at))),

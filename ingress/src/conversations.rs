@@ -151,10 +151,31 @@ pub async fn get_conversation(
     .filter(|c| key.sees(c.tenant_id.as_deref()))
     .ok_or(ApiError::NotFound("no conversation for this phone number"))?;
 
-    let (after_at, after_id) = match cursor {
-        Some((at, id)) => (Some(at), Some(id)),
-        None => (None, None),
-    };
+    let (messages, next_cursor) =
+        messages_page(&state.pool, conversation.id, cursor, limit).await?;
+    Ok(Json(ConversationView {
+        id: conversation.id,
+        phone_number: conversation.phone_number,
+        tenant_id: conversation.tenant_id,
+        workflow_type: conversation.workflow_type,
+        workflow_id: conversation.workflow_id,
+        last_message_at: conversation.last_message_at,
+        language_detected: conversation.language_detected,
+        language_confidence: conversation.language_confidence,
+        messages,
+        next_cursor,
+    }))
+}
+
+/// One page of a conversation's messages, newest first, each with its routing decisions, and the
+/// cursor of the next page.
+async fn messages_page(
+    pool: &sqlx::PgPool,
+    conversation_id: Uuid,
+    cursor: Option<(DateTime<Utc>, Uuid)>,
+    limit: i64,
+) -> Result<(Vec<MessageView>, Option<String>), ApiError> {
+    let (after_at, after_id) = cursor.unzip();
     let mut rows = sqlx::query!(
         r#"SELECT id, direction, message_content, twilio_sid, delivery_status, language_detected,
                   created_at, route_status
@@ -163,12 +184,12 @@ pub async fn get_conversation(
              AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3::uuid))
            ORDER BY created_at DESC, id DESC
            LIMIT $4"#,
-        conversation.id,
+        conversation_id,
         after_at,
         after_id,
         limit + 1
     )
-    .fetch_all(&state.pool)
+    .fetch_all(pool)
     .await?;
     let next_cursor = if rows.len() as i64 > limit {
         rows.truncate(limit as usize);
@@ -177,16 +198,39 @@ pub async fn get_conversation(
         None
     };
     let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
-    let mut decisions: std::collections::HashMap<Uuid, Vec<RoutingDecision>> = Default::default();
+    let mut decisions = decisions(pool, &ids).await?;
+    let messages = rows
+        .into_iter()
+        .map(|r| MessageView {
+            id: r.id,
+            direction: r.direction,
+            content: r.message_content,
+            twilio_sid: r.twilio_sid,
+            delivery_status: r.delivery_status,
+            language_detected: r.language_detected,
+            created_at: r.created_at,
+            route_status: r.route_status,
+            routing: decisions.remove(&r.id).unwrap_or_default(),
+        })
+        .collect();
+    Ok((messages, next_cursor))
+}
+
+/// The routing decisions of these messages, in the order they were made.
+async fn decisions(
+    pool: &sqlx::PgPool,
+    ids: &[Uuid],
+) -> Result<std::collections::HashMap<Uuid, Vec<RoutingDecision>>, ApiError> {
+    let mut by_message: std::collections::HashMap<Uuid, Vec<RoutingDecision>> = Default::default();
     for d in sqlx::query!(
         r#"SELECT message_id, attempt, reason, agent_url, agent_status, outcome, detail, latency_ms, decided_at
            FROM sms_routing_decisions WHERE message_id = ANY($1) ORDER BY id"#,
-        &ids
+        ids
     )
-    .fetch_all(&state.pool)
+    .fetch_all(pool)
     .await?
     {
-        decisions.entry(d.message_id).or_default().push(RoutingDecision {
+        by_message.entry(d.message_id).or_default().push(RoutingDecision {
             attempt: d.attempt,
             reason: d.reason,
             agent_url: d.agent_url,
@@ -197,31 +241,7 @@ pub async fn get_conversation(
             decided_at: d.decided_at,
         });
     }
-    Ok(Json(ConversationView {
-        id: conversation.id,
-        phone_number: conversation.phone_number,
-        tenant_id: conversation.tenant_id,
-        workflow_type: conversation.workflow_type,
-        workflow_id: conversation.workflow_id,
-        last_message_at: conversation.last_message_at,
-        language_detected: conversation.language_detected,
-        language_confidence: conversation.language_confidence,
-        messages: rows
-            .into_iter()
-            .map(|r| MessageView {
-                id: r.id,
-                direction: r.direction,
-                content: r.message_content,
-                twilio_sid: r.twilio_sid,
-                delivery_status: r.delivery_status,
-                language_detected: r.language_detected,
-                created_at: r.created_at,
-                route_status: r.route_status,
-                routing: decisions.remove(&r.id).unwrap_or_default(),
-            })
-            .collect(),
-        next_cursor,
-    }))
+    Ok(by_message)
 }
 
 #[cfg(test)]

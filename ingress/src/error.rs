@@ -22,7 +22,7 @@ pub struct ErrorBody {
     /// `invalid_limit`, `invalid_cursor`, `invalid_idempotency_key`, `unknown_status`,
     /// `unauthorized`, `forbidden`, `not_found`, `recipient_opted_out`, `idempotency_key_in_use`,
     /// `route_exists`, `idempotency_key_reused`, `conversation_mismatch`, `payload_too_large`,
-    /// `invalid_path`, `invalid_query`, `rate_limited`, `request_timeout`,
+    /// `invalid_path`, `invalid_query`, `invalid_text`, `rate_limited`, `request_timeout`,
     /// `unavailable`, `internal`.
     pub code: &'static str,
     /// For people; may change.
@@ -93,11 +93,32 @@ impl ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(err: sqlx::Error) -> Self {
+        // Postgres refuses U+0000 in text (22021) and in JSON (22P05): the client's text, so a
+        // 400 for every field and path at once; the transaction is rolled back.
+        if let sqlx::Error::Database(db) = &err
+            && matches!(db.code().as_deref(), Some("22021" | "22P05"))
+        {
+            return Self::bad_request(
+                "invalid_text",
+                "text must not contain the NUL character (U+0000)",
+            );
+        }
         if shared::db::is_unavailable(&err) {
             tracing::warn!(error = %err, "database unavailable");
             Self::Unavailable
         } else {
             Self::Internal(err.into())
+        }
+    }
+}
+
+/// A job push fails like the database under it: unreachable is 503 (nothing was committed, retry),
+/// anything else 500 (nothing was committed either: the push is inside the transaction).
+impl From<apalis_postgres::Error> for ApiError {
+    fn from(err: apalis_postgres::Error) -> Self {
+        match err {
+            apalis_postgres::Error::Database(e) => e.into(),
+            other => Self::Internal(other.into()),
         }
     }
 }
@@ -148,4 +169,41 @@ impl IntoResponse for ApiError {
 /// Whole seconds for `Retry-After`, rounded up and at least 1.
 fn retry_after_secs(d: std::time::Duration) -> u64 {
     d.as_secs_f64().ceil().max(1.0) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_errors_map_like_the_database_under_them() {
+        let table: Vec<(apalis_postgres::Error, StatusCode)> = vec![
+            (
+                apalis_postgres::Error::Database(sqlx::Error::PoolTimedOut),
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
+            (
+                apalis_postgres::Error::Database(sqlx::Error::Io(std::io::Error::from(
+                    std::io::ErrorKind::ConnectionReset,
+                ))),
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
+            (
+                apalis_postgres::Error::Database(sqlx::Error::RowNotFound),
+                StatusCode::INTERNAL_SERVER_ERROR,
+            ),
+            (
+                apalis_postgres::Error::WorkerOutOfSync,
+                StatusCode::INTERNAL_SERVER_ERROR,
+            ),
+        ];
+        for (err, want) in table {
+            let shown = format!("{err}");
+            let response = ApiError::from(err).into_response();
+            assert_eq!(response.status(), want, "{shown}");
+            if want == StatusCode::SERVICE_UNAVAILABLE {
+                assert!(response.headers().contains_key("retry-after"));
+            }
+        }
+    }
 }

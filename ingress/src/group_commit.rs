@@ -180,53 +180,24 @@ async fn insert<G>(
         traceparents.push(item.trace.as_ref().map(|t| t.traceparent.as_str()));
         tracestates.push(item.trace.as_ref().and_then(|t| t.tracestate.as_deref()));
     }
-    // One statement is one transaction: the rows and the job that processes them commit
-    // together, in a single round trip. The job row is what apalis-postgres's `push_tasks` writes
-    // (its `queries/task/sink.sql`): JSON args as bytes, status Pending, runnable now. Its JSON is
-    // a `jobs::ProcessInbound`: the ids, and each traced message's trace context by id.
     let mut conn = tokio::time::timeout(Duration::from_secs(10), pool.acquire())
         .await
         .map_err(|_| sqlx::Error::PoolTimedOut)??;
     drop(rx_guard);
-    let rows = sqlx::query!(
-        r#"WITH new_rows AS (
-               INSERT INTO sms_messages
-                   (direction, message_content, twilio_sid, delivery_status, raw_webhook_data,
-                    from_number, to_number, num_segments, num_media)
-               SELECT 'inbound', u.body, u.sid, 'received', u.raw, u.from_number, u.to_number, u.segments, u.media
-               FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int4[], $6::int4[], $7::jsonb[])
-                    AS u(sid, body, from_number, to_number, segments, media, raw)
-               ON CONFLICT (twilio_sid) DO NOTHING
-               RETURNING id, twilio_sid
-           ), traced AS (
-               SELECT * FROM UNNEST($1::text[], $10::text[], $11::text[]) AS t(sid, traceparent, tracestate)
-               WHERE traceparent IS NOT NULL
-           ), job AS (
-               INSERT INTO apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at, priority, metadata)
-               SELECT apalis.generate_ulid(), $8,
-                      convert_to(json_strip_nulls(json_build_object(
-                          'message_ids', json_agg(n.id),
-                          'traces', json_object_agg(n.id, json_build_object('traceparent', t.traceparent, 'tracestate', t.tracestate))
-                                    FILTER (WHERE t.traceparent IS NOT NULL)
-                      ))::text, 'UTF8'),
-                      'Pending', 0, $9, now(), 0, ''::hstore
-               FROM new_rows n LEFT JOIN traced t ON t.sid = n.twilio_sid
-               HAVING count(*) > 0
-           )
-           SELECT id AS "id!", twilio_sid AS "twilio_sid!" FROM new_rows"#,
-        &sids as &[&str],
-        &bodies as &[&str],
-        &froms as &[&str],
-        &tos as &[&str],
-        &segments as &[Option<i32>],
-        &media as &[Option<i32>],
-        &raws as &[&Value],
-        jobs::INBOUND,
-        jobs::MAX_ATTEMPTS as i32,
-        &traceparents as &[Option<&str>],
-        &tracestates as &[Option<&str>],
+    jobs::store_inbound(
+        &mut conn,
+        &jobs::InboundRows {
+            sids: &sids,
+            bodies: &bodies,
+            froms: &froms,
+            tos: &tos,
+            segments: &segments,
+            media: &media,
+            raws: &raws,
+            traceparents: &traceparents,
+            tracestates: &tracestates,
+        },
     )
-    .fetch_all(&mut *conn)
-    .await?;
-    Ok(rows.into_iter().map(|r| (r.twilio_sid, r.id)).collect())
+    .await
+    .map(|rows| rows.into_iter().collect())
 }

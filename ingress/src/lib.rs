@@ -1,6 +1,8 @@
 //! `sms-ingress`: Twilio webhooks and the HTTP API. Thin by design: verify, store, enqueue, answer.
 
+pub mod agent_routes;
 pub mod auth;
+pub mod cli;
 pub mod conversations;
 pub mod error;
 pub mod extract;
@@ -9,7 +11,6 @@ pub mod health;
 pub mod metrics;
 pub mod openapi;
 pub mod rate_limit;
-pub mod routes;
 pub mod send;
 pub mod server;
 pub mod status;
@@ -103,8 +104,8 @@ pub fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(status::status_callback))
         .routes(routes!(send::send))
         .routes(routes!(conversations::get_conversation))
-        .routes(routes!(routes::list, routes::create))
-        .routes(routes!(routes::delete))
+        .routes(routes!(agent_routes::list, agent_routes::create))
+        .routes(routes!(agent_routes::delete))
         .routes(routes!(unroutable::list))
         .routes(routes!(unroutable::replay))
         .routes(routes!(usage::usage))

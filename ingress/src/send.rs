@@ -12,19 +12,15 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use shared::{
-    jobs::{self, SendMessage},
-    phone, segments,
+    outbound::{self, NewOutbound, Refused},
+    phone,
 };
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::{AppState, auth::ApiKey, error::ApiError};
 
-pub const MAX_BODY_CHARS: usize = 1600;
 pub const MAX_MEDIA: usize = 10;
-/// A send to a conversation that had an inbound message this recently is a reply, sent ahead of
-/// bulk sends.
-pub const REPLY_WINDOW_MINUTES: i32 = 30;
-const REPLY_PRIORITY: usize = 10;
 
 #[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -98,12 +94,8 @@ fn validate(req: &SendRequest, region: phonenumber::country::Id) -> Result<Valid
     if body.trim().is_empty() && media_urls.is_empty() {
         errors.push(("body", "must not be empty".into()));
     }
-    let chars = body.chars().count();
-    if chars > MAX_BODY_CHARS {
-        errors.push((
-            "body",
-            format!("is {chars} characters; at most {MAX_BODY_CHARS}"),
-        ));
+    if let Err(too_long) = outbound::check_body(&body) {
+        errors.push(("body", too_long.to_string()));
     }
     for (field, value) in [
         ("workflow_type", &req.workflow_type),
@@ -193,175 +185,41 @@ pub async fn send(
     let idem = idempotency_key(&headers)?;
     let valid = validate(&req, state.cfg.common.default_region)?;
     let request_hash = hex::encode(Sha256::digest(serde_json::to_vec(&req).unwrap_or_default()));
-    let twilio = &state.cfg.twilio;
-    let from = twilio.phone_number.as_deref();
 
     let mut tx = state.pool.begin().await?;
-    if let Some(idem) = &idem {
-        let fresh = sqlx::query_scalar!(
-            r#"INSERT INTO idempotency_keys (api_key_id, key, request_hash) VALUES ($1, $2, $3)
-               ON CONFLICT DO NOTHING RETURNING 1 AS "one!""#,
-            key.id,
-            idem,
-            request_hash
-        )
-        .fetch_optional(&mut *tx)
-        .await?;
-        if fresh.is_none() {
-            // The first request with this key committed (the insert above waited for it).
-            let first = sqlx::query!(
-                "SELECT request_hash, status_code, response FROM idempotency_keys WHERE api_key_id = $1 AND key = $2",
-                key.id,
-                idem
-            )
-            .fetch_one(&mut *tx)
-            .await?;
-            if first.request_hash != request_hash {
-                return Err(ApiError::Unprocessable {
-                    code: "idempotency_key_reused",
-                    detail: "this Idempotency-Key was used with a different request".into(),
-                });
-            }
-            let (Some(code), Some(response)) = (first.status_code, first.response) else {
-                return Err(ApiError::Conflict {
-                    code: "idempotency_key_in_use",
-                    detail: "a request with this Idempotency-Key is still being processed".into(),
-                });
-            };
-            let status = StatusCode::from_u16(code as u16).unwrap_or(StatusCode::ACCEPTED);
-            return Ok((status, Json(response)));
-        }
+    if let Some(idem) = &idem
+        && let Some(first) = first_answer(&mut tx, &key, idem, &request_hash).await?
+    {
+        return Ok(first);
     }
-
     if let Some(tenant) = &key.tenant_id {
-        // A tenant-scoped key sends only to its tenant's numbers; others do not exist for it.
-        let own = sqlx::query_scalar!(
-            r#"SELECT 1 AS "one!" FROM tenant_profiles WHERE tenant_id = $1 AND phone_numbers ? $2"#,
-            tenant,
-            valid.to
-        )
-        .fetch_optional(&mut *tx)
-        .await?;
-        if own.is_none() {
-            return Err(ApiError::NotFound("no such recipient"));
-        }
+        own_recipient(&mut tx, tenant, &valid.to).await?;
     }
-
-    let opted_out = sqlx::query!(
-        r#"SELECT keyword, changed_at FROM sms_opt_outs
-           WHERE their_number = $1 AND opted_out AND ($2::text IS NULL OR our_number = $2)
-           ORDER BY changed_at DESC LIMIT 1"#,
-        valid.to,
-        from
-    )
-    .fetch_optional(&mut *tx)
-    .await?;
-    if let Some(o) = opted_out {
-        return Err(ApiError::Conflict {
-            code: "recipient_opted_out",
-            detail: format!(
-                "the recipient opted out with {:?} at {}; send START to opt back in",
-                o.keyword.unwrap_or_else(|| "STOP".into()),
-                o.changed_at.to_rfc3339()
-            ),
-        });
-    }
-
-    let conversation_id = match req.conversation_id {
-        Some(id) => {
-            let conv = sqlx::query!(
-                "SELECT phone_number, tenant_id FROM sms_conversations WHERE id = $1",
-                id
-            )
-            .fetch_optional(&mut *tx)
-            .await?
-            .filter(|c| key.sees(c.tenant_id.as_deref()))
-            .ok_or(ApiError::NotFound("no such conversation"))?;
-            if conv.phone_number != valid.to {
-                return Err(ApiError::Unprocessable {
-                    code: "conversation_mismatch",
-                    detail: "the conversation belongs to another phone number".into(),
-                });
-            }
-            if req.workflow_type.is_some() || req.workflow_id.is_some() {
-                sqlx::query!(
-                    r#"UPDATE sms_conversations SET workflow_type = COALESCE($2, workflow_type),
-                           workflow_id = COALESCE($3, workflow_id), updated_at = now() WHERE id = $1"#,
-                    id,
-                    req.workflow_type,
-                    req.workflow_id
-                )
-                .execute(&mut *tx)
-                .await?;
-            }
-            id
+    let conversation_id = conversation(&mut tx, &key, &req, &valid.to).await?;
+    let msg = NewOutbound {
+        conversation_id,
+        to: &valid.to,
+        body: &valid.body,
+        media_urls: &valid.media_urls,
+    };
+    let created = match outbound::create(&mut tx, &state.cfg.twilio.sender(), &msg).await? {
+        Ok(created) => created,
+        Err(refused @ Refused::OptedOut(_)) => {
+            return Err(ApiError::Conflict {
+                code: "recipient_opted_out",
+                detail: refused.to_string(),
+            });
         }
-        None => {
-            sqlx::query_scalar!(
-                r#"INSERT INTO sms_conversations (phone_number, phone_number_original, tenant_id, workflow_type, workflow_id)
-                   VALUES ($1, $2, (SELECT tenant_id FROM tenant_profiles WHERE phone_numbers ? $1 ORDER BY updated_at DESC LIMIT 1), $3, $4)
-                   ON CONFLICT (phone_number) DO UPDATE SET
-                       workflow_type = COALESCE(EXCLUDED.workflow_type, sms_conversations.workflow_type),
-                       workflow_id = COALESCE(EXCLUDED.workflow_id, sms_conversations.workflow_id),
-                       updated_at = now()
-                   RETURNING id"#,
-                valid.to,
-                req.to.as_deref().unwrap_or_default().trim(),
-                req.workflow_type,
-                req.workflow_id
-            )
-            .fetch_one(&mut *tx)
-            .await?
+        Err(refused @ Refused::BodyTooLong { .. }) => {
+            return Err(ApiError::Validation(vec![("body", refused.to_string())]));
         }
     };
-
-    let is_reply = sqlx::query_scalar!(
-        r#"SELECT EXISTS (SELECT 1 FROM sms_messages WHERE conversation_id = $1 AND direction = 'inbound'
-                          AND created_at > now() - make_interval(mins => $2)) AS "reply!""#,
-        conversation_id,
-        REPLY_WINDOW_MINUTES
-    )
-    .fetch_one(&mut *tx)
-    .await?;
-    let priority = if is_reply { REPLY_PRIORITY } else { 0 };
-    let (segments, encoding) = segments::count(&valid.body);
-    let media = (!valid.media_urls.is_empty()).then(|| serde_json::json!(valid.media_urls));
-    let message_id = sqlx::query_scalar!(
-        r#"INSERT INTO sms_messages (conversation_id, direction, message_content, delivery_status, to_number,
-               from_number, messaging_service_sid, num_segments, encoding, media_urls, priority, status_updated_at)
-           VALUES ($1, 'outbound', $2, 'pending', $3, $4, $5, $6, $7, $8, $9, now())
-           RETURNING id"#,
-        conversation_id,
-        valid.body,
-        valid.to,
-        from,
-        twilio.messaging_service_sid,
-        segments as i32,
-        encoding.as_str(),
-        media,
-        priority as i16
-    )
-    .fetch_one(&mut *tx)
-    .await?;
-    jobs::push_with_priority(
-        &mut tx,
-        jobs::OUTBOUND_SEND,
-        &[SendMessage {
-            message_id,
-            slot: None,
-            trace: shared::telemetry::TraceContext::current(),
-        }],
-        None,
-        priority,
-    )
-    .await
-    .map_err(|e| ApiError::Internal(e.into()))?;
     let response = serde_json::to_value(SendResponse {
-        message_id,
+        message_id: created.message_id,
         conversation_id,
         status: "pending".into(),
-        segments,
-        encoding: encoding.as_str().into(),
+        segments: created.segments,
+        encoding: created.encoding.as_str().into(),
     })
     .expect("plain data serialises");
     if let Some(idem) = &idem {
@@ -375,8 +233,119 @@ pub async fn send(
         .await?;
     }
     tx.commit().await?;
-    tracing::info!(%message_id, %conversation_id, to = %phone::mask(&valid.to), segments, reply = is_reply, key = %key.name, "outbound message accepted");
+    tracing::info!(message_id = %created.message_id, %conversation_id, to = %phone::mask(&valid.to),
+        segments = created.segments, reply = created.is_reply, key = %key.name, "outbound message accepted");
     Ok((StatusCode::ACCEPTED, Json(response)))
+}
+
+/// Claims the Idempotency-Key for this request; Some: the answer to give instead (the first
+/// request's, or why it cannot be given).
+async fn first_answer(
+    tx: &mut PgConnection,
+    key: &ApiKey,
+    idem: &str,
+    request_hash: &str,
+) -> Result<Option<(StatusCode, Json<Value>)>, ApiError> {
+    let fresh = sqlx::query_scalar!(
+        r#"INSERT INTO idempotency_keys (api_key_id, key, request_hash) VALUES ($1, $2, $3)
+           ON CONFLICT DO NOTHING RETURNING 1 AS "one!""#,
+        key.id,
+        idem,
+        request_hash
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    if fresh.is_some() {
+        return Ok(None);
+    }
+    // The first request with this key committed (the insert above waited for it).
+    let first = sqlx::query!(
+        "SELECT request_hash, status_code, response FROM idempotency_keys WHERE api_key_id = $1 AND key = $2",
+        key.id,
+        idem
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    if first.request_hash != request_hash {
+        return Err(ApiError::Unprocessable {
+            code: "idempotency_key_reused",
+            detail: "this Idempotency-Key was used with a different request".into(),
+        });
+    }
+    let (Some(code), Some(response)) = (first.status_code, first.response) else {
+        return Err(ApiError::Conflict {
+            code: "idempotency_key_in_use",
+            detail: "a request with this Idempotency-Key is still being processed".into(),
+        });
+    };
+    let status = StatusCode::from_u16(code as u16).unwrap_or(StatusCode::ACCEPTED);
+    Ok(Some((status, Json(response))))
+}
+
+/// A tenant-scoped key sends only to its tenant's numbers; others do not exist for it.
+async fn own_recipient(tx: &mut PgConnection, tenant: &str, to: &str) -> Result<(), ApiError> {
+    let own = sqlx::query_scalar!(
+        r#"SELECT 1 AS "one!" FROM tenant_profiles WHERE tenant_id = $1 AND phone_numbers ? $2"#,
+        tenant,
+        to
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    own.map(|_| ())
+        .ok_or(ApiError::NotFound("no such recipient"))
+}
+
+/// The conversation to send on: the one named (it must be the recipient's and visible to the
+/// key), else the recipient's, created when new; the workflow fields given are stored on it.
+async fn conversation(
+    tx: &mut PgConnection,
+    key: &ApiKey,
+    req: &SendRequest,
+    to: &str,
+) -> Result<Uuid, ApiError> {
+    let Some(id) = req.conversation_id else {
+        return Ok(sqlx::query_scalar!(
+            r#"INSERT INTO sms_conversations (phone_number, phone_number_original, tenant_id, workflow_type, workflow_id)
+               VALUES ($1, $2, (SELECT tenant_id FROM tenant_profiles WHERE phone_numbers ? $1 ORDER BY updated_at DESC LIMIT 1), $3, $4)
+               ON CONFLICT (phone_number) DO UPDATE SET
+                   workflow_type = COALESCE(EXCLUDED.workflow_type, sms_conversations.workflow_type),
+                   workflow_id = COALESCE(EXCLUDED.workflow_id, sms_conversations.workflow_id),
+                   updated_at = now()
+               RETURNING id"#,
+            to,
+            req.to.as_deref().unwrap_or_default().trim(),
+            req.workflow_type,
+            req.workflow_id
+        )
+        .fetch_one(&mut *tx)
+        .await?);
+    };
+    let conv = sqlx::query!(
+        "SELECT phone_number, tenant_id FROM sms_conversations WHERE id = $1",
+        id
+    )
+    .fetch_optional(&mut *tx)
+    .await?
+    .filter(|c| key.sees(c.tenant_id.as_deref()))
+    .ok_or(ApiError::NotFound("no such conversation"))?;
+    if conv.phone_number != to {
+        return Err(ApiError::Unprocessable {
+            code: "conversation_mismatch",
+            detail: "the conversation belongs to another phone number".into(),
+        });
+    }
+    if req.workflow_type.is_some() || req.workflow_id.is_some() {
+        sqlx::query!(
+            r#"UPDATE sms_conversations SET workflow_type = COALESCE($2, workflow_type),
+                   workflow_id = COALESCE($3, workflow_id), updated_at = now() WHERE id = $1"#,
+            id,
+            req.workflow_type,
+            req.workflow_id
+        )
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(id)
 }
 
 #[cfg(test)]

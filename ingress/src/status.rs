@@ -9,7 +9,7 @@ use axum::{
 };
 use bytes::Bytes;
 use shared::{
-    jobs::{self, ApplyStatus},
+    jobs::{self, ApplyStatus, When},
     twilio::status,
 };
 use uuid::Uuid;
@@ -115,18 +115,12 @@ pub async fn status_callback(
     .fetch_optional(&mut *tx)
     .await?;
     if inserted.is_some() {
-        jobs::push(
-            &mut tx,
-            jobs::OUTBOUND_STATUS,
-            &[ApplyStatus {
-                message_sid: sid.clone(),
-                our_message_id: our_id,
-                trace: shared::telemetry::TraceContext::current(),
-            }],
-            None,
-        )
-        .await
-        .map_err(|e| ApiError::Internal(e.into()))?;
+        let apply = ApplyStatus {
+            message_sid: sid.clone(),
+            our_message_id: our_id,
+            trace: shared::telemetry::TraceContext::current(),
+        };
+        jobs::schedule(&mut tx, &[apply], When::NOW).await?;
     }
     tx.commit().await?;
     state.metrics.status_callback(inserted.is_none());

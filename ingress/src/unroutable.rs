@@ -6,7 +6,7 @@ use crate::extract::{Path, Query};
 use axum::{Json, extract::State, http::StatusCode};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use shared::jobs::{self, RouteMessage};
+
 use uuid::Uuid;
 
 use crate::{AppState, auth::ApiKey, error::ApiError};
@@ -146,24 +146,7 @@ pub async fn replay(
     if found.is_none() {
         return Err(ApiError::NotFound("no such unroutable message"));
     }
-    sqlx::query!(
-        "UPDATE sms_messages SET route_status = 'pending' WHERE id = $1",
-        message_id
-    )
-    .execute(&mut *tx)
-    .await?;
-    jobs::push(
-        &mut tx,
-        jobs::ROUTE,
-        &[RouteMessage {
-            message_id,
-            attempt: 0,
-            trace: shared::telemetry::TraceContext::current(),
-        }],
-        None,
-    )
-    .await
-    .map_err(|e| ApiError::Internal(e.into()))?;
+    shared::routing::replay(&mut tx, message_id).await?;
     tx.commit().await?;
     tracing::info!(%message_id, "unroutable message replayed");
     Ok((

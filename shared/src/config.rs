@@ -5,7 +5,7 @@ use std::{collections::HashMap, net::SocketAddr, str::FromStr, time::Duration};
 
 use phonenumber::country::Id;
 
-use crate::phone;
+use crate::{jobs, outbound::Sender, phone, retry::RetryPolicy, secret::Secret};
 
 /// A setting that is present but unusable, or missing where required.
 #[derive(Debug, thiserror::Error)]
@@ -102,7 +102,8 @@ fn url_setting(src: &dyn Source, key: &'static str) -> Result<Option<String>, Co
 /// Settings every binary shares.
 #[derive(Debug, Clone)]
 pub struct Common {
-    pub database_url: String,
+    /// May hold a password: never printed.
+    pub database_url: Secret,
     pub database_max_connections: u32,
     pub database_acquire_timeout: Duration,
     pub default_region: Id,
@@ -150,7 +151,7 @@ impl Common {
             ));
         }
         Ok(Self {
-            database_url,
+            database_url: Secret::new(database_url),
             database_max_connections,
             database_acquire_timeout: millis(src, "DATABASE_ACQUIRE_TIMEOUT_MS", 3000)?,
             default_region,
@@ -163,8 +164,8 @@ impl Common {
 #[derive(Debug, Clone)]
 pub struct Twilio {
     pub account_sid: Option<String>,
-    pub auth_token: String,
-    pub auth_token_secondary: Option<String>,
+    pub auth_token: Secret,
+    pub auth_token_secondary: Option<Secret>,
     pub phone_number: Option<String>,
     pub messaging_service_sid: Option<String>,
 }
@@ -183,8 +184,8 @@ impl Twilio {
         }
         Ok(Self {
             account_sid,
-            auth_token,
-            auth_token_secondary: src.get("TWILIO_AUTH_TOKEN_SECONDARY"),
+            auth_token: Secret::new(auth_token),
+            auth_token_secondary: src.get("TWILIO_AUTH_TOKEN_SECONDARY").map(Secret::new),
             phone_number: src.get("TWILIO_PHONE_NUMBER"),
             messaging_service_sid: src.get("TWILIO_MESSAGING_SERVICE_SID"),
         })
@@ -192,11 +193,19 @@ impl Twilio {
 
     /// Tokens a webhook signature may be made with: the current one, then the one being rotated in.
     pub fn tokens(&self) -> Vec<&str> {
-        let mut t = vec![self.auth_token.as_str()];
+        let mut t = vec![self.auth_token.expose()];
         if let Some(s) = &self.auth_token_secondary {
-            t.push(s);
+            t.push(s.expose());
         }
         t
+    }
+
+    /// Who outbound messages are sent as.
+    pub fn sender(&self) -> Sender {
+        Sender {
+            phone_number: self.phone_number.clone(),
+            messaging_service_sid: self.messaging_service_sid.clone(),
+        }
     }
 }
 
@@ -204,7 +213,7 @@ impl Twilio {
 #[derive(Debug, Clone)]
 pub struct Monitor {
     pub api_url: Option<String>,
-    pub api_key: Option<String>,
+    pub api_key: Option<Secret>,
     pub timeout: Duration,
     pub max_attempts: u32,
     pub backoff_base: Duration,
@@ -221,11 +230,20 @@ impl Monitor {
         }
         Ok(Self {
             api_url: url_setting(src, "MONITOR_API_URL")?,
-            api_key: src.get("MONITOR_API_KEY"),
+            api_key: src.get("MONITOR_API_KEY").map(Secret::new),
             timeout: millis(src, "MONITOR_TIMEOUT_MS", 2000)?,
             max_attempts,
             backoff_base: millis(src, "MONITOR_BACKOFF_MS", 100)?,
         })
+    }
+
+    /// Retries of one lookup, inside the call: up to 2^10 x the base apart.
+    pub fn retry(&self) -> RetryPolicy {
+        RetryPolicy::new(
+            self.backoff_base,
+            self.backoff_base.saturating_mul(1024),
+            self.max_attempts,
+        )
     }
 }
 
@@ -234,9 +252,8 @@ impl Monitor {
 pub struct Outbound {
     pub api_base: String,
     pub account_sid: String,
-    pub auth_token: String,
-    pub phone_number: Option<String>,
-    pub messaging_service_sid: Option<String>,
+    pub auth_token: Secret,
+    pub sender: Sender,
     /// Where Twilio posts status callbacks: PUBLIC_URL + /webhook/twilio/status.
     pub public_url: String,
     pub timeout: Duration,
@@ -253,15 +270,15 @@ pub struct Outbound {
 impl Outbound {
     /// None when TWILIO_AUTH_TOKEN is not set (a worker that does not send).
     pub fn load(src: &dyn Source) -> Result<Option<Self>, ConfigError> {
-        let Some(auth_token) = src.get("TWILIO_AUTH_TOKEN") else {
+        if src.get("TWILIO_AUTH_TOKEN").is_none() {
             return Ok(None);
-        };
+        }
         let twilio = Twilio::load(src)?;
-        let account_sid = twilio.account_sid.ok_or_else(|| {
+        let account_sid = twilio.account_sid.clone().ok_or_else(|| {
             ConfigError::new("TWILIO_ACCOUNT_SID", "is required to send messages")
         })?;
-        let messaging_service_sid = src.get("TWILIO_MESSAGING_SERVICE_SID");
-        if messaging_service_sid.is_none() && twilio.phone_number.is_none() {
+        let sender = twilio.sender();
+        if sender.messaging_service_sid.is_none() && sender.phone_number.is_none() {
             return Err(ConfigError::new(
                 "TWILIO_PHONE_NUMBER",
                 "is required to send messages (or set TWILIO_MESSAGING_SERVICE_SID)",
@@ -270,7 +287,7 @@ impl Outbound {
         let public_url = url_setting(src, "PUBLIC_URL")?.ok_or_else(|| {
             ConfigError::new("PUBLIC_URL", "is required to receive status callbacks")
         })?;
-        let default_rate = if messaging_service_sid.is_some() {
+        let default_rate = if sender.messaging_service_sid.is_some() {
             10.0
         } else {
             1.0
@@ -292,9 +309,8 @@ impl Outbound {
             api_base: url_setting(src, "TWILIO_API_BASE")?
                 .unwrap_or_else(|| "https://api.twilio.com".into()),
             account_sid,
-            auth_token,
-            phone_number: twilio.phone_number,
-            messaging_service_sid,
+            auth_token: twilio.auth_token,
+            sender,
             public_url,
             timeout: millis(src, "TWILIO_TIMEOUT_MS", 15_000)?,
             max_attempts,
@@ -308,11 +324,17 @@ impl Outbound {
     }
 
     /// The sender pacing applies to: the messaging service, else our number.
-    pub fn sender(&self) -> &str {
-        self.messaging_service_sid
+    pub fn pacing_key(&self) -> &str {
+        self.sender
+            .messaging_service_sid
             .as_deref()
-            .or(self.phone_number.as_deref())
+            .or(self.sender.phone_number.as_deref())
             .unwrap_or_default()
+    }
+
+    /// Retries of a send Twilio refused for now (429, 5xx).
+    pub fn retry(&self) -> RetryPolicy {
+        RetryPolicy::new(self.backoff_base, self.backoff_max, self.max_attempts)
     }
 }
 
@@ -436,18 +458,32 @@ pub struct Worker {
     pub heartbeat_interval: Duration,
     pub missed_heartbeats: usize,
     pub poll_interval: Duration,
-    pub language_notify_max_attempts: u32,
+    /// Telling the Monitor of a language change: 2 s, 4 s, 8 s ... up to 10 minutes apart.
+    pub language_notify_retry: RetryPolicy,
+    /// Loaded only for a worker whose queues send (outbound-send, reconciler); None when
+    /// TWILIO_AUTH_TOKEN is not set.
     pub outbound: Option<Outbound>,
+    /// Who agents' replies are sent as (TWILIO_PHONE_NUMBER, TWILIO_MESSAGING_SERVICE_SID).
+    pub sender: Sender,
     pub route_timeout: Duration,
-    pub route_max_attempts: u32,
-    pub route_backoff_base: Duration,
+    pub route_retry: RetryPolicy,
     pub job_retention: Duration,
     /// Where `GET /metrics` listens; None when WORKER_METRICS_ADDR is `off`.
     pub metrics_addr: Option<SocketAddr>,
 }
 
 impl Worker {
+    /// Settings for a worker that runs every queue.
     pub fn load(src: &dyn Source) -> Result<Self, ConfigError> {
+        Self::load_for(src, jobs::ALL_QUEUES)
+    }
+
+    /// Settings for a worker that runs `queues`: Twilio's sending settings are read (and must be
+    /// complete) only when one of them sends or polls Twilio.
+    pub fn load_for(src: &dyn Source, queues: &[&str]) -> Result<Self, ConfigError> {
+        let sends = queues
+            .iter()
+            .any(|q| [jobs::OUTBOUND_SEND, jobs::RECONCILER].contains(q));
         let concurrency = parsed(src, "WORKER_CONCURRENCY", 64usize)?;
         if concurrency == 0 {
             return Err(ConfigError::new("WORKER_CONCURRENCY", "must be at least 1"));
@@ -472,11 +508,22 @@ impl Worker {
             heartbeat_interval: secs(src, "WORKER_HEARTBEAT_SECS", 5)?,
             missed_heartbeats,
             poll_interval: millis(src, "WORKER_POLL_INTERVAL_MS", 100)?,
-            language_notify_max_attempts: parsed(src, "LANGUAGE_NOTIFY_MAX_ATTEMPTS", 8u32)?,
-            outbound: Outbound::load(src)?,
+            language_notify_retry: RetryPolicy::new(
+                Duration::from_secs(2),
+                Duration::from_secs(600),
+                parsed(src, "LANGUAGE_NOTIFY_MAX_ATTEMPTS", 8u32)?,
+            ),
+            outbound: if sends { Outbound::load(src)? } else { None },
+            sender: Sender {
+                phone_number: src.get("TWILIO_PHONE_NUMBER"),
+                messaging_service_sid: src.get("TWILIO_MESSAGING_SERVICE_SID"),
+            },
             route_timeout: millis(src, "ROUTE_TIMEOUT_MS", 10_000)?,
-            route_max_attempts: parsed(src, "ROUTE_MAX_ATTEMPTS", 5u32)?,
-            route_backoff_base: millis(src, "ROUTE_BACKOFF_BASE_MS", 2_000)?,
+            route_retry: RetryPolicy::new(
+                millis(src, "ROUTE_BACKOFF_BASE_MS", 2_000)?,
+                secs(src, "ROUTE_BACKOFF_MAX_SECS", 600)?,
+                parsed(src, "ROUTE_MAX_ATTEMPTS", 5u32)?,
+            ),
             job_retention: secs(src, "JOB_RETENTION_HOURS", 24)?.saturating_mul(3600),
             metrics_addr: match src.get("WORKER_METRICS_ADDR").as_deref().map(str::trim) {
                 Some("off") => None,
@@ -571,5 +618,40 @@ mod tests {
         s.insert("TWILIO_AUTH_TOKEN_SECONDARY".into(), "next".into());
         let cfg = Ingress::load(&s).unwrap();
         assert_eq!(cfg.twilio.tokens(), vec!["secret", "next"]);
+    }
+
+    #[test]
+    fn debug_shows_no_secret() {
+        let mut s = src(BASE);
+        s.insert(
+            "DATABASE_URL".into(),
+            "postgres://app:pa55word@db.example/sms".into(),
+        );
+        s.insert("TWILIO_AUTH_TOKEN_SECONDARY".into(), "next-token".into());
+        s.insert("TWILIO_ACCOUNT_SID".into(), format!("AC{}", "0".repeat(32)));
+        s.insert("TWILIO_PHONE_NUMBER".into(), "+15550001111".into());
+        s.insert("MONITOR_API_KEY".into(), "monitor-key".into());
+        let printed = format!(
+            "{:?} {:?}",
+            Ingress::load(&s).unwrap(),
+            Worker::load(&s).unwrap()
+        );
+        for secret in ["pa55word", "secret", "next-token", "monitor-key"] {
+            assert!(!printed.contains(secret), "{secret} printed: {printed}");
+        }
+    }
+
+    #[test]
+    fn a_worker_reads_sending_settings_only_for_queues_that_send() {
+        // TWILIO_AUTH_TOKEN set (the ingress needs it) but no TWILIO_ACCOUNT_SID.
+        let s = src(BASE);
+        let inbound = Worker::load_for(&s, &[jobs::INBOUND, jobs::ROUTE]).unwrap();
+        assert!(inbound.outbound.is_none());
+        assert_eq!(
+            Worker::load_for(&s, &[jobs::OUTBOUND_SEND])
+                .unwrap_err()
+                .setting,
+            "TWILIO_ACCOUNT_SID"
+        );
     }
 }

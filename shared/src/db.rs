@@ -15,7 +15,7 @@ pub fn lazy_pool(common: &Common) -> Result<PgPool, sqlx::Error> {
         .max_connections(common.database_max_connections)
         .acquire_timeout(common.database_acquire_timeout)
         .idle_timeout(Duration::from_secs(300))
-        .connect_lazy(&common.database_url)
+        .connect_lazy(common.database_url.expose())
 }
 
 /// Applies our migrations and apalis-postgres's (kept in its own `apalis` schema and history

@@ -1,5 +1,7 @@
-//! Queue names and job payloads. Jobs are pushed with apalis-postgres's `push_tasks` inside the
-//! caller's transaction, so a job exists exactly when the rows it refers to were committed.
+//! Queue names, job payloads, and every statement that touches apalis's own tables (`apalis.jobs`).
+//! Each payload type knows its queue ([`Job::QUEUE`]), and [`schedule`] is the one way to push a
+//! job: inside the caller's transaction, so a job exists exactly when the rows it refers to were
+//! committed, and never on another type's queue.
 
 use std::{collections::HashMap, time::Duration};
 
@@ -33,6 +35,53 @@ pub const ALL_QUEUES: &[&str] = &[
     ROUTE,
     RECONCILER,
 ];
+
+/// A job payload and the queue it runs on.
+pub trait Job: Serialize {
+    const QUEUE: &'static str;
+}
+
+impl Job for RouteMessage {
+    const QUEUE: &'static str = ROUTE;
+}
+impl Job for SendMessage {
+    const QUEUE: &'static str = OUTBOUND_SEND;
+}
+impl Job for ApplyStatus {
+    const QUEUE: &'static str = OUTBOUND_STATUS;
+}
+impl Job for ProcessInbound {
+    const QUEUE: &'static str = INBOUND;
+}
+impl Job for NotifyLanguage {
+    const QUEUE: &'static str = MONITOR_LANGUAGE;
+}
+
+/// When a job runs: now or after a delay, and ahead of others (higher priority first among due
+/// jobs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct When {
+    pub after: Option<Duration>,
+    pub priority: i16,
+}
+
+impl When {
+    pub const NOW: When = When {
+        after: None,
+        priority: 0,
+    };
+
+    pub fn after(delay: Duration) -> Self {
+        Self {
+            after: Some(delay),
+            priority: 0,
+        }
+    }
+
+    pub fn with_priority(self, priority: i16) -> Self {
+        Self { priority, ..self }
+    }
+}
 
 /// Route one inbound message; `attempt` counts our own durable retries.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -106,23 +155,11 @@ fn due_second(delay: Duration) -> u64 {
     since.as_secs() + u64::from(since.subsec_nanos() > 0)
 }
 
-/// Pushes jobs to `queue` on the caller's connection (normally inside its transaction).
-pub async fn push<J: Serialize>(
+/// Pushes jobs to their queue on the caller's connection (normally inside its transaction).
+pub async fn schedule<J: Job>(
     conn: &mut PgConnection,
-    queue: &str,
     jobs: &[J],
-    run_after: Option<Duration>,
-) -> Result<(), apalis_postgres::Error> {
-    push_with_priority(conn, queue, jobs, run_after, 0).await
-}
-
-/// As [`push`], with a priority: higher runs first among jobs that are due.
-pub async fn push_with_priority<J: Serialize>(
-    conn: &mut PgConnection,
-    queue: &str,
-    jobs: &[J],
-    run_after: Option<Duration>,
-    priority: usize,
+    when: When,
 ) -> Result<(), apalis_postgres::Error> {
     if jobs.is_empty() {
         return Ok(());
@@ -133,14 +170,145 @@ pub async fn push_with_priority<J: Serialize>(
             let bytes = serde_json::to_vec(job).expect("job payloads are plain data");
             let mut builder = TaskBuilder::new(bytes)
                 .max_attempts(MAX_ATTEMPTS)
-                .priority(priority);
-            if let Some(delay) = run_after {
+                .priority(when.priority.max(0) as usize);
+            if let Some(delay) = when.after {
                 builder = builder.run_at_timestamp(due_second(delay));
             }
             builder.build()
         })
         .collect();
-    apalis_postgres::queries::push_tasks(conn, queue, tasks).await
+    apalis_postgres::queries::push_tasks(conn, J::QUEUE, tasks).await
+}
+
+/// Whether a queue error is the database being unreachable (answer 503, retry later).
+pub fn is_unavailable(err: &apalis_postgres::Error) -> bool {
+    matches!(err, apalis_postgres::Error::Database(e) if crate::db::is_unavailable(e))
+}
+
+/// Jobs per queue by state, and the age of the oldest due job, for the metrics.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct QueueDepth {
+    pub queue: String,
+    pub pending: i64,
+    pub scheduled: i64,
+    pub running: i64,
+    pub oldest_due_secs: f64,
+}
+
+pub async fn depths(pool: &sqlx::PgPool) -> Result<Vec<QueueDepth>, sqlx::Error> {
+    let rows = sqlx::query!(
+        r#"SELECT job_type AS "queue!",
+                  count(*) FILTER (WHERE status = 'Pending' AND run_at <= now()) AS "pending!",
+                  count(*) FILTER (WHERE status = 'Pending' AND run_at > now()) AS "scheduled!",
+                  count(*) FILTER (WHERE status IN ('Queued', 'Running')) AS "running!",
+                  COALESCE(EXTRACT(EPOCH FROM now() - min(run_at) FILTER (WHERE status = 'Pending' AND run_at <= now()))::float8, 0) AS "oldest!"
+           FROM apalis.jobs
+           WHERE status IN ('Pending', 'Queued', 'Running')
+           GROUP BY job_type"#
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| QueueDepth {
+            queue: r.queue,
+            pending: r.pending,
+            scheduled: r.scheduled,
+            running: r.running,
+            oldest_due_secs: r.oldest,
+        })
+        .collect())
+}
+
+/// Jobs of `queue` not finished yet (pending, queued or running).
+pub async fn unfinished(pool: &sqlx::PgPool, queue: &str) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"SELECT count(*) AS "n!" FROM apalis.jobs WHERE job_type = $1 AND status IN ('Pending', 'Queued', 'Running')"#,
+        queue
+    )
+    .fetch_one(pool)
+    .await
+}
+
+/// Deletes up to 10,000 finished jobs older than `retention`: apalis keeps them forever.
+pub async fn delete_finished(pool: &sqlx::PgPool, retention: Duration) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query!(
+        r#"DELETE FROM apalis.jobs WHERE id IN (
+               SELECT id FROM apalis.jobs
+               WHERE status = 'Done' AND done_at < now() - make_interval(secs => $1::float8)
+               LIMIT 10000)"#,
+        retention.as_secs_f64()
+    )
+    .execute(pool)
+    .await?
+    .rows_affected())
+}
+
+/// Inbound webhooks stored by one group commit, as parallel columns.
+pub struct InboundRows<'a> {
+    pub sids: &'a [&'a str],
+    pub bodies: &'a [&'a str],
+    pub froms: &'a [&'a str],
+    pub tos: &'a [&'a str],
+    pub segments: &'a [Option<i32>],
+    pub media: &'a [Option<i32>],
+    pub raws: &'a [&'a serde_json::Value],
+    pub traceparents: &'a [Option<&'a str>],
+    pub tracestates: &'a [Option<&'a str>],
+}
+
+/// Stores inbound webhooks (new MessageSids only) and ONE [`ProcessInbound`] job for the rows
+/// inserted, in one statement: one transaction and one round trip on the webhook's hot path.
+/// Returns (MessageSid, id) of the rows inserted.
+///
+/// The job row is what apalis-postgres's `push_tasks` writes (its `queries/task/sink.sql`): JSON
+/// args as bytes, status Pending, runnable now; its JSON is a `ProcessInbound` (the ids, and each
+/// traced message's trace context by id).
+pub async fn store_inbound(
+    conn: &mut PgConnection,
+    rows: &InboundRows<'_>,
+) -> Result<Vec<(String, Uuid)>, sqlx::Error> {
+    let rows = sqlx::query!(
+        r#"WITH new_rows AS (
+               INSERT INTO sms_messages
+                   (direction, message_content, twilio_sid, delivery_status, raw_webhook_data,
+                    from_number, to_number, num_segments, num_media)
+               SELECT 'inbound', u.body, u.sid, 'received', u.raw, u.from_number, u.to_number, u.segments, u.media
+               FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int4[], $6::int4[], $7::jsonb[])
+                    AS u(sid, body, from_number, to_number, segments, media, raw)
+               ON CONFLICT (twilio_sid) DO NOTHING
+               RETURNING id, twilio_sid
+           ), traced AS (
+               SELECT * FROM UNNEST($1::text[], $10::text[], $11::text[]) AS t(sid, traceparent, tracestate)
+               WHERE traceparent IS NOT NULL
+           ), job AS (
+               INSERT INTO apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at, priority, metadata)
+               SELECT apalis.generate_ulid(), $8,
+                      convert_to(json_strip_nulls(json_build_object(
+                          'message_ids', json_agg(n.id),
+                          'traces', json_object_agg(n.id, json_build_object('traceparent', t.traceparent, 'tracestate', t.tracestate))
+                                    FILTER (WHERE t.traceparent IS NOT NULL)
+                      ))::text, 'UTF8'),
+                      'Pending', 0, $9, now(), 0, ''::hstore
+               FROM new_rows n LEFT JOIN traced t ON t.sid = n.twilio_sid
+               HAVING count(*) > 0
+           )
+           SELECT id AS "id!", twilio_sid AS "twilio_sid!" FROM new_rows"#,
+        rows.sids as &[&str],
+        rows.bodies as &[&str],
+        rows.froms as &[&str],
+        rows.tos as &[&str],
+        rows.segments as &[Option<i32>],
+        rows.media as &[Option<i32>],
+        rows.raws as &[&serde_json::Value],
+        ProcessInbound::QUEUE,
+        MAX_ATTEMPTS as i32,
+        rows.traceparents as &[Option<&str>],
+        rows.tracestates as &[Option<&str>],
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.twilio_sid, r.id)).collect())
 }
 
 #[cfg(test)]

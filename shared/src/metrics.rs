@@ -96,18 +96,7 @@ impl ScrapeGauges {
             .with_label_values(&["max"])
             .set(pool.options().get_max_connections() as i64);
 
-        let rows = sqlx::query!(
-            r#"SELECT job_type AS "queue!",
-                      count(*) FILTER (WHERE status = 'Pending' AND run_at <= now()) AS "pending!",
-                      count(*) FILTER (WHERE status = 'Pending' AND run_at > now()) AS "scheduled!",
-                      count(*) FILTER (WHERE status IN ('Queued', 'Running')) AS "running!",
-                      COALESCE(EXTRACT(EPOCH FROM now() - min(run_at) FILTER (WHERE status = 'Pending' AND run_at <= now()))::float8, 0) AS "oldest!"
-               FROM apalis.jobs
-               WHERE status IN ('Pending', 'Queued', 'Running')
-               GROUP BY job_type"#
-        )
-        .fetch_all(pool)
-        .await;
+        let rows = jobs::depths(pool).await;
         let rows = match rows {
             Ok(rows) => rows,
             Err(e) => {
@@ -119,7 +108,7 @@ impl ScrapeGauges {
         for queue in jobs::ALL_QUEUES {
             let row = rows.iter().find(|r| r.queue == *queue);
             let (pending, scheduled, running, oldest) = row
-                .map(|r| (r.pending, r.scheduled, r.running, r.oldest))
+                .map(|r| (r.pending, r.scheduled, r.running, r.oldest_due_secs))
                 .unwrap_or_default();
             self.queue_jobs
                 .with_label_values(&[*queue, "pending"])

@@ -4,12 +4,9 @@
 //! `PUT {base}/tenants/{id}/language` records a language preference. Timeouts, connection errors,
 //! 429 and 5xx are retried with exponential backoff and jitter, a bounded number of times.
 
-use std::time::Duration;
-
-use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::config;
+use crate::{config, retry::RetryPolicy, secret::Secret};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct MonitorTenant {
@@ -41,10 +38,9 @@ impl MonitorError {
 #[derive(Debug, Clone)]
 pub struct MonitorClient {
     base: String,
-    api_key: Option<String>,
+    api_key: Option<Secret>,
     http: reqwest::Client,
-    max_attempts: u32,
-    backoff_base: Duration,
+    retry: RetryPolicy,
 }
 
 enum Attempt<T> {
@@ -66,8 +62,7 @@ impl MonitorClient {
             base,
             api_key: cfg.api_key.clone(),
             http,
-            max_attempts: cfg.max_attempts,
-            backoff_base: cfg.backoff_base,
+            retry: cfg.retry(),
         })
     }
 
@@ -77,16 +72,9 @@ impl MonitorClient {
 
     fn authorized(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
         match &self.api_key {
-            Some(key) => req.bearer_auth(key),
+            Some(key) => req.bearer_auth(key.expose()),
             None => req,
         }
-    }
-
-    /// Exponential backoff with equal jitter: half the delay fixed, half random.
-    fn backoff(&self, attempt: u32) -> Duration {
-        let exp = self.backoff_base.saturating_mul(1 << attempt.min(10));
-        let half = exp / 2;
-        half + Duration::from_micros(rand::rng().random_range(0..=half.as_micros() as u64))
     }
 
     async fn with_retries<T, F, Fut>(&self, mut op: F) -> Result<T, MonitorError>
@@ -95,9 +83,9 @@ impl MonitorClient {
         Fut: Future<Output = Result<Attempt<T>, MonitorError>>,
     {
         let mut last = String::new();
-        for attempt in 0..self.max_attempts {
+        for attempt in 0..self.retry.max_attempts {
             if attempt > 0 {
-                tokio::time::sleep(self.backoff(attempt - 1)).await;
+                tokio::time::sleep(self.retry.delay(attempt, None)).await;
             }
             match op().await? {
                 Attempt::Done(v) => return Ok(v),

@@ -38,6 +38,33 @@ pub fn keyword(body: &str) -> Option<(OptChange, &'static str)> {
         .map(|k| (OptChange::OptIn, *k))
 }
 
+/// An opt-out in force: how and when the recipient opted out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OptedOut {
+    pub keyword: Option<String>,
+    pub changed_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Whether `their_number` opted out of messages from `our_number` (from any of our numbers when
+/// we send through a messaging service and so have no number of our own). The one opt-out check
+/// before every outbound message, whoever asks for it.
+pub async fn opted_out(
+    conn: &mut sqlx::PgConnection,
+    our_number: Option<&str>,
+    their_number: &str,
+) -> Result<Option<OptedOut>, sqlx::Error> {
+    sqlx::query_as!(
+        OptedOut,
+        r#"SELECT keyword, changed_at FROM sms_opt_outs
+           WHERE their_number = $1 AND opted_out AND ($2::text IS NULL OR our_number = $2)
+           ORDER BY changed_at DESC LIMIT 1"#,
+        their_number,
+        our_number
+    )
+    .fetch_optional(conn)
+    .await
+}
+
 /// Twilio's `OptOutType` webhook field (STOP, START, HELP under Advanced Opt-Out).
 pub fn from_opt_out_type(value: &str) -> Option<OptChange> {
     match value.trim().to_ascii_uppercase().as_str() {

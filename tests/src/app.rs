@@ -169,13 +169,7 @@ impl TestApp {
 
     /// Jobs of `queue` not yet finished.
     pub async fn pending_jobs(&self, queue: &str) -> i64 {
-        sqlx::query_scalar::<_, i64>(
-            "SELECT count(*) FROM apalis.jobs WHERE job_type = $1 AND status IN ('Pending', 'Queued', 'Running')",
-        )
-        .bind(queue)
-        .fetch_one(&self.pool)
-        .await
-        .unwrap()
+        shared::jobs::unfinished(&self.pool, queue).await.unwrap()
     }
 
     /// Waits until every job of `queue` is done (the running workers drain it).

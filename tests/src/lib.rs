@@ -2,3 +2,4 @@
 //! sockets (`app`).
 pub mod app;
 pub mod pg;
+pub mod sims;

@@ -1,19 +1,36 @@
-//! Processing a stored inbound webhook: normalise the sender, resolve the tenant, link the
-//! conversation, detect the language, record opt-outs. Idempotent: a message is linked exactly
-//! once (guarded by `processed_at`), so a job re-run after a crash changes nothing.
+//! The inbound processing lifecycle: a stored webhook becomes a message of a conversation.
+//!
+//! ```text
+//! stored (processed_at NULL) ─decide─▶ sender normalised, language detected, opt-out keyword read
+//!        ─call: resolve the tenant (cache, directory, Monitor)─▶
+//!        ─apply (ONE transaction)─▶ processed: conversation linked, languages merged, tenant's
+//!          last number (and a language job), opt change recorded, route_status pending + route
+//!          job, or skipped (opt-out keywords are the carrier's business, not an agent's)
+//! ```
+//! Idempotent: a message is linked exactly once (guarded by `processed_at`), so a job re-run
+//! after a crash changes nothing.
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use shared::{
-    jobs::{self, NotifyLanguage, ProcessInbound, RouteMessage},
+    jobs::{self, NotifyLanguage, ProcessInbound, RouteMessage, When},
     language::{self, Detection, Language},
     optout::{self, OptChange},
     phone,
+    routing::RouteStatus,
     tenants::Resolution,
 };
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::Deps;
+
+/// Where a stored message is in its processing (`sms_messages.processed_at`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InboundState {
+    Stored,
+    Processed,
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
@@ -28,12 +45,53 @@ pub enum Outcome {
     Missing,
 }
 
-struct Stored {
-    from_number: Option<String>,
-    to_number: Option<String>,
-    body: String,
-    raw: Option<Value>,
-    created_at: DateTime<Utc>,
+pub struct Stored {
+    pub state: InboundState,
+    pub from_number: Option<String>,
+    pub to_number: Option<String>,
+    pub body: String,
+    pub raw: Option<Value>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// An opt-out or opt-in: the change, the keyword, and Twilio's `OptOutType` when it sent one.
+pub type OptChangeSeen = (OptChange, Option<String>, Option<String>);
+
+/// What processing a stored message does, before the directory is asked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    /// The sender as written.
+    pub original: String,
+    /// E.164 when it is a phone number.
+    pub e164: Option<phone::E164>,
+    /// The conversation's key: E.164, or the written form of a short code or alphanumeric ID.
+    pub number: String,
+    pub detection: Option<Detection>,
+    pub opt_change: Option<OptChangeSeen>,
+    pub route: RouteStatus,
+}
+
+/// Pure: everything about a message that needs no lookup.
+pub fn decide(msg: &Stored, region: phonenumber::country::Id) -> Decision {
+    let original = msg.from_number.clone().unwrap_or_default();
+    let e164 = phone::normalize(&original, region).ok();
+    // Senders that are not phone numbers (short codes, alphanumeric IDs) keep their written form.
+    let number = e164
+        .as_ref()
+        .map_or_else(|| original.trim().to_owned(), |e| e.as_str().to_owned());
+    let opt_change = opt_change(msg);
+    Decision {
+        original,
+        e164,
+        number,
+        detection: language::detect(&msg.body),
+        route: if opt_change.is_some() {
+            RouteStatus::Skipped
+        } else {
+            RouteStatus::Pending
+        },
+        opt_change,
+    }
 }
 
 /// Messages of one job processed at once.
@@ -67,45 +125,78 @@ async fn process_traced(
     trace: Option<&shared::telemetry::TraceContext>,
 ) -> anyhow::Result<Outcome> {
     shared::telemetry::continue_trace(trace);
-    let Some(row) = sqlx::query!(
+    let Some(msg) = load(deps, message_id).await? else {
+        tracing::warn!("inbound job for a message that does not exist");
+        return Ok(Outcome::Missing);
+    };
+    if msg.state == InboundState::Processed {
+        return Ok(Outcome::AlreadyProcessed);
+    }
+    let d = decide(&msg, deps.region);
+    // Directory lookups happen before the transaction so no row is locked while waiting on HTTP.
+    let resolution = deps.tenants.resolve(&d.original, d.e164.as_ref()).await?;
+    let tenant_id = match &resolution {
+        Resolution::Found(t) => Some(t.tenant_id.clone()),
+        Resolution::Unknown | Resolution::Unavailable => None,
+    };
+    let mut tx = deps.pool.begin().await?;
+    let Some(conv) = link(&mut tx, message_id, &msg, &d, tenant_id.as_deref()).await? else {
+        // A concurrent run linked it first; leave everything as that run wrote it.
+        return Ok(Outcome::AlreadyProcessed);
+    };
+    if let Some(tenant_id) = &conv.tenant_id {
+        update_tenant(deps, &mut tx, tenant_id, &d.number, d.detection).await?;
+    }
+    if let Some((change, keyword, kind)) = d.opt_change.clone() {
+        record_opt_change(&mut tx, &msg, &d.number, message_id, change, keyword, kind).await?;
+    }
+    set_route_status(&mut tx, message_id, d.route).await?;
+    tx.commit().await?;
+    report(deps, &resolution, &conv.tenant_id, &d);
+    Ok(Outcome::Processed {
+        conversation_id: conv.id,
+        tenant_id: conv.tenant_id,
+        language: d.detection,
+    })
+}
+
+async fn load(deps: &Deps, message_id: Uuid) -> anyhow::Result<Option<Stored>> {
+    let row = sqlx::query!(
         r#"SELECT from_number, to_number, message_content, raw_webhook_data, created_at,
                   processed_at
            FROM sms_messages WHERE id = $1 AND direction = 'inbound'"#,
         message_id
     )
     .fetch_optional(&deps.pool)
-    .await?
-    else {
-        tracing::warn!("inbound job for a message that does not exist");
-        return Ok(Outcome::Missing);
-    };
-    if row.processed_at.is_some() {
-        return Ok(Outcome::AlreadyProcessed);
-    }
-    let msg = Stored {
+    .await?;
+    Ok(row.map(|row| Stored {
+        state: if row.processed_at.is_some() {
+            InboundState::Processed
+        } else {
+            InboundState::Stored
+        },
         from_number: row.from_number,
         to_number: row.to_number,
         body: row.message_content,
         raw: row.raw_webhook_data,
         created_at: row.created_at,
-    };
-    let original = msg.from_number.clone().unwrap_or_default();
-    let e164 = phone::normalize(&original, deps.region).ok();
-    // Senders that are not phone numbers (short codes, alphanumeric IDs) keep their written form.
-    let number = e164
-        .as_ref()
-        .map_or_else(|| original.trim().to_owned(), |e| e.as_str().to_owned());
+    }))
+}
 
-    // Directory lookups happen before the transaction so no row is locked while waiting on HTTP.
-    let resolution = deps.tenants.resolve(&original, e164.as_ref()).await?;
-    let tenant_id = match &resolution {
-        Resolution::Found(t) => Some(t.tenant_id.clone()),
-        Resolution::Unknown | Resolution::Unavailable => None,
-    };
-    let detection = language::detect(&msg.body);
-    let opt_change = opt_change(&msg);
+struct Linked {
+    id: Uuid,
+    tenant_id: Option<String>,
+}
 
-    let mut tx = deps.pool.begin().await?;
+/// Upserts the conversation, links the message to it (None: another run linked it first), and
+/// merges the detected language into the conversation's.
+async fn link(
+    tx: &mut PgConnection,
+    message_id: Uuid,
+    msg: &Stored,
+    d: &Decision,
+    tenant_id: Option<&str>,
+) -> anyhow::Result<Option<Linked>> {
     let conv = sqlx::query!(
         r#"INSERT INTO sms_conversations (phone_number, phone_number_original, tenant_id, last_message_at)
            VALUES ($1, $2, $3, $4)
@@ -114,14 +205,13 @@ async fn process_traced(
                last_message_at = GREATEST(sms_conversations.last_message_at, EXCLUDED.last_message_at),
                updated_at = now()
            RETURNING id, tenant_id, language_detected, language_confidence"#,
-        number,
-        original,
+        d.number,
+        d.original,
         tenant_id,
         msg.created_at
     )
     .fetch_one(&mut *tx)
     .await?;
-
     let linked = sqlx::query!(
         r#"UPDATE sms_messages
            SET conversation_id = $2, language_detected = $3, language_confidence = $4,
@@ -129,18 +219,15 @@ async fn process_traced(
            WHERE id = $1 AND processed_at IS NULL"#,
         message_id,
         conv.id,
-        detection.map(|d| d.language.code()),
-        detection.map(|d| d.confidence)
+        d.detection.map(|d| d.language.code()),
+        d.detection.map(|d| d.confidence)
     )
     .execute(&mut *tx)
     .await?;
     if linked.rows_affected() == 0 {
-        // A concurrent run linked it first; leave everything as that run wrote it.
-        tx.rollback().await?;
-        return Ok(Outcome::AlreadyProcessed);
+        return Ok(None);
     }
-
-    if let Some(new) = detection {
+    if let Some(new) = d.detection {
         let current = stored_detection(conv.language_detected.as_deref(), conv.language_confidence);
         let merged = language::merge(current, new);
         if Some(merged) != current {
@@ -152,64 +239,52 @@ async fn process_traced(
             )
             .execute(&mut *tx)
             .await?;
-            tracing::info!(
-                conversation_id = %conv.id,
-                from = ?current.map(|c| c.language.code()),
-                to = merged.language.code(),
-                confidence = merged.confidence,
-                "conversation language updated"
-            );
+            tracing::info!(conversation_id = %conv.id, from = ?current.map(|c| c.language.code()),
+                to = merged.language.code(), confidence = merged.confidence, "conversation language updated");
         }
     }
+    Ok(Some(Linked {
+        id: conv.id,
+        tenant_id: conv.tenant_id,
+    }))
+}
 
-    let effective_tenant = conv.tenant_id.clone();
-    if let Some(tenant_id) = &effective_tenant {
-        update_tenant(deps, &mut tx, tenant_id, &number, detection).await?;
-    }
-
-    // Opt-out keywords are the carrier's business, not an agent's: they are not routed.
-    let routed = opt_change.is_none();
-    if let Some((change, keyword, kind)) = opt_change {
-        record_opt_change(&mut tx, &msg, &number, message_id, change, keyword, kind).await?;
-    }
+/// `pending` with its route job, or `skipped`.
+async fn set_route_status(
+    tx: &mut PgConnection,
+    message_id: Uuid,
+    status: RouteStatus,
+) -> anyhow::Result<()> {
     sqlx::query!(
         "UPDATE sms_messages SET route_status = $2 WHERE id = $1",
         message_id,
-        if routed { "pending" } else { "skipped" }
+        status.as_str()
     )
     .execute(&mut *tx)
     .await?;
-    if routed {
-        jobs::push(
-            &mut tx,
-            jobs::ROUTE,
-            &[RouteMessage {
-                message_id,
-                attempt: 0,
-                trace: shared::telemetry::TraceContext::current(),
-            }],
-            None,
-        )
-        .await?;
+    if status == RouteStatus::Pending {
+        let job = RouteMessage {
+            message_id,
+            attempt: 0,
+            trace: shared::telemetry::TraceContext::current(),
+        };
+        jobs::schedule(tx, &[job], When::NOW).await?;
     }
-    tx.commit().await?;
+    Ok(())
+}
 
-    deps.metrics.number(effective_tenant.is_some());
-    deps.metrics.language(detection.map(|d| d.language.code()));
-    match (&resolution, &effective_tenant) {
-        (_, Some(t)) => {
-            tracing::info!(tenant_id = %t, from = %phone::mask(&number), "inbound message linked to tenant")
-        }
+fn report(deps: &Deps, resolution: &Resolution, tenant: &Option<String>, d: &Decision) {
+    deps.metrics.number(tenant.is_some());
+    deps.metrics
+        .language(d.detection.map(|d| d.language.code()));
+    let from = phone::mask(&d.number);
+    match (resolution, tenant) {
+        (_, Some(t)) => tracing::info!(tenant_id = %t, %from, "inbound message linked to tenant"),
         (Resolution::Unavailable, None) => {
-            tracing::info!(from = %phone::mask(&number), "inbound message stored without tenant: directory unavailable")
+            tracing::info!(%from, "inbound message stored without tenant: directory unavailable")
         }
-        _ => tracing::info!(from = %phone::mask(&number), "inbound message from unknown number"),
+        _ => tracing::info!(%from, "inbound message from unknown number"),
     }
-    Ok(Outcome::Processed {
-        conversation_id: conv.id,
-        tenant_id: effective_tenant,
-        language: detection,
-    })
 }
 
 fn stored_detection(code: Option<&str>, confidence: Option<f32>) -> Option<Detection> {
@@ -272,14 +347,14 @@ async fn update_tenant(
                 attempt: 0,
                 trace: shared::telemetry::TraceContext::current(),
             };
-            jobs::push(tx, jobs::MONITOR_LANGUAGE, &[job], None).await?;
+            jobs::schedule(tx, &[job], When::NOW).await?;
         }
     }
     Ok(())
 }
 
 /// A whole-body keyword, or Twilio's own `OptOutType` field (which wins when present).
-fn opt_change(msg: &Stored) -> Option<(OptChange, Option<String>, Option<String>)> {
+fn opt_change(msg: &Stored) -> Option<OptChangeSeen> {
     let kind = msg
         .raw
         .as_ref()
@@ -339,4 +414,101 @@ async fn record_opt_change(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use phonenumber::country::Id::US;
+
+    fn stored(from: &str, body: &str, opt_out_type: Option<&str>) -> Stored {
+        Stored {
+            state: InboundState::Stored,
+            from_number: Some(from.into()),
+            to_number: Some("+15550000000".into()),
+            body: body.into(),
+            raw: opt_out_type.map(|t| serde_json::json!({ "OptOutType": t })),
+            created_at: Utc::now(),
+        }
+    }
+
+    /// (from, body, OptOutType, conversation key, route, opt change)
+    type Case = (
+        &'static str,
+        &'static str,
+        Option<&'static str>,
+        &'static str,
+        RouteStatus,
+        Option<OptChange>,
+    );
+
+    #[test]
+    fn decide_over_senders_and_bodies() {
+        // (from, body, OptOutType, conversation key, route, opt change)
+        let table: &[Case] = &[
+            (
+                "(555) 123-0001",
+                "Hola, necesito ayuda con mi recibo",
+                None,
+                "+15551230001",
+                RouteStatus::Pending,
+                None,
+            ),
+            (
+                "+15551230001",
+                "STOP",
+                None,
+                "+15551230001",
+                RouteStatus::Skipped,
+                Some(OptChange::OptOut),
+            ),
+            (
+                "+15551230001",
+                "start",
+                None,
+                "+15551230001",
+                RouteStatus::Skipped,
+                Some(OptChange::OptIn),
+            ),
+            (
+                "+15551230001",
+                "please stop the noise upstairs",
+                None,
+                "+15551230001",
+                RouteStatus::Pending,
+                None,
+            ),
+            (
+                "+15551230001",
+                "Parar",
+                Some("STOP"),
+                "+15551230001",
+                RouteStatus::Skipped,
+                Some(OptChange::OptOut),
+            ),
+            (
+                "+15551230001",
+                "hello",
+                Some("HELP"),
+                "+15551230001",
+                RouteStatus::Pending,
+                None,
+            ),
+            (
+                "VERIFY",
+                "Your code is 1234",
+                None,
+                "VERIFY",
+                RouteStatus::Pending,
+                None,
+            ),
+        ];
+        for (from, body, kind, number, route, change) in table {
+            let d = decide(&stored(from, body, *kind), US);
+            assert_eq!(d.number, *number, "{from}");
+            assert_eq!(d.original, *from);
+            assert_eq!(d.route, *route, "{body}");
+            assert_eq!(d.opt_change.map(|c| c.0), *change, "{body}");
+        }
+    }
 }

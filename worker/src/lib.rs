@@ -1,6 +1,7 @@
 //! `sms-worker`: apalis workers over the Postgres job queue. `--queues` picks which queues a
 //! replica runs, so operations scale each independently.
 
+pub mod cli;
 pub mod inbound;
 pub mod language_notify;
 pub mod metrics;
@@ -17,6 +18,8 @@ use phonenumber::country::Id;
 use shared::{
     config::{self, Outbound},
     monitor::MonitorClient,
+    outbound::Sender,
+    retry::RetryPolicy,
     tenants::TenantResolver,
     twilio::client::TwilioClient,
 };
@@ -27,14 +30,15 @@ pub struct Deps {
     pub pool: PgPool,
     pub tenants: TenantResolver,
     pub region: Id,
-    pub language_notify_max_attempts: u32,
+    pub language_notify_retry: RetryPolicy,
     /// Sending settings and client; None for a worker that does not send.
     pub outbound: Option<(Outbound, TwilioClient)>,
+    /// Who agents' replies are sent as.
+    pub sender: Sender,
     /// Client for agents (routing).
     pub http: reqwest::Client,
     pub route_timeout: std::time::Duration,
-    pub route_max_attempts: u32,
-    pub route_backoff_base: std::time::Duration,
+    pub route_retry: RetryPolicy,
     /// Finished jobs older than this are deleted by the reconciler.
     pub job_retention: std::time::Duration,
     pub metrics: metrics::WorkerMetrics,
@@ -52,14 +56,14 @@ impl Deps {
             ),
             pool,
             region: cfg.common.default_region,
-            language_notify_max_attempts: cfg.language_notify_max_attempts,
+            language_notify_retry: cfg.language_notify_retry,
+            sender: cfg.sender.clone(),
             http: reqwest::Client::builder()
                 .pool_max_idle_per_host(64)
                 .build()
                 .expect("TLS backend initialises"),
             route_timeout: cfg.route_timeout,
-            route_max_attempts: cfg.route_max_attempts,
-            route_backoff_base: cfg.route_backoff_base,
+            route_retry: cfg.route_retry,
             job_retention: cfg.job_retention,
             metrics: metrics::WorkerMetrics::new(),
             outbound: cfg.outbound.clone().map(|o| {

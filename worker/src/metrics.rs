@@ -218,3 +218,27 @@ impl Retried for crate::language_notify::Outcome {
 }
 
 impl Retried for crate::status_apply::Outcome {}
+
+/// Logs the tenant cache's hit rate once a minute.
+pub async fn report_cache(
+    deps: std::sync::Arc<Deps>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+    every.tick().await;
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let s = deps.tenants.stats();
+        tracing::info!(
+            hits = s.hits,
+            misses = s.misses,
+            hit_rate = s.hit_rate,
+            monitor_found = s.monitor_found,
+            monitor_unavailable = s.monitor_unavailable,
+            "tenant cache"
+        );
+    }
+}

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use shared::{
-    jobs::{self, ApplyStatus},
+    jobs::{self, ApplyStatus, When},
     phone,
     tenants::Resolution,
 };
@@ -64,16 +64,7 @@ pub async fn once(deps: &Deps) -> anyhow::Result<Report> {
 
 async fn pass(deps: &Deps) -> anyhow::Result<Report> {
     // apalis keeps finished jobs forever; without this the queue table only grows.
-    let jobs_deleted = sqlx::query!(
-        r#"DELETE FROM apalis.jobs WHERE id IN (
-               SELECT id FROM apalis.jobs
-               WHERE status = 'Done' AND done_at < now() - make_interval(secs => $1::float8)
-               LIMIT 10000)"#,
-        deps.job_retention.as_secs_f64()
-    )
-    .execute(&deps.pool)
-    .await?
-    .rows_affected();
+    let jobs_deleted = jobs::delete_finished(&deps.pool, deps.job_retention).await?;
     let mut report = Report {
         jobs_deleted,
         ..Report::default()
@@ -116,17 +107,12 @@ async fn pass(deps: &Deps) -> anyhow::Result<Report> {
             .execute(&mut *tx)
             .await?;
             if inserted.is_some() {
-                jobs::push(
-                    &mut tx,
-                    jobs::OUTBOUND_STATUS,
-                    &[ApplyStatus {
-                        message_sid: m.sid.clone(),
-                        our_message_id: Some(m.id),
-                        trace: shared::telemetry::TraceContext::current(),
-                    }],
-                    None,
-                )
-                .await?;
+                let apply = ApplyStatus {
+                    message_sid: m.sid.clone(),
+                    our_message_id: Some(m.id),
+                    trace: shared::telemetry::TraceContext::current(),
+                };
+                jobs::schedule(&mut tx, &[apply], When::NOW).await?;
                 report.stuck_updated += 1;
             }
             tx.commit().await?;

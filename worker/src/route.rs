@@ -1,26 +1,76 @@
-//! Routing a processed inbound message to the agent that serves its tenant.
+//! The route delivery lifecycle: a processed inbound message goes to the agent that serves its
+//! tenant (states in `shared::routing`).
 //!
+//! ```text
+//! pending ─plan─▶ AlreadyDone (routed/unroutable/skipped)         nothing
+//!         ├─────▶ Quarantine (unknown number, no route)           ─▶ unroutable
+//!         └─────▶ Call agent ─decide─▶ Delivered (2xx)            ─▶ routed (+ reply send)
+//!                                     ├▶ Retry (5xx/timeout, attempts left) ─▶ pending + job
+//!                                     └▶ Unroutable (4xx, attempts exhausted) ─▶ unroutable
+//! ```
 //! Route choice: the tenant's own route, else its conversation's workflow type, else the default.
-//! The payload `{message, conversation, tenant, language}` is signed (see
-//! `shared::agent_signature`). The agent may answer `{"reply": "..."}`, which becomes an outbound
-//! send on the same conversation (a reply: ahead of bulk sends). 5xx and timeouts are retried
-//! durably with backoff, then the message is unroutable; 4xx is unroutable at once. Unknown
-//! numbers and messages without a route go to the quarantine (`sms_unroutable`). Delivery to the
-//! agent is at least once (a crash after the POST re-sends it): agents dedupe on `message.id`.
+//! The payload `{message, conversation, tenant, language}` is signed (`shared::agent_signature`).
+//! The agent may answer `{"reply": "..."}`, which becomes an outbound message through
+//! `shared::outbound::create`. Every decision and what it schedules commit in ONE transaction.
+//! Delivery is at least once (a crash after the POST re-sends it): agents dedupe on `message.id`.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::{Value, json};
 use shared::{
     agent_signature,
-    jobs::{self, RouteMessage, SendMessage},
-    segments,
+    jobs::{self, RouteMessage, When},
+    outbound::{self, NewOutbound},
+    retry::RetryPolicy,
+    routing::RouteStatus,
 };
+use sqlx::PgConnection;
 use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::Deps;
 
+/// `sms_routing_decisions.outcome` (CHECK in the lifecycle migration); also the metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoutingOutcome {
+    Delivered,
+    Replied,
+    Retry,
+    Unroutable,
+}
+
+impl RoutingOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Delivered => "delivered",
+            Self::Replied => "replied",
+            Self::Retry => "retry",
+            Self::Unroutable => "unroutable",
+        }
+    }
+}
+
+/// Why a message is in the quarantine (`sms_unroutable.reason`, CHECK in the migration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quarantine {
+    UnknownNumber,
+    NoRoute,
+    AgentRejected,
+    AgentUnavailable,
+}
+
+impl Quarantine {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::UnknownNumber => "unknown_number",
+            Self::NoRoute => "no_route",
+            Self::AgentRejected => "agent_rejected",
+            Self::AgentUnavailable => "agent_unavailable",
+        }
+    }
+}
+
+/// What a route job did; `label` is the metric's.
 #[derive(Debug, PartialEq)]
 pub enum Outcome {
     Delivered,
@@ -33,28 +83,176 @@ pub enum Outcome {
 impl Outcome {
     pub fn label(&self) -> &'static str {
         match self {
-            Outcome::Delivered => "delivered",
-            Outcome::Replied { .. } => "replied",
-            Outcome::Retrying => "retrying",
-            Outcome::Unroutable { .. } => "unroutable",
+            Outcome::Delivered => RoutingOutcome::Delivered.as_str(),
+            Outcome::Replied { .. } => RoutingOutcome::Replied.as_str(),
+            Outcome::Retrying => RoutingOutcome::Retry.as_str(),
+            Outcome::Unroutable { .. } => RoutingOutcome::Unroutable.as_str(),
             Outcome::AlreadyDone => "already_done",
         }
     }
 }
 
-struct Route {
-    id: Uuid,
-    reason: &'static str,
-    url: String,
+#[derive(Debug, Clone, PartialEq)]
+pub struct Route {
+    pub id: Uuid,
+    /// `tenant`, `workflow_type` or `default`: which rule chose it.
+    pub reason: &'static str,
+    pub url: String,
     secret: String,
+}
+
+/// The message as loaded, with the route that serves it.
+struct Loaded {
+    status: Option<RouteStatus>,
+    tenant_id: Option<String>,
+    route: Option<Route>,
+    conversation_id: Uuid,
+    phone_number: String,
+    payload: Value,
+}
+
+/// Before the call: what the loaded state asks for.
+#[derive(Debug, PartialEq)]
+pub enum Plan<'a> {
+    AlreadyDone,
+    Quarantine(Quarantine, &'static str),
+    Call(&'a Route),
+}
+
+pub fn plan(status: Option<RouteStatus>, has_tenant: bool, route: Option<&Route>) -> Plan<'_> {
+    match (status, has_tenant, route) {
+        (Some(s), _, _) if s.is_final() => Plan::AlreadyDone,
+        (_, false, _) => Plan::Quarantine(Quarantine::UnknownNumber, "no tenant for this number"),
+        (_, true, None) => Plan::Quarantine(
+            Quarantine::NoRoute,
+            "no route for this tenant, its workflow or a default",
+        ),
+        (_, true, Some(route)) => Plan::Call(route),
+    }
+}
+
+/// After the call: the agent's HTTP status (None: timeout or connection error), the attempt just
+/// made (0-based) and the policy decide the transition.
+#[derive(Debug, PartialEq)]
+pub enum Decision {
+    Delivered,
+    Retry { failed: u32, detail: String },
+    Unroutable(Quarantine, String),
+}
+
+pub fn decide(status: Option<u16>, attempt: u32, policy: &RetryPolicy) -> Decision {
+    let detail = status.map_or("timeout or connection error".to_owned(), |s| {
+        format!("agent answered {s}")
+    });
+    match status {
+        Some(s) if (200..300).contains(&s) => Decision::Delivered,
+        Some(s) if (400..500).contains(&s) => {
+            Decision::Unroutable(Quarantine::AgentRejected, detail)
+        }
+        _ if policy.allows_another(attempt + 1) => Decision::Retry {
+            failed: attempt + 1,
+            detail,
+        },
+        _ => Decision::Unroutable(
+            Quarantine::AgentUnavailable,
+            format!("{detail} after {} attempts", attempt + 1),
+        ),
+    }
 }
 
 #[tracing::instrument(name = "route_message", skip_all, fields(message_id = %job.message_id, attempt = job.attempt), err)]
 pub async fn process(deps: &Deps, job: RouteMessage) -> anyhow::Result<Outcome> {
     shared::telemetry::continue_trace(job.trace.as_ref());
+    let Some(m) = load(deps, job.message_id).await? else {
+        return Ok(Outcome::AlreadyDone);
+    };
+    let route = match plan(m.status, m.tenant_id.is_some(), m.route.as_ref()) {
+        Plan::AlreadyDone => return Ok(Outcome::AlreadyDone),
+        Plan::Quarantine(reason, detail) => {
+            let mut tx = deps.pool.begin().await?;
+            let entry = Entry {
+                reason: reason.as_str(),
+                route: None,
+                call: None,
+            };
+            record(
+                &mut tx,
+                &job,
+                &entry,
+                RoutingOutcome::Unroutable,
+                Some(detail),
+            )
+            .await?;
+            let outcome = quarantine(&mut tx, &job, m.tenant_id.as_deref(), reason, detail).await?;
+            tx.commit().await?;
+            return Ok(outcome);
+        }
+        Plan::Call(route) => route,
+    };
+    let call = call_agent(deps, route, &m.payload).await?;
+    let decision = decide(call.status, job.attempt, &deps.route_retry);
+    let mut tx = deps.pool.begin().await?;
+    let entry = Entry {
+        reason: route.reason,
+        route: Some(route),
+        call: Some(&call),
+    };
+    let outcome = apply(deps, &mut tx, &job, &m, &entry, decision).await?;
+    if outcome == Outcome::AlreadyDone {
+        return Ok(outcome); // another run routed it: roll back
+    }
+    tx.commit().await?;
+    tracing::info!(
+        route = route.reason,
+        ?outcome,
+        latency_ms = call.latency_ms,
+        "routing decision"
+    );
+    Ok(outcome)
+}
+
+/// What a decision row records besides its outcome: which rule chose the route (or why there was
+/// none), the route, and the agent's answer.
+struct Entry<'a> {
+    reason: &'a str,
+    route: Option<&'a Route>,
+    call: Option<&'a AgentCall>,
+}
+
+/// The transition after the call, with the job it schedules, in the caller's transaction.
+async fn apply(
+    deps: &Deps,
+    tx: &mut PgConnection,
+    job: &RouteMessage,
+    m: &Loaded,
+    entry: &Entry<'_>,
+    decision: Decision,
+) -> anyhow::Result<Outcome> {
+    match decision {
+        Decision::Delivered => delivered(deps, tx, job, m, entry).await,
+        Decision::Retry { failed, detail } => {
+            let after = deps.route_retry.delay(failed, None);
+            let detail = format!("{detail}; retry in {} ms", after.as_millis());
+            record(tx, job, entry, RoutingOutcome::Retry, Some(&detail)).await?;
+            let next = RouteMessage {
+                message_id: job.message_id,
+                attempt: failed,
+                trace: shared::telemetry::TraceContext::current(),
+            };
+            jobs::schedule(tx, &[next], When::after(after)).await?;
+            Ok(Outcome::Retrying)
+        }
+        Decision::Unroutable(reason, detail) => {
+            record(tx, job, entry, RoutingOutcome::Unroutable, Some(&detail)).await?;
+            quarantine(tx, job, m.tenant_id.as_deref(), reason, &detail).await
+        }
+    }
+}
+
+async fn load(deps: &Deps, message_id: Uuid) -> anyhow::Result<Option<Loaded>> {
     let Some(m) = sqlx::query!(
         r#"SELECT m.id, m.message_content, m.twilio_sid, m.created_at, m.route_status,
-                  m.language_detected, m.language_confidence, m.from_number,
+                  m.language_detected, m.language_confidence,
                   c.id AS "conversation_id!", c.phone_number, c.tenant_id, c.workflow_type, c.workflow_id,
                   c.language_detected AS conv_language,
                   t.name AS "tenant_name?", t.language_preference AS "tenant_language?"
@@ -62,62 +260,36 @@ pub async fn process(deps: &Deps, job: RouteMessage) -> anyhow::Result<Outcome> 
            JOIN sms_conversations c ON c.id = m.conversation_id
            LEFT JOIN tenant_profiles t ON t.tenant_id = c.tenant_id
            WHERE m.id = $1 AND m.direction = 'inbound'"#,
-        job.message_id
+        message_id
     )
     .fetch_optional(&deps.pool)
     .await?
     else {
-        return Ok(Outcome::AlreadyDone);
+        return Ok(None);
     };
-    if matches!(
-        m.route_status.as_deref(),
-        Some("routed") | Some("unroutable") | Some("skipped")
-    ) {
-        return Ok(Outcome::AlreadyDone);
-    }
-    let Some(tenant_id) = m.tenant_id.clone() else {
-        return quarantine(
-            deps,
-            &job,
-            None,
-            "unknown_number",
-            "no tenant for this number",
+    let route = match &m.tenant_id {
+        Some(tenant_id) => sqlx::query!(
+            r#"SELECT id, tenant_id, workflow_type, agent_url, signing_secret FROM agent_routes
+               WHERE tenant_id = $1 OR workflow_type = $2 OR is_default
+               ORDER BY (tenant_id IS NOT NULL) DESC, (workflow_type IS NOT NULL) DESC
+               LIMIT 1"#,
+            tenant_id,
+            m.workflow_type
         )
-        .await;
+        .fetch_optional(&deps.pool)
+        .await?
+        .map(|r| Route {
+            id: r.id,
+            reason: match (&r.tenant_id, &r.workflow_type) {
+                (Some(_), _) => "tenant",
+                (None, Some(_)) => "workflow_type",
+                (None, None) => "default",
+            },
+            url: r.agent_url,
+            secret: r.signing_secret,
+        }),
+        None => None,
     };
-    let route = sqlx::query!(
-        r#"SELECT id, tenant_id, workflow_type, agent_url, signing_secret FROM agent_routes
-           WHERE tenant_id = $1 OR workflow_type = $2 OR is_default
-           ORDER BY (tenant_id IS NOT NULL) DESC, (workflow_type IS NOT NULL) DESC
-           LIMIT 1"#,
-        tenant_id,
-        m.workflow_type
-    )
-    .fetch_optional(&deps.pool)
-    .await?
-    .map(|r| Route {
-        id: r.id,
-        reason: if r.tenant_id.is_some() {
-            "tenant"
-        } else if r.workflow_type.is_some() {
-            "workflow_type"
-        } else {
-            "default"
-        },
-        url: r.agent_url,
-        secret: r.signing_secret,
-    });
-    let Some(route) = route else {
-        return quarantine(
-            deps,
-            &job,
-            Some(&tenant_id),
-            "no_route",
-            "no route for this tenant, its workflow or a default",
-        )
-        .await;
-    };
-
     let payload = json!({
         "message": {
             "id": m.id,
@@ -132,19 +304,34 @@ pub async fn process(deps: &Deps, job: RouteMessage) -> anyhow::Result<Outcome> 
             "workflow_type": m.workflow_type,
             "workflow_id": m.workflow_id,
         },
-        "tenant": {"tenant_id": tenant_id, "name": m.tenant_name, "language_preference": m.tenant_language},
+        "tenant": {"tenant_id": m.tenant_id, "name": m.tenant_name, "language_preference": m.tenant_language},
         "language": {"detected": m.language_detected, "confidence": m.language_confidence, "conversation": m.conv_language},
     });
-    let body = serde_json::to_vec(&payload)?;
+    Ok(Some(Loaded {
+        status: m.route_status.as_deref().and_then(RouteStatus::parse),
+        tenant_id: m.tenant_id,
+        route,
+        conversation_id: m.conversation_id,
+        phone_number: m.phone_number,
+        payload,
+    }))
+}
+
+/// The agent's answer: its status (None: timeout or connection error), its reply text, and its
+/// time including its body (a slow body is the agent's, not ours).
+struct AgentCall {
+    status: Option<u16>,
+    reply: Option<String>,
+    latency_ms: i32,
+}
+
+async fn call_agent(deps: &Deps, route: &Route, payload: &Value) -> anyhow::Result<AgentCall> {
+    let body = serde_json::to_vec(payload)?;
     let ts = chrono::Utc::now().timestamp();
     let started = Instant::now();
     // The agent's request is a client span of its own, and the agent gets its `traceparent`.
-    let call = tracing::info_span!(
-        "agent_request",
-        otel.kind = "client",
-        route_id = %route.id,
-        http.response.status_code = tracing::field::Empty,
-    );
+    let span = tracing::info_span!("agent_request", otel.kind = "client", route_id = %route.id,
+        http.response.status_code = tracing::field::Empty);
     let request = deps
         .http
         .post(&route.url)
@@ -156,263 +343,116 @@ pub async fn process(deps: &Deps, job: RouteMessage) -> anyhow::Result<Outcome> 
             agent_signature::sign(&route.secret, ts, &body),
         )
         .body(body);
-    let sent = shared::telemetry::inject(request, &call)
+    let sent = shared::telemetry::inject(request, &span)
         .send()
-        .instrument(call.clone())
+        .instrument(span.clone())
         .await;
-    if let Ok(resp) = &sent {
-        call.record("http.response.status_code", resp.status().as_u16());
-    }
     let (status, answer) = match sent {
         Ok(resp) => {
+            span.record("http.response.status_code", resp.status().as_u16());
             let status = resp.status().as_u16();
-            let answer: Value = resp.json().await.unwrap_or(Value::Null);
-            (Some(status), answer)
+            (
+                Some(status),
+                resp.json::<Value>().await.unwrap_or(Value::Null),
+            )
         }
         Err(e) => {
             tracing::warn!(error = %e, "agent unreachable");
             (None, Value::Null)
         }
     };
-    // The agent's time includes sending its body (a slow body is the agent's, not ours).
-    let latency_ms = started.elapsed().as_millis() as i32;
-    let attempt = job.attempt as i32;
-    let mut tx = deps.pool.begin().await?;
-    let outcome = match status {
-        Some(s) if (200..300).contains(&s) => {
-            let claimed = sqlx::query!(
-                "UPDATE sms_messages SET route_status = 'routed', updated_at = now() WHERE id = $1 AND route_status IS DISTINCT FROM 'routed'",
-                m.id
-            )
-            .execute(&mut *tx)
-            .await?;
-            if claimed.rows_affected() == 0 {
-                return Ok(Outcome::AlreadyDone);
-            }
-            let reply = answer
-                .get("reply")
-                .and_then(Value::as_str)
-                .map(str::trim)
-                .filter(|r| !r.is_empty());
-            match reply {
-                Some(text) => {
-                    let reply_id =
-                        queue_reply(deps, &mut tx, m.conversation_id, &m.phone_number, text)
-                            .await?;
-                    record(
-                        &mut tx,
-                        m.id,
-                        attempt,
-                        &route,
-                        s,
-                        "replied",
-                        reply_id.map(|id| format!("reply {id}")),
-                        latency_ms,
-                    )
-                    .await?;
-                    match reply_id {
-                        Some(reply_id) => Outcome::Replied { reply_id },
-                        None => Outcome::Delivered,
-                    }
-                }
-                None => {
-                    record(
-                        &mut tx,
-                        m.id,
-                        attempt,
-                        &route,
-                        s,
-                        "delivered",
-                        None,
-                        latency_ms,
-                    )
-                    .await?;
-                    Outcome::Delivered
-                }
-            }
-        }
-        Some(s) if (400..500).contains(&s) => {
-            record(
-                &mut tx,
-                m.id,
-                attempt,
-                &route,
-                s,
-                "unroutable",
-                Some(format!("agent answered {s}")),
-                latency_ms,
-            )
-            .await?;
-            tx.commit().await?;
-            return quarantine(
-                deps,
-                &job,
-                Some(&tenant_id),
-                "agent_rejected",
-                &format!("agent answered {s}"),
-            )
-            .await;
-        }
-        _ if job.attempt + 1 < deps.route_max_attempts => {
-            let after = deps
-                .route_backoff_base
-                .saturating_mul(1 << job.attempt.min(10))
-                .min(Duration::from_secs(600));
-            let detail = status.map_or("timeout or connection error".to_owned(), |s| {
-                format!("agent answered {s}")
-            });
-            record(
-                &mut tx,
-                m.id,
-                attempt,
-                &route,
-                status.unwrap_or(0),
-                "retry",
-                Some(format!("{detail}; retry in {} ms", after.as_millis())),
-                latency_ms,
-            )
-            .await?;
-            jobs::push(
-                &mut tx,
-                jobs::ROUTE,
-                &[RouteMessage {
-                    message_id: m.id,
-                    attempt: job.attempt + 1,
-                    trace: shared::telemetry::TraceContext::current(),
-                }],
-                Some(after),
-            )
-            .await?;
-            Outcome::Retrying
-        }
-        _ => {
-            let detail = status.map_or("timeout or connection error".to_owned(), |s| {
-                format!("agent answered {s}")
-            });
-            record(
-                &mut tx,
-                m.id,
-                attempt,
-                &route,
-                status.unwrap_or(0),
-                "unroutable",
-                Some(detail.clone()),
-                latency_ms,
-            )
-            .await?;
-            tx.commit().await?;
-            return quarantine(
-                deps,
-                &job,
-                Some(&tenant_id),
-                "agent_unavailable",
-                &format!("{detail} after {} attempts", job.attempt + 1),
-            )
-            .await;
-        }
-    };
-    tx.commit().await?;
-    tracing::info!(
-        route = route.reason,
-        ?outcome,
-        latency_ms,
-        "routing decision"
-    );
-    Ok(outcome)
+    let reply = answer.get("reply").and_then(Value::as_str).map(str::trim);
+    Ok(AgentCall {
+        status,
+        reply: reply.filter(|r| !r.is_empty()).map(str::to_owned),
+        latency_ms: started.elapsed().as_millis() as i32,
+    })
 }
 
-#[allow(clippy::too_many_arguments)]
+/// 2xx: the message is routed and the agent's reply, if any, becomes an outbound message, in
+/// one transaction. A reply that cannot be sent (the tenant opted out, over the body limit) is
+/// recorded in the decision's detail instead.
+async fn delivered(
+    deps: &Deps,
+    tx: &mut PgConnection,
+    job: &RouteMessage,
+    m: &Loaded,
+    entry: &Entry<'_>,
+) -> anyhow::Result<Outcome> {
+    let claimed = sqlx::query!(
+        "UPDATE sms_messages SET route_status = $2, updated_at = now() WHERE id = $1 AND route_status IS DISTINCT FROM $2",
+        job.message_id,
+        RouteStatus::Routed.as_str()
+    )
+    .execute(&mut *tx)
+    .await?;
+    if claimed.rows_affected() == 0 {
+        return Ok(Outcome::AlreadyDone);
+    }
+    let Some(text) = entry.call.and_then(|c| c.reply.as_deref()) else {
+        record(tx, job, entry, RoutingOutcome::Delivered, None).await?;
+        return Ok(Outcome::Delivered);
+    };
+    let reply = NewOutbound {
+        conversation_id: m.conversation_id,
+        to: &m.phone_number,
+        body: text,
+        media_urls: &[],
+    };
+    match outbound::create(tx, &deps.sender, &reply).await? {
+        Ok(created) => {
+            let detail = format!("reply {}", created.message_id);
+            record(tx, job, entry, RoutingOutcome::Replied, Some(&detail)).await?;
+            Ok(Outcome::Replied {
+                reply_id: created.message_id,
+            })
+        }
+        Err(refused) => {
+            tracing::warn!(%refused, "agent reply not sent");
+            let detail = format!("reply not sent: {refused}");
+            record(tx, job, entry, RoutingOutcome::Delivered, Some(&detail)).await?;
+            Ok(Outcome::Delivered)
+        }
+    }
+}
+
 async fn record(
-    tx: &mut sqlx::PgConnection,
-    message_id: Uuid,
-    attempt: i32,
-    route: &Route,
-    status: u16,
-    outcome: &str,
-    detail: Option<String>,
-    latency_ms: i32,
+    tx: &mut PgConnection,
+    job: &RouteMessage,
+    entry: &Entry<'_>,
+    outcome: RoutingOutcome,
+    detail: Option<&str>,
 ) -> anyhow::Result<()> {
     sqlx::query!(
         r#"INSERT INTO sms_routing_decisions (message_id, attempt, route_id, reason, agent_url, agent_status, outcome, detail, latency_ms)
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"#,
-        message_id,
-        attempt,
-        route.id,
-        route.reason,
-        route.url,
-        (status > 0).then_some(status as i32),
-        outcome,
+        job.message_id,
+        job.attempt as i32,
+        entry.route.map(|r| r.id),
+        entry.reason,
+        entry.route.map(|r| r.url.as_str()),
+        entry.call.and_then(|c| c.status).map(i32::from),
+        outcome.as_str(),
         detail,
-        latency_ms
+        entry.call.map(|c| c.latency_ms)
     )
     .execute(&mut *tx)
     .await?;
     Ok(())
 }
 
-/// Queues the agent's reply as an outbound send on the conversation, unless the tenant opted out.
-async fn queue_reply(
-    deps: &Deps,
-    tx: &mut sqlx::PgConnection,
-    conversation_id: Uuid,
-    to: &str,
-    text: &str,
-) -> anyhow::Result<Option<Uuid>> {
-    let from = deps
-        .outbound
-        .as_ref()
-        .and_then(|(o, _)| o.phone_number.clone());
-    let opted_out = sqlx::query_scalar!(
-        r#"SELECT EXISTS (SELECT 1 FROM sms_opt_outs WHERE their_number = $1 AND opted_out) AS "o!""#,
-        to
-    )
-    .fetch_one(&mut *tx)
-    .await?;
-    if opted_out {
-        tracing::warn!("agent reply not sent: the tenant opted out");
-        return Ok(None);
-    }
-    let text: String = text.chars().take(1600).collect();
-    let (segments, encoding) = segments::count(&text);
-    let id = sqlx::query_scalar!(
-        r#"INSERT INTO sms_messages (conversation_id, direction, message_content, delivery_status, to_number,
-               from_number, num_segments, encoding, priority, status_updated_at)
-           VALUES ($1, 'outbound', $2, 'pending', $3, $4, $5, $6, 10, now()) RETURNING id"#,
-        conversation_id,
-        text,
-        to,
-        from,
-        segments as i32,
-        encoding.as_str()
-    )
-    .fetch_one(&mut *tx)
-    .await?;
-    jobs::push_with_priority(
-        tx,
-        jobs::OUTBOUND_SEND,
-        &[SendMessage {
-            message_id: id,
-            slot: None,
-            trace: shared::telemetry::TraceContext::current(),
-        }],
-        None,
-        10,
-    )
-    .await?;
-    Ok(Some(id))
-}
-
+/// Marks the message unroutable and puts it in the quarantine (in the caller's transaction).
 async fn quarantine(
-    deps: &Deps,
+    tx: &mut PgConnection,
     job: &RouteMessage,
     tenant_id: Option<&str>,
-    reason: &str,
+    reason: Quarantine,
     detail: &str,
 ) -> anyhow::Result<Outcome> {
-    let mut tx = deps.pool.begin().await?;
     sqlx::query!(
-        "UPDATE sms_messages SET route_status = 'unroutable', updated_at = now() WHERE id = $1",
-        job.message_id
+        "UPDATE sms_messages SET route_status = $2, updated_at = now() WHERE id = $1",
+        job.message_id,
+        RouteStatus::Unroutable.as_str()
     )
     .execute(&mut *tx)
     .await?;
@@ -422,25 +462,88 @@ async fn quarantine(
                detail = EXCLUDED.detail, created_at = now(), replayed_at = NULL"#,
         job.message_id,
         tenant_id,
-        reason,
+        reason.as_str(),
         detail
     )
     .execute(&mut *tx)
     .await?;
-    if reason == "unknown_number" || reason == "no_route" {
-        sqlx::query!(
-            "INSERT INTO sms_routing_decisions (message_id, attempt, reason, outcome, detail) VALUES ($1, $2, $3, 'unroutable', $4)",
-            job.message_id,
-            job.attempt as i32,
-            reason,
-            detail
-        )
-        .execute(&mut *tx)
-        .await?;
-    }
-    tx.commit().await?;
-    tracing::warn!(reason, "message quarantined as unroutable");
+    tracing::warn!(
+        reason = reason.as_str(),
+        "message quarantined as unroutable"
+    );
     Ok(Outcome::Unroutable {
-        reason: reason.to_owned(),
+        reason: reason.as_str().to_owned(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn plan_over_every_state() {
+        use RouteStatus::*;
+        let r = Route {
+            id: Uuid::nil(),
+            reason: "default",
+            url: "http://agent".into(),
+            secret: "s".into(),
+        };
+        let table = [
+            (Some(Routed), true, true, "done"),
+            (Some(Unroutable), true, true, "done"),
+            (Some(Skipped), true, true, "done"),
+            (Some(Pending), false, false, "unknown_number"),
+            (Some(Pending), false, true, "unknown_number"),
+            (None, false, true, "unknown_number"),
+            (Some(Pending), true, false, "no_route"),
+            (Some(Pending), true, true, "call"),
+            (None, true, true, "call"),
+        ];
+        for (status, tenant, route, want) in table {
+            let got = match plan(status, tenant, route.then_some(&r)) {
+                Plan::AlreadyDone => "done",
+                Plan::Quarantine(q, _) => q.as_str(),
+                Plan::Call(_) => "call",
+            };
+            assert_eq!(got, want, "{status:?} tenant={tenant} route={route}");
+        }
+    }
+
+    #[test]
+    fn decide_over_every_answer_and_attempt() {
+        let policy = RetryPolicy::new(Duration::from_millis(100), Duration::from_secs(1), 3);
+        let table: &[(Option<u16>, u32, &str)] = &[
+            (Some(200), 0, "delivered"),
+            (Some(204), 2, "delivered"),
+            (Some(400), 0, "agent_rejected"),
+            (Some(404), 1, "agent_rejected"),
+            (Some(500), 0, "retry"),
+            (Some(503), 1, "retry"),
+            (None, 1, "retry"),
+            (Some(500), 2, "agent_unavailable"),
+            (None, 2, "agent_unavailable"),
+            (Some(302), 0, "retry"),
+        ];
+        for (status, attempt, want) in table {
+            let got = match decide(*status, *attempt, &policy) {
+                Decision::Delivered => "delivered",
+                Decision::Retry { failed, .. } => {
+                    assert_eq!(failed, attempt + 1);
+                    "retry"
+                }
+                Decision::Unroutable(q, _) => q.as_str(),
+            };
+            assert_eq!(got, *want, "{status:?} attempt {attempt}");
+        }
+        assert_eq!(
+            decide(None, 2, &policy),
+            Decision::Unroutable(
+                Quarantine::AgentUnavailable,
+                "timeout or connection error after 3 attempts".into()
+            )
+        );
+    }
 }

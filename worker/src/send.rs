@@ -1,22 +1,31 @@
-//! Handing an outbound message to Twilio without ever sending it twice.
+//! The outbound send lifecycle: handing a message to Twilio without ever sending it twice.
 //!
-//! Every attempt is recorded (`sms_send_attempts`, outcome `in_flight`) and committed BEFORE the
-//! call. An attempt whose outcome is not known (a crash mid-call, a timeout) is resolved before any
-//! new one: a status callback carrying our message id proves Twilio has the message; without one
-//! for `UNKNOWN_OUTCOME_GRACE_SECS` the message is taken as never created. Retries are durable: the
-//! next attempt is a job with `run_after`, pushed in the same transaction that records the failure.
+//! ```text
+//!            ┌─────────── plan (before any call) ───────────┐
+//! pending ──▶│ at Twilio already (SID or status)  → AlreadySent (open attempt closed `resolved`)
+//!            │ open attempt + callback proof      → AlreadySent (`resolved`, callbacks applied)
+//!            │ open attempt, within the grace     → wait (job rescheduled)
+//!            │ open attempt, grace over           → `abandoned`, then a new attempt
+//!            └ nothing open                       → pace, then attempt
+//! attempt: submitting (`in_flight` recorded and committed BEFORE the call) ─call─▶ decide:
+//!   Accepted  → accepted/queued (SID stored)          `accepted`
+//!   Retryable → pending + job after the backoff       `retryable`   (attempts left)
+//!   Refused   → failed (21610 also records an opt-out) `permanent` / `retryable` (exhausted)
+//!   Unknown   → submitting + job in 2 s                `unknown` (resolved by plan next run)
+//! ```
+//! Every transition and the job it schedules commit in one transaction.
 
 use std::time::Duration;
 
-use chrono::Utc;
-use rand::Rng;
+use chrono::{DateTime, Utc};
 use shared::{
     config::Outbound,
-    jobs::{self, ApplyStatus, SendMessage},
+    jobs::{self, ApplyStatus, SendMessage, When},
     phone,
+    retry::RetryPolicy,
     twilio::{
         client::{CreateOutcome, NewMessage},
-        status,
+        status::DeliveryStatus,
     },
 };
 use sqlx::PgConnection;
@@ -24,30 +33,205 @@ use uuid::Uuid;
 
 use crate::Deps;
 
+/// `sms_send_attempts.outcome` (CHECK in migration 2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    InFlight,
+    Accepted,
+    Retryable,
+    Permanent,
+    Unknown,
+    /// Its answer was lost, but a status callback proved Twilio has the message.
+    Resolved,
+    /// Its answer was lost and no sign of the message came within the grace period.
+    Abandoned,
+}
+
+impl AttemptOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InFlight => "in_flight",
+            Self::Accepted => "accepted",
+            Self::Retryable => "retryable",
+            Self::Permanent => "permanent",
+            Self::Unknown => "unknown",
+            Self::Resolved => "resolved",
+            Self::Abandoned => "abandoned",
+        }
+    }
+}
+
 #[derive(Debug, PartialEq)]
 pub enum Outcome {
     Accepted { sid: String },
     AlreadySent,
-    Paced { until: chrono::DateTime<Utc> },
+    Paced { until: DateTime<Utc> },
     Retrying { after: Duration },
     Failed { code: Option<String> },
     WaitingForUnknownOutcome,
     Missing,
 }
 
-/// Backoff before attempt `n + 1` after `n` failed: base x 2^(n-1), capped, with full jitter in
-/// its upper half; Twilio's Retry-After wins when longer.
-pub fn backoff(cfg: &Outbound, failed_attempts: u32, retry_after: Option<Duration>) -> Duration {
-    let exp = cfg
-        .backoff_base
-        .saturating_mul(1u32 << failed_attempts.saturating_sub(1).min(16))
-        .min(cfg.backoff_max);
-    let jittered = exp / 2 + exp.mul_f64(rand::rng().random_range(0.0..0.5));
-    retry_after.map_or(jittered, |ra| ra.max(jittered))
-}
-
 /// Pacing waits up to this long inside the handler; longer waits become a scheduled job.
 const MAX_INLINE_WAIT: Duration = Duration::from_secs(2);
+/// After an unknown outcome the job looks again this soon (for a callback that proves it).
+const UNKNOWN_RECHECK: Duration = Duration::from_secs(2);
+
+/// The message as loaded: its status, attempts, and the last attempt whose outcome is open.
+struct Loaded {
+    to: String,
+    body: String,
+    media: Vec<String>,
+    status: DeliveryStatus,
+    has_sid: bool,
+    attempts: i32,
+    priority: i16,
+    open: Option<OpenAttempt>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpenAttempt {
+    pub attempt: i32,
+    pub started_at: DateTime<Utc>,
+    /// A status callback carrying our id: Twilio has the message.
+    pub proof: Option<String>,
+}
+
+/// Before any call: what the loaded state asks for.
+#[derive(Debug, PartialEq)]
+pub enum Plan {
+    /// Twilio has it; an attempt left open is closed as `resolved`.
+    AlreadySent { close: Option<i32> },
+    /// A callback proved the open attempt: close it and apply the callbacks.
+    Resolve { attempt: i32, sid: String },
+    /// No proof yet: look again after this long.
+    Wait(Duration),
+    /// Go ahead, closing an open attempt as `abandoned` first.
+    Attempt { abandon: Option<i32> },
+}
+
+pub fn plan(
+    at_twilio: bool,
+    open: Option<&OpenAttempt>,
+    now: DateTime<Utc>,
+    grace: Duration,
+) -> Plan {
+    match open {
+        _ if at_twilio => Plan::AlreadySent {
+            close: open.map(|o| o.attempt),
+        },
+        None => Plan::Attempt { abandon: None },
+        Some(OpenAttempt {
+            attempt,
+            proof: Some(sid),
+            ..
+        }) => Plan::Resolve {
+            attempt: *attempt,
+            sid: sid.clone(),
+        },
+        Some(o) => {
+            let waited = (now - o.started_at).to_std().unwrap_or_default();
+            if waited < grace {
+                Plan::Wait(grace - waited + Duration::from_millis(200))
+            } else {
+                Plan::Attempt {
+                    abandon: Some(o.attempt),
+                }
+            }
+        }
+    }
+}
+
+/// After the call: Twilio's answer, the attempt number (1-based) and the policy decide.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    Accepted {
+        sid: String,
+        status: String,
+    },
+    Retry {
+        retry_after: Option<Duration>,
+    },
+    Fail {
+        recorded_as: AttemptOutcome,
+        opt_out: bool,
+    },
+    Unknown,
+}
+
+pub fn decide(outcome: &CreateOutcome, attempt: u32, policy: &RetryPolicy) -> Decision {
+    match outcome {
+        CreateOutcome::Accepted(m) => Decision::Accepted {
+            sid: m.sid.clone(),
+            status: m.status.clone(),
+        },
+        CreateOutcome::Retryable { retry_after, .. } if policy.allows_another(attempt) => {
+            Decision::Retry {
+                retry_after: *retry_after,
+            }
+        }
+        CreateOutcome::Retryable { http_status, .. }
+        | CreateOutcome::Permanent { http_status, .. } => Decision::Fail {
+            // What was refused, as Twilio said it: a retryable refusal stays `retryable` even
+            // when no attempt is left.
+            recorded_as: if http_status.is_none_or(|s| s == 429 || s >= 500) {
+                AttemptOutcome::Retryable
+            } else {
+                AttemptOutcome::Permanent
+            },
+            // Twilio knows the recipient replied STOP: later sends are refused too.
+            opt_out: matches!(outcome, CreateOutcome::Permanent { code: Some(c), .. } if c == "21610"),
+        },
+        CreateOutcome::Unknown { .. } => Decision::Unknown,
+    }
+}
+
+/// What Twilio is asked to send; our id rides in the status callback URL.
+fn new_message<'a>(cfg: &'a Outbound, job: &SendMessage, msg: &'a Loaded) -> NewMessage<'a> {
+    NewMessage {
+        to: &msg.to,
+        from: cfg.sender.phone_number.as_deref(),
+        messaging_service_sid: cfg.sender.messaging_service_sid.as_deref(),
+        body: &msg.body,
+        media_urls: &msg.media,
+        status_callback: callback_url(cfg, job.message_id),
+    }
+}
+
+/// No proof yet that the open attempt reached Twilio: look again later.
+async fn wait(
+    deps: &Deps,
+    job: SendMessage,
+    after: Duration,
+    priority: i16,
+) -> anyhow::Result<Outcome> {
+    let mut conn = deps.pool.acquire().await?;
+    jobs::schedule(
+        &mut conn,
+        &[job],
+        When::after(after).with_priority(priority),
+    )
+    .await?;
+    tracing::warn!("send outcome unknown; waiting for a status callback before any new attempt");
+    Ok(Outcome::WaitingForUnknownOutcome)
+}
+
+async fn abandon_attempt(deps: &Deps, message_id: Uuid, attempt: i32) -> anyhow::Result<()> {
+    let why = "no sign of the message at Twilio within the grace period";
+    set_attempt(
+        &deps.pool,
+        message_id,
+        attempt,
+        AttemptOutcome::Abandoned,
+        Some(why),
+    )
+    .await?;
+    tracing::warn!(
+        attempt,
+        "unknown send outcome: no callback within the grace period; taken as not created"
+    );
+    Ok(())
+}
 
 fn callback_url(cfg: &Outbound, message_id: Uuid) -> String {
     format!(
@@ -56,33 +240,49 @@ fn callback_url(cfg: &Outbound, message_id: Uuid) -> String {
     )
 }
 
-async fn reschedule(
-    conn: &mut PgConnection,
-    job: &SendMessage,
-    after: Duration,
-    priority: i16,
-) -> anyhow::Result<()> {
-    jobs::push_with_priority(
-        conn,
-        jobs::OUTBOUND_SEND,
-        std::slice::from_ref(job),
-        Some(after),
-        priority.max(0) as usize,
-    )
-    .await?;
-    Ok(())
-}
-
 #[tracing::instrument(name = "send_message", skip_all, fields(message_id = %job.message_id), err)]
 pub async fn process(deps: &Deps, job: SendMessage) -> anyhow::Result<Outcome> {
     shared::telemetry::continue_trace(job.trace.as_ref());
     let Some((cfg, twilio)) = deps.outbound.as_ref() else {
         anyhow::bail!("outbound sending is not configured (TWILIO_AUTH_TOKEN)");
     };
-    let Some(msg) = sqlx::query!(
+    let Some(msg) = load(deps, job.message_id).await? else {
+        return Ok(Outcome::Missing);
+    };
+    let at_twilio = msg.has_sid || msg.status.at_twilio();
+    let abandon = match plan(
+        at_twilio,
+        msg.open.as_ref(),
+        Utc::now(),
+        cfg.unknown_outcome_grace,
+    ) {
+        Plan::AlreadySent { close } => return already_sent(deps, &job, close).await,
+        Plan::Resolve { attempt, sid } => return resolve(deps, &job, attempt, sid).await,
+        Plan::Wait(after) => return wait(deps, job, after, msg.priority).await,
+        Plan::Attempt { abandon } => abandon,
+    };
+    if let Some(attempt) = abandon {
+        abandon_attempt(deps, job.message_id, attempt).await?;
+    }
+    if let Some(until) = pace(deps, cfg, &job, msg.priority).await? {
+        return Ok(Outcome::Paced { until });
+    }
+    let attempt = msg.attempts + 1;
+    if !claim(deps, job.message_id, attempt, msg.attempts).await? {
+        return Ok(Outcome::AlreadySent); // another run of this job got here first
+    }
+    let answer = twilio.create(&new_message(cfg, &job, &msg)).await;
+    count_outcome(deps, &answer);
+    let decision = decide(&answer, attempt as u32, &cfg.retry());
+    record_until_stored(deps, cfg, &job, attempt, &msg, answer, decision).await
+}
+
+async fn load(deps: &Deps, message_id: Uuid) -> anyhow::Result<Option<Loaded>> {
+    let Some(m) = sqlx::query!(
         r#"SELECT m.to_number AS "to_number!", m.message_content, m.delivery_status, m.twilio_sid,
                   m.send_attempts, m.media_urls, m.priority,
-                  a.attempt AS "open_attempt?", a.started_at AS "open_started_at?"
+                  a.attempt AS "open_attempt?", a.started_at AS "open_started_at?",
+                  (SELECT message_sid FROM sms_status_callbacks WHERE our_message_id = m.id LIMIT 1) AS proof
            FROM sms_messages m
            LEFT JOIN LATERAL (
                SELECT attempt, started_at FROM sms_send_attempts
@@ -90,203 +290,205 @@ pub async fn process(deps: &Deps, job: SendMessage) -> anyhow::Result<Outcome> {
                ORDER BY attempt DESC LIMIT 1
            ) a ON true
            WHERE m.id = $1 AND m.direction = 'outbound'"#,
-        job.message_id
+        message_id
     )
     .fetch_optional(&deps.pool)
     .await?
     else {
-        return Ok(Outcome::Missing);
+        return Ok(None);
     };
-    if msg.twilio_sid.is_some() || status::rank(&msg.delivery_status) > 0 {
-        // A status callback already proved an attempt whose answer was lost (a worker killed
-        // mid-call): close it in the ledger too, or it stays `in_flight` forever.
-        if let Some(open_attempt) = msg.open_attempt {
-            sqlx::query!(
-                "UPDATE sms_send_attempts SET outcome = 'resolved', finished_at = now() WHERE message_id = $1 AND attempt = $2",
-                job.message_id,
-                open_attempt
-            )
-            .execute(&deps.pool)
-            .await?;
-        }
-        return Ok(Outcome::AlreadySent);
-    }
+    Ok(Some(Loaded {
+        to: m.to_number,
+        body: m.message_content,
+        media: m
+            .media_urls
+            .and_then(|v| serde_json::from_value(v).ok())
+            .unwrap_or_default(),
+        status: m.delivery_status.parse()?,
+        has_sid: m.twilio_sid.is_some(),
+        attempts: m.send_attempts,
+        priority: m.priority,
+        open: m
+            .open_attempt
+            .zip(m.open_started_at)
+            .map(|(attempt, started_at)| OpenAttempt {
+                attempt,
+                started_at,
+                proof: m.proof,
+            }),
+    }))
+}
 
-    // An earlier attempt with an unknown outcome is resolved first.
-    let open = msg.open_attempt.zip(msg.open_started_at);
-    if let Some((open_attempt, open_started_at)) = open {
-        let proof = sqlx::query_scalar!(
-            "SELECT message_sid FROM sms_status_callbacks WHERE our_message_id = $1 LIMIT 1",
-            job.message_id
-        )
-        .fetch_optional(&deps.pool)
-        .await?;
-        let mut tx = deps.pool.begin().await?;
-        if let Some(sid) = proof {
-            sqlx::query!(
-                "UPDATE sms_send_attempts SET outcome = 'resolved', finished_at = now() WHERE message_id = $1 AND attempt = $2",
-                job.message_id,
-                open_attempt
-            )
-            .execute(&mut *tx)
-            .await?;
-            jobs::push(
-                &mut tx,
-                jobs::OUTBOUND_STATUS,
-                &[ApplyStatus {
-                    message_sid: sid.clone(),
-                    our_message_id: Some(job.message_id),
-                    trace: shared::telemetry::TraceContext::current(),
-                }],
-                None,
-            )
-            .await?;
-            tx.commit().await?;
-            tracing::info!(sid = %sid, "unknown send outcome resolved: Twilio has the message");
-            return Ok(Outcome::AlreadySent);
-        }
-        let waited = (Utc::now() - open_started_at).to_std().unwrap_or_default();
-        if waited < cfg.unknown_outcome_grace {
-            reschedule(
-                &mut tx,
-                &job,
-                cfg.unknown_outcome_grace - waited + Duration::from_millis(200),
-                msg.priority,
-            )
-            .await?;
-            tx.commit().await?;
-            tracing::warn!(
-                attempt = open_attempt,
-                "send outcome unknown; waiting for a status callback before any new attempt"
-            );
-            return Ok(Outcome::WaitingForUnknownOutcome);
-        }
-        sqlx::query!(
-            "UPDATE sms_send_attempts SET outcome = 'abandoned', finished_at = now(), error_message = 'no sign of the message at Twilio within the grace period' WHERE message_id = $1 AND attempt = $2",
+/// A status callback already proved an attempt whose answer was lost (a worker killed mid-call):
+/// close it in the ledger too, or it stays `in_flight` forever.
+async fn already_sent(
+    deps: &Deps,
+    job: &SendMessage,
+    close: Option<i32>,
+) -> anyhow::Result<Outcome> {
+    if let Some(attempt) = close {
+        set_attempt(
+            &deps.pool,
             job.message_id,
-            open_attempt
+            attempt,
+            AttemptOutcome::Resolved,
+            None,
         )
-        .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
-        tracing::warn!(
-            attempt = open_attempt,
-            "unknown send outcome: no callback within the grace period; taken as not created"
-        );
     }
+    Ok(Outcome::AlreadySent)
+}
 
-    // Pacing: reserve this sender's next slot once, then wait for it: inline when it is near
-    // (apalis schedules in whole seconds, too coarse to space sends), else in a job of its own.
+async fn resolve(
+    deps: &Deps,
+    job: &SendMessage,
+    attempt: i32,
+    sid: String,
+) -> anyhow::Result<Outcome> {
+    let mut tx = deps.pool.begin().await?;
+    set_attempt(
+        &mut *tx,
+        job.message_id,
+        attempt,
+        AttemptOutcome::Resolved,
+        None,
+    )
+    .await?;
+    let apply = ApplyStatus {
+        message_sid: sid.clone(),
+        our_message_id: Some(job.message_id),
+        trace: shared::telemetry::TraceContext::current(),
+    };
+    jobs::schedule(&mut tx, &[apply], When::NOW).await?;
+    tx.commit().await?;
+    tracing::info!(sid = %sid, "unknown send outcome resolved: Twilio has the message");
+    Ok(Outcome::AlreadySent)
+}
+
+async fn set_attempt<'c>(
+    conn: impl sqlx::PgExecutor<'c>,
+    message_id: Uuid,
+    attempt: i32,
+    outcome: AttemptOutcome,
+    error: Option<&str>,
+) -> anyhow::Result<()> {
+    sqlx::query!(
+        "UPDATE sms_send_attempts SET outcome = $3, finished_at = now(), error_message = COALESCE($4, error_message) WHERE message_id = $1 AND attempt = $2",
+        message_id,
+        attempt,
+        outcome.as_str(),
+        error
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Pacing: reserve this sender's next slot once, then wait for it: inline when it is near
+/// (apalis schedules in whole seconds, too coarse to space sends), else in a job of its own
+/// (Some: the job was rescheduled for that slot).
+async fn pace(
+    deps: &Deps,
+    cfg: &Outbound,
+    job: &SendMessage,
+    priority: i16,
+) -> anyhow::Result<Option<DateTime<Utc>>> {
+    let interval = if cfg.rate_per_sender > 0.0 {
+        1.0 / cfg.rate_per_sender
+    } else {
+        return Ok(None);
+    };
     let slot = match job.slot {
-        Some(slot) => Some(slot),
+        Some(slot) => slot,
         // A reply in a live conversation goes ahead of bulk sends that already hold slots: it is
         // sent now and pushes the sender's later slots back by one interval, keeping the rate.
-        None if cfg.rate_per_sender > 0.0 && msg.priority > 0 => {
+        None if priority > 0 => {
             sqlx::query!(
                 r#"INSERT INTO sender_pacing AS p (sender, next_slot) VALUES ($1, now() + make_interval(secs => $2::float8))
                    ON CONFLICT (sender) DO UPDATE SET next_slot = GREATEST(p.next_slot, now()) + make_interval(secs => $2::float8)"#,
-                cfg.sender(),
-                1.0 / cfg.rate_per_sender
+                cfg.pacing_key(),
+                interval
             )
             .execute(&deps.pool)
             .await?;
-            None
+            return Ok(None);
         }
-        None if cfg.rate_per_sender > 0.0 => {
-            let interval_us = (1_000_000.0 / cfg.rate_per_sender) as i64;
-            Some(
-                sqlx::query_scalar!(
-                    r#"INSERT INTO sender_pacing AS p (sender, next_slot) VALUES ($1, now() + make_interval(secs => $2::float8 / 1e6))
-                       ON CONFLICT (sender) DO UPDATE SET next_slot = GREATEST(p.next_slot, now()) + make_interval(secs => $2::float8 / 1e6)
-                       RETURNING next_slot - make_interval(secs => $2::float8 / 1e6) AS "slot!""#,
-                    cfg.sender(),
-                    interval_us as f64
-                )
-                .fetch_one(&deps.pool)
-                .await?,
+        None => {
+            let interval_us = (interval * 1_000_000.0) as i64;
+            sqlx::query_scalar!(
+                r#"INSERT INTO sender_pacing AS p (sender, next_slot) VALUES ($1, now() + make_interval(secs => $2::float8 / 1e6))
+                   ON CONFLICT (sender) DO UPDATE SET next_slot = GREATEST(p.next_slot, now()) + make_interval(secs => $2::float8 / 1e6)
+                   RETURNING next_slot - make_interval(secs => $2::float8 / 1e6) AS "slot!""#,
+                cfg.pacing_key(),
+                interval_us as f64
             )
+            .fetch_one(&deps.pool)
+            .await?
         }
-        None => None,
     };
-    if let Some(slot) = slot {
-        let wait = (slot - Utc::now()).to_std().unwrap_or_default();
-        if wait > MAX_INLINE_WAIT {
-            let mut conn = deps.pool.acquire().await?;
-            let paced = SendMessage {
-                message_id: job.message_id,
-                slot: Some(slot),
-                trace: shared::telemetry::TraceContext::current(),
-            };
-            reschedule(
-                &mut conn,
-                &paced,
-                wait - Duration::from_secs(1),
-                msg.priority,
-            )
-            .await?;
-            return Ok(Outcome::Paced { until: slot });
-        }
+    let wait = (slot - Utc::now()).to_std().unwrap_or_default();
+    if wait <= MAX_INLINE_WAIT {
         tokio::time::sleep(wait).await;
+        return Ok(None);
     }
+    let paced = SendMessage {
+        message_id: job.message_id,
+        slot: Some(slot),
+        trace: shared::telemetry::TraceContext::current(),
+    };
+    let mut conn = deps.pool.acquire().await?;
+    let when = When::after(wait - Duration::from_secs(1)).with_priority(priority);
+    jobs::schedule(&mut conn, &[paced], when).await?;
+    Ok(Some(slot))
+}
 
-    // Record the intent, then call.
-    let attempt = msg.send_attempts + 1;
-    // One statement, so one round trip: claim the message and record the attempt together.
+/// Records the intent before the call, in one statement: the message is claimed (`submitting`,
+/// its attempt count moved on) and the attempt recorded `in_flight`. False: another run claimed
+/// it first.
+async fn claim(
+    deps: &Deps,
+    message_id: Uuid,
+    attempt: i32,
+    seen_attempts: i32,
+) -> anyhow::Result<bool> {
     let claimed = sqlx::query_scalar!(
         r#"WITH claimed AS (
-               UPDATE sms_messages SET send_attempts = $2, delivery_status = 'submitting',
+               UPDATE sms_messages SET send_attempts = $2, delivery_status = $4,
                       status_updated_at = now(), updated_at = now()
                WHERE id = $1 AND send_attempts = $3 AND twilio_sid IS NULL
                RETURNING id
            )
            INSERT INTO sms_send_attempts (message_id, attempt, outcome)
-           SELECT id, $2, 'in_flight' FROM claimed
+           SELECT id, $2, $5 FROM claimed
            RETURNING attempt"#,
-        job.message_id,
+        message_id,
         attempt,
-        msg.send_attempts
+        seen_attempts,
+        DeliveryStatus::Submitting.as_str(),
+        AttemptOutcome::InFlight.as_str()
     )
     .fetch_optional(&deps.pool)
     .await?;
-    if claimed.is_none() {
-        // Another run of this job got here first.
-        return Ok(Outcome::AlreadySent);
-    }
+    Ok(claimed.is_some())
+}
 
-    let media: Vec<String> = msg
-        .media_urls
-        .and_then(|m| serde_json::from_value(m).ok())
-        .unwrap_or_default();
-    let callback = callback_url(cfg, job.message_id);
-    let outcome = twilio
-        .create(&NewMessage {
-            to: &msg.to_number,
-            from: cfg.phone_number.as_deref(),
-            messaging_service_sid: cfg.messaging_service_sid.as_deref(),
-            body: &msg.message_content,
-            media_urls: &media,
-            status_callback: &callback,
-        })
-        .await;
-    count_outcome(deps, &outcome);
-    // Twilio's answer must not be lost to a database blip: the attempt would stay unknown and,
-    // were its status callbacks lost to the same outage, the message would be sent again after
-    // the grace period. So recording is retried while the database is unreachable (the handler
-    // runs to its end even when its apalis worker restarts meanwhile, see queues.rs).
+/// Twilio's answer must not be lost to a database blip: the attempt would stay unknown and, were
+/// its status callbacks lost to the same outage, the message would be sent again after the grace
+/// period. So recording is retried while the database is unreachable (the handler runs to its end
+/// even when its apalis worker restarts meanwhile, see queues.rs).
+async fn record_until_stored(
+    deps: &Deps,
+    cfg: &Outbound,
+    job: &SendMessage,
+    attempt: i32,
+    msg: &Loaded,
+    answer: CreateOutcome,
+    decision: Decision,
+) -> anyhow::Result<Outcome> {
     let deadline = std::time::Instant::now() + cfg.unknown_outcome_grace;
     let mut pause = Duration::from_millis(200);
     loop {
-        let recorded = record(
-            deps,
-            cfg,
-            &job,
-            attempt,
-            msg.priority,
-            &msg.to_number,
-            outcome.clone(),
-        )
-        .await;
-        match recorded {
+        match apply(deps, cfg, job, attempt, msg, &answer, &decision).await {
             Err(e) if db_unreachable(&e) && std::time::Instant::now() < deadline => {
                 tracing::warn!(error = %e, attempt, "database unreachable while recording Twilio's answer; retrying");
                 tokio::time::sleep(pause).await;
@@ -301,6 +503,8 @@ fn db_unreachable(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         c.downcast_ref::<sqlx::Error>()
             .is_some_and(shared::db::is_unavailable)
+            || c.downcast_ref::<apalis_postgres::Error>()
+                .is_some_and(jobs::is_unavailable)
     })
 }
 
@@ -326,93 +530,10 @@ fn count_outcome(deps: &Deps, outcome: &CreateOutcome) {
     deps.metrics.twilio_send(label, code.as_deref());
 }
 
-async fn record(
-    deps: &Deps,
-    cfg: &Outbound,
-    job: &SendMessage,
-    attempt: i32,
-    priority: i16,
-    to: &str,
-    outcome: CreateOutcome,
-) -> anyhow::Result<Outcome> {
-    let id = job.message_id;
-    let mut tx = deps.pool.begin().await?;
-    let result = match outcome {
-        CreateOutcome::Accepted(m) => {
-            // Twilio answers a create with queued/accepted; a callback applied meanwhile may
-            // already have moved the message further, which this keeps.
-            let pending_callbacks = sqlx::query_scalar!(
-                r#"WITH a AS (
-                       UPDATE sms_send_attempts SET outcome = 'accepted', finished_at = now(), http_status = 201
-                       WHERE message_id = $1 AND attempt = $2
-                   ), m AS (
-                       UPDATE sms_messages SET twilio_sid = $3,
-                              delivery_status = CASE WHEN delivery_status IN ('pending', 'submitting') THEN $4 ELSE delivery_status END,
-                              status_updated_at = now(), updated_at = now()
-                       WHERE id = $1
-                   )
-                   SELECT EXISTS (SELECT 1 FROM sms_status_callbacks WHERE message_sid = $3 AND applied_at IS NULL) AS "pending!""#,
-                id,
-                attempt,
-                m.sid,
-                m.status
-            )
-            .fetch_one(&mut *tx)
-            .await?;
-            if pending_callbacks {
-                // Callbacks that came before this answer are applied now.
-                jobs::push(
-                    &mut tx,
-                    jobs::OUTBOUND_STATUS,
-                    &[ApplyStatus {
-                        message_sid: m.sid.clone(),
-                        our_message_id: Some(id),
-                        trace: shared::telemetry::TraceContext::current(),
-                    }],
-                    None,
-                )
-                .await?;
-            }
-            tracing::info!(sid = %m.sid, attempt, to = %phone::mask(to), "message handed to Twilio");
-            Outcome::Accepted { sid: m.sid }
-        }
-        CreateOutcome::Retryable {
-            http_status,
-            code,
-            message,
-            retry_after,
-        } if (attempt as u32) < cfg.max_attempts => {
-            let after = backoff(cfg, attempt as u32, retry_after);
-            let next = Utc::now() + chrono::Duration::from_std(after).unwrap_or_default();
-            sqlx::query!(
-                "UPDATE sms_send_attempts SET outcome = 'retryable', finished_at = now(), http_status = $3, error_code = $4, error_message = $5, next_attempt_at = $6 WHERE message_id = $1 AND attempt = $2",
-                id, attempt, http_status.map(i32::from), code, message, next
-            )
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query!("UPDATE sms_messages SET delivery_status = 'pending', status_updated_at = now() WHERE id = $1", id)
-                .execute(&mut *tx)
-                .await?;
-            reschedule(
-                &mut tx,
-                &SendMessage {
-                    message_id: id,
-                    slot: None,
-                    trace: shared::telemetry::TraceContext::current(),
-                },
-                after,
-                priority,
-            )
-            .await?;
-            tracing::warn!(
-                attempt,
-                http_status,
-                code,
-                retry_in_ms = after.as_millis() as u64,
-                "Twilio refused for now; retry scheduled"
-            );
-            Outcome::Retrying { after }
-        }
+/// What an attempt's row records of Twilio's answer.
+fn answer_fields(answer: &CreateOutcome) -> (Option<u16>, Option<String>, Option<String>) {
+    match answer {
+        CreateOutcome::Accepted(_) => (Some(201), None, None),
         CreateOutcome::Retryable {
             http_status,
             code,
@@ -423,67 +544,334 @@ async fn record(
             http_status,
             code,
             message,
-        } => {
-            let outcome =
-                if http_status.is_some_and(|s| s == 429 || s >= 500) || http_status.is_none() {
-                    "retryable"
-                } else {
-                    "permanent"
-                };
-            sqlx::query!(
-                "UPDATE sms_send_attempts SET outcome = $3, finished_at = now(), http_status = $4, error_code = $5, error_message = $6 WHERE message_id = $1 AND attempt = $2",
-                id, attempt, outcome, http_status.map(i32::from), code, message
+        } => (*http_status, code.clone(), Some(message.clone())),
+        CreateOutcome::Unknown { message } => (None, None, Some(message.clone())),
+    }
+}
+
+/// Applies the decision: the attempt, the message and the follow-up job, in one transaction.
+async fn apply(
+    deps: &Deps,
+    cfg: &Outbound,
+    job: &SendMessage,
+    attempt: i32,
+    msg: &Loaded,
+    answer: &CreateOutcome,
+    decision: &Decision,
+) -> anyhow::Result<Outcome> {
+    let id = job.message_id;
+    let (http_status, code, message) = answer_fields(answer);
+    let again = SendMessage {
+        message_id: id,
+        slot: None,
+        trace: shared::telemetry::TraceContext::current(),
+    };
+    let mut tx = deps.pool.begin().await?;
+    let mut next_attempt_at = None;
+    let (recorded, result) = match decision {
+        Decision::Accepted { sid, status } => {
+            accept(&mut tx, id, sid, status).await?;
+            tracing::info!(sid = %sid, attempt, to = %phone::mask(&msg.to), "message handed to Twilio");
+            (
+                AttemptOutcome::Accepted,
+                Outcome::Accepted { sid: sid.clone() },
             )
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query!(
-                "UPDATE sms_messages SET delivery_status = 'failed', error_code = $2, error_message = $3, status_updated_at = now(), updated_at = now() WHERE id = $1",
-                id, code, message
-            )
-            .execute(&mut *tx)
-            .await?;
-            if code.as_deref() == Some("21610") {
-                // Twilio knows the recipient replied STOP: remember it so later sends are refused.
-                let our = cfg
-                    .phone_number
-                    .clone()
-                    .unwrap_or_else(|| cfg.sender().to_owned());
-                sqlx::query!(
-                    r#"INSERT INTO sms_opt_outs (our_number, their_number, opted_out, keyword, opt_out_type, changed_at)
-                       VALUES ($1, $2, true, NULL, 'twilio-21610', now())
-                       ON CONFLICT (our_number, their_number) DO UPDATE SET opted_out = true, opt_out_type = 'twilio-21610', changed_at = now()"#,
-                    our, to
-                )
-                .execute(&mut *tx)
-                .await?;
-            }
-            tracing::error!(attempt, http_status, code, "send failed permanently");
-            deps.metrics.delivery_status("failed");
-            Outcome::Failed { code }
         }
-        CreateOutcome::Unknown { message } => {
-            sqlx::query!(
-                "UPDATE sms_send_attempts SET outcome = 'unknown', finished_at = now(), error_message = $3 WHERE message_id = $1 AND attempt = $2",
-                id, attempt, message
-            )
-            .execute(&mut *tx)
-            .await?;
-            // The next run of this job resolves the outcome before any new attempt.
-            reschedule(
+        Decision::Retry { retry_after } => {
+            let after = cfg.retry().delay(attempt as u32, *retry_after);
+            set_status(&mut tx, id, DeliveryStatus::Pending, None, None).await?;
+            jobs::schedule(
                 &mut tx,
-                &SendMessage {
-                    message_id: id,
-                    slot: None,
-                    trace: shared::telemetry::TraceContext::current(),
-                },
-                Duration::from_secs(2),
-                priority,
+                &[again],
+                When::after(after).with_priority(msg.priority),
             )
             .await?;
-            tracing::warn!(attempt, reason = %message, "send outcome unknown; resolving before any new attempt");
-            Outcome::WaitingForUnknownOutcome
+            next_attempt_at =
+                Some(Utc::now() + chrono::Duration::from_std(after).unwrap_or_default());
+            tracing::warn!(
+                attempt,
+                http_status,
+                code,
+                retry_in_ms = after.as_millis() as u64,
+                "Twilio refused for now; retry scheduled"
+            );
+            (AttemptOutcome::Retryable, Outcome::Retrying { after })
+        }
+        Decision::Fail {
+            recorded_as,
+            opt_out,
+        } => {
+            fail(
+                deps,
+                &mut tx,
+                cfg,
+                id,
+                &msg.to,
+                *opt_out,
+                code.as_deref(),
+                message.as_deref(),
+            )
+            .await?;
+            tracing::error!(attempt, http_status, code, "send failed permanently");
+            (*recorded_as, Outcome::Failed { code: code.clone() })
+        }
+        Decision::Unknown => {
+            // The next run of this job resolves the outcome before any new attempt.
+            jobs::schedule(
+                &mut tx,
+                &[again],
+                When::after(UNKNOWN_RECHECK).with_priority(msg.priority),
+            )
+            .await?;
+            tracing::warn!(
+                attempt,
+                reason = message.as_deref().unwrap_or_default(),
+                "send outcome unknown; resolving before any new attempt"
+            );
+            (AttemptOutcome::Unknown, Outcome::WaitingForUnknownOutcome)
         }
     };
+    sqlx::query!(
+        "UPDATE sms_send_attempts SET outcome = $3, finished_at = now(), http_status = $4, error_code = $5, error_message = $6, next_attempt_at = $7 WHERE message_id = $1 AND attempt = $2",
+        id, attempt, recorded.as_str(), http_status.map(i32::from), code, message, next_attempt_at
+    )
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     Ok(result)
+}
+
+/// Twilio answers a create with queued/accepted; a callback applied meanwhile may already have
+/// moved the message further, which this keeps. Callbacks that came before this answer are
+/// applied now.
+async fn accept(tx: &mut PgConnection, id: Uuid, sid: &str, status: &str) -> anyhow::Result<()> {
+    let pending_callbacks = sqlx::query_scalar!(
+        r#"WITH m AS (
+               UPDATE sms_messages SET twilio_sid = $2,
+                      delivery_status = CASE WHEN delivery_status IN ('pending', 'submitting') THEN $3 ELSE delivery_status END,
+                      status_updated_at = now(), updated_at = now()
+               WHERE id = $1
+           )
+           SELECT EXISTS (SELECT 1 FROM sms_status_callbacks WHERE message_sid = $2 AND applied_at IS NULL) AS "pending!""#,
+        id,
+        sid,
+        status
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    if pending_callbacks {
+        let apply = ApplyStatus {
+            message_sid: sid.to_owned(),
+            our_message_id: Some(id),
+            trace: shared::telemetry::TraceContext::current(),
+        };
+        jobs::schedule(tx, &[apply], When::NOW).await?;
+    }
+    Ok(())
+}
+
+async fn set_status(
+    tx: &mut PgConnection,
+    id: Uuid,
+    status: DeliveryStatus,
+    code: Option<&str>,
+    message: Option<&str>,
+) -> anyhow::Result<()> {
+    sqlx::query!(
+        "UPDATE sms_messages SET delivery_status = $2, error_code = COALESCE($3, error_code), error_message = COALESCE($4, error_message), status_updated_at = now(), updated_at = now() WHERE id = $1",
+        id, status.as_str(), code, message
+    )
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// The message failed for good; a 21610 (the recipient replied STOP) also records the opt-out, so
+/// later sends are refused too.
+#[allow(clippy::too_many_arguments)]
+async fn fail(
+    deps: &Deps,
+    tx: &mut PgConnection,
+    cfg: &Outbound,
+    id: Uuid,
+    to: &str,
+    opt_out: bool,
+    code: Option<&str>,
+    message: Option<&str>,
+) -> anyhow::Result<()> {
+    set_status(tx, id, DeliveryStatus::Failed, code, message).await?;
+    if opt_out {
+        record_opt_out(tx, cfg, to).await?;
+    }
+    deps.metrics
+        .delivery_status(DeliveryStatus::Failed.as_str());
+    Ok(())
+}
+
+async fn record_opt_out(tx: &mut PgConnection, cfg: &Outbound, to: &str) -> anyhow::Result<()> {
+    let our = cfg
+        .sender
+        .phone_number
+        .clone()
+        .unwrap_or_else(|| cfg.pacing_key().to_owned());
+    sqlx::query!(
+        r#"INSERT INTO sms_opt_outs (our_number, their_number, opted_out, keyword, opt_out_type, changed_at)
+           VALUES ($1, $2, true, NULL, 'twilio-21610', now())
+           ON CONFLICT (our_number, their_number) DO UPDATE SET opted_out = true, opt_out_type = 'twilio-21610', changed_at = now()"#,
+        our, to
+    )
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared::twilio::client::MessageResource;
+
+    fn open(secs_ago: i64, proof: Option<&str>) -> OpenAttempt {
+        OpenAttempt {
+            attempt: 3,
+            started_at: Utc::now() - chrono::Duration::seconds(secs_ago),
+            proof: proof.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn plan_over_every_state() {
+        let grace = Duration::from_secs(60);
+        let now = Utc::now();
+        let table: &[(bool, Option<OpenAttempt>, &str)] = &[
+            (true, None, "already_sent"),
+            (true, Some(open(1, None)), "already_sent+close"),
+            (false, None, "attempt"),
+            (false, Some(open(1, Some("SM1"))), "resolve"),
+            (false, Some(open(120, Some("SM1"))), "resolve"),
+            (false, Some(open(1, None)), "wait"),
+            (false, Some(open(120, None)), "abandon+attempt"),
+        ];
+        for (at_twilio, o, want) in table {
+            let got = match plan(*at_twilio, o.as_ref(), now, grace) {
+                Plan::AlreadySent { close: None } => "already_sent",
+                Plan::AlreadySent { close: Some(3) } => "already_sent+close",
+                Plan::Resolve { attempt: 3, sid } if sid == "SM1" => "resolve",
+                Plan::Wait(d)
+                    if d > Duration::from_secs(58) && d <= grace + Duration::from_millis(200) =>
+                {
+                    "wait"
+                }
+                Plan::Attempt { abandon: None } => "attempt",
+                Plan::Attempt { abandon: Some(3) } => "abandon+attempt",
+                other => panic!("unexpected {other:?}"),
+            };
+            assert_eq!(got, *want, "at_twilio={at_twilio} open={o:?}");
+        }
+    }
+
+    #[test]
+    fn decide_over_every_answer() {
+        let policy = RetryPolicy::new(Duration::from_secs(1), Duration::from_secs(300), 3);
+        let retryable = |http: Option<u16>| CreateOutcome::Retryable {
+            http_status: http,
+            code: None,
+            message: "x".into(),
+            retry_after: Some(Duration::from_secs(7)),
+        };
+        let permanent = |code: &str| CreateOutcome::Permanent {
+            http_status: Some(400),
+            code: Some(code.into()),
+            message: "x".into(),
+        };
+        let accepted = CreateOutcome::Accepted(MessageResource {
+            sid: "SM1".into(),
+            status: "queued".into(),
+            error_code: None,
+            error_message: None,
+        });
+        let table: Vec<(CreateOutcome, u32, Decision)> = vec![
+            (
+                accepted,
+                1,
+                Decision::Accepted {
+                    sid: "SM1".into(),
+                    status: "queued".into(),
+                },
+            ),
+            (
+                retryable(Some(429)),
+                1,
+                Decision::Retry {
+                    retry_after: Some(Duration::from_secs(7)),
+                },
+            ),
+            (
+                retryable(Some(503)),
+                2,
+                Decision::Retry {
+                    retry_after: Some(Duration::from_secs(7)),
+                },
+            ),
+            (
+                retryable(None),
+                2,
+                Decision::Retry {
+                    retry_after: Some(Duration::from_secs(7)),
+                },
+            ),
+            (
+                retryable(Some(503)),
+                3,
+                Decision::Fail {
+                    recorded_as: AttemptOutcome::Retryable,
+                    opt_out: false,
+                },
+            ),
+            (
+                retryable(None),
+                3,
+                Decision::Fail {
+                    recorded_as: AttemptOutcome::Retryable,
+                    opt_out: false,
+                },
+            ),
+            (
+                permanent("21211"),
+                1,
+                Decision::Fail {
+                    recorded_as: AttemptOutcome::Permanent,
+                    opt_out: false,
+                },
+            ),
+            (
+                permanent("21610"),
+                1,
+                Decision::Fail {
+                    recorded_as: AttemptOutcome::Permanent,
+                    opt_out: true,
+                },
+            ),
+            (
+                CreateOutcome::Unknown {
+                    message: "timeout".into(),
+                },
+                1,
+                Decision::Unknown,
+            ),
+            (
+                CreateOutcome::Unknown {
+                    message: "timeout".into(),
+                },
+                3,
+                Decision::Unknown,
+            ),
+        ];
+        for (answer, attempt, want) in table {
+            assert_eq!(
+                decide(&answer, attempt, &policy),
+                want,
+                "{answer:?} attempt {attempt}"
+            );
+        }
+    }
 }

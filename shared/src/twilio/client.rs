@@ -6,11 +6,13 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::secret::Secret;
+
 #[derive(Debug, Clone)]
 pub struct TwilioClient {
     base: String,
     account_sid: String,
-    auth_token: String,
+    auth_token: Secret,
     http: reqwest::Client,
 }
 
@@ -75,15 +77,15 @@ pub struct NewMessage<'a> {
     pub messaging_service_sid: Option<&'a str>,
     pub body: &'a str,
     pub media_urls: &'a [String],
-    pub status_callback: &'a str,
+    pub status_callback: String,
 }
 
 impl TwilioClient {
-    pub fn new(base: &str, account_sid: &str, auth_token: &str, timeout: Duration) -> Self {
+    pub fn new(base: &str, account_sid: &str, auth_token: &Secret, timeout: Duration) -> Self {
         Self {
             base: base.trim_end_matches('/').to_owned(),
             account_sid: account_sid.to_owned(),
-            auth_token: auth_token.to_owned(),
+            auth_token: auth_token.clone(),
             http: reqwest::Client::builder()
                 .timeout(timeout)
                 .connect_timeout(timeout.min(Duration::from_secs(5)))
@@ -106,7 +108,7 @@ impl TwilioClient {
         let mut form: Vec<(&str, &str)> = vec![
             ("To", msg.to),
             ("Body", msg.body),
-            ("StatusCallback", msg.status_callback),
+            ("StatusCallback", msg.status_callback.as_str()),
         ];
         match (msg.messaging_service_sid, msg.from) {
             (Some(sid), _) => form.push(("MessagingServiceSid", sid)),
@@ -119,7 +121,7 @@ impl TwilioClient {
         let request = self
             .http
             .post(self.messages_url())
-            .basic_auth(&self.account_sid, Some(&self.auth_token))
+            .basic_auth(&self.account_sid, Some(self.auth_token.expose()))
             .form(&form);
         let sent = crate::telemetry::inject(request, &tracing::Span::current())
             .send()
@@ -202,7 +204,7 @@ impl TwilioClient {
         let request = self
             .http
             .get(url)
-            .basic_auth(&self.account_sid, Some(&self.auth_token));
+            .basic_auth(&self.account_sid, Some(self.auth_token.expose()));
         let resp = crate::telemetry::inject(request, &tracing::Span::current())
             .send()
             .await?;

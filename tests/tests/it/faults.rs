@@ -18,21 +18,12 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use harness::{
     app::{ACCOUNT_SID, AUTH_TOKEN, OUR_NUMBER, Settings, TestApp, wait_until},
-    pg,
+    pg, sims,
+    sims::twilio,
 };
 use serde_json::json;
-use sim::{
-    monitor::{self, MonitorSim},
-    twilio::{self, TwilioSim, TwilioSimHandle},
-    webhook::InboundSms,
-};
+use sim::{monitor, twilio::TwilioSimHandle, webhook::InboundSms};
 use uuid::Uuid;
-
-async fn twilio() -> TwilioSimHandle {
-    TwilioSim::start("127.0.0.1:0".parse().unwrap(), ACCOUNT_SID, AUTH_TOKEN)
-        .await
-        .unwrap()
-}
 
 /// Talks to the ingress like Twilio and API clients do; cheap to clone into load tasks.
 #[derive(Clone)]
@@ -699,15 +690,13 @@ async fn a_monitor_outage_stores_messages_as_unknown_then_attaches_their_tenants
         .ok()
         .and_then(|s| s.parse::<u64>().ok())
         .unwrap_or(20);
-    let monitor = MonitorSim::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    monitor.seed((0..KNOWN).map(|i| monitor::Tenant {
+    let monitor = sims::monitor((0..KNOWN).map(|i| monitor::Tenant {
         tenant_id: format!("t-f{i}"),
         name: None,
         phone_numbers: vec![known_number(i)],
         language_preference: None,
-    }));
+    }))
+    .await;
     monitor.set_faults(monitor::Faults {
         down: true,
         ..Default::default()
@@ -847,7 +836,7 @@ async fn a_twilio_outage_of_429s_and_5xx_delays_sends_without_dropping_or_doubli
         .ok()
         .and_then(|s| s.parse::<u64>().ok());
     let tw = twilio().await;
-    tw.set_faults(twilio::Faults {
+    tw.set_faults(sim::twilio::Faults {
         outage: true,
         retry_after_secs: Some(1),
         fail_status: 500,
@@ -887,7 +876,7 @@ async fn a_twilio_outage_of_429s_and_5xx_delays_sends_without_dropping_or_doubli
     tokio::time::sleep(outage.saturating_sub(started.elapsed())).await;
     let refused = tw.stats().create_attempts;
     assert_eq!(tw.stats().creates, 0, "nothing got through the outage");
-    tw.set_faults(twilio::Faults::default());
+    tw.set_faults(sim::twilio::Faults::default());
     let back_at = Instant::now();
     let delivered = wait_until(Duration::from_secs(300), || async {
         app.count("SELECT count(*) FROM sms_messages WHERE direction = 'outbound' AND delivery_status = 'delivered'").await

@@ -3,29 +3,13 @@
 
 use std::time::Duration;
 
+use harness::sims;
 use harness::{
     app::{Settings, TestApp, wait_until},
     pg,
 };
 use shared::jobs;
-use sim::monitor::{Faults, MonitorSim, MonitorSimHandle, Tenant};
-
-async fn monitor_with(tenants: Vec<Tenant>) -> MonitorSimHandle {
-    let m = MonitorSim::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    m.seed(tenants);
-    m
-}
-
-fn tenant(id: &str, numbers: &[&str], lang: Option<&str>) -> Tenant {
-    Tenant {
-        tenant_id: id.into(),
-        name: Some(format!("Tenant {id}")),
-        phone_numbers: numbers.iter().map(|s| s.to_string()).collect(),
-        language_preference: lang.map(str::to_owned),
-    }
-}
+use sim::monitor::Faults;
 
 struct Conv {
     id: uuid::Uuid,
@@ -104,7 +88,7 @@ async fn local_directory_matches_any_of_a_tenants_numbers() {
 async fn monitor_lookup_tries_variants_and_remembers_the_tenant() {
     let db = pg::fresh_db().await;
     // The Monitor stored the number in national format only.
-    let monitor = monitor_with(vec![tenant("t-42", &["(555) 222-0042"], Some("es"))]).await;
+    let monitor = sims::monitor(vec![sims::tenant("t-42", &["(555) 222-0042"], Some("es"))]).await;
     let mut app =
         TestApp::spawn(Settings::new(&db).set("MONITOR_API_URL", monitor.base_url())).await;
     let deps = app.start_worker(&[jobs::INBOUND]).await;
@@ -137,7 +121,7 @@ async fn monitor_lookup_tries_variants_and_remembers_the_tenant() {
 #[tokio::test]
 async fn monitor_404_is_unknown_and_cached() {
     let db = pg::fresh_db().await;
-    let monitor = monitor_with(vec![]).await;
+    let monitor = sims::monitor(vec![]).await;
     let mut app =
         TestApp::spawn(Settings::new(&db).set("MONITOR_API_URL", monitor.base_url())).await;
     app.start_worker(&[jobs::INBOUND]).await;
@@ -157,7 +141,7 @@ async fn monitor_404_is_unknown_and_cached() {
 #[tokio::test]
 async fn monitor_5xx_is_retried_then_succeeds() {
     let db = pg::fresh_db().await;
-    let monitor = monitor_with(vec![tenant("t-7", &["+15554440007"], None)]).await;
+    let monitor = sims::monitor(vec![sims::tenant("t-7", &["+15554440007"], None)]).await;
     monitor.set_faults(Faults {
         fail_next: 2,
         fail_status: 503,
@@ -186,7 +170,7 @@ async fn monitor_5xx_is_retried_then_succeeds() {
 #[tokio::test]
 async fn monitor_timeouts_are_bounded_and_the_message_is_kept() {
     let db = pg::fresh_db().await;
-    let monitor = monitor_with(vec![tenant("t-8", &["+15554440008"], None)]).await;
+    let monitor = sims::monitor(vec![sims::tenant("t-8", &["+15554440008"], None)]).await;
     monitor.set_faults(Faults {
         timeout_next: 10,
         ..Faults::default()
@@ -212,7 +196,7 @@ async fn monitor_timeouts_are_bounded_and_the_message_is_kept() {
 #[tokio::test]
 async fn unknown_then_known_attaches_the_tenant_to_the_same_conversation() {
     let db = pg::fresh_db().await;
-    let monitor = monitor_with(vec![tenant("t-9", &["+15554440009"], None)]).await;
+    let monitor = sims::monitor(vec![sims::tenant("t-9", &["+15554440009"], None)]).await;
     monitor.set_faults(Faults {
         down: true,
         ..Faults::default()
@@ -288,7 +272,7 @@ async fn each_message_is_processed_exactly_once_even_when_jobs_rerun() {
 #[tokio::test]
 async fn language_follows_the_prd_rule_and_updates_the_tenant() {
     let db = pg::fresh_db().await;
-    let monitor = monitor_with(vec![tenant("t-lang", &["+15557770001"], None)]).await;
+    let monitor = sims::monitor(vec![sims::tenant("t-lang", &["+15557770001"], None)]).await;
     let mut app =
         TestApp::spawn(Settings::new(&db).set("MONITOR_API_URL", monitor.base_url())).await;
     app.start_worker(&[jobs::INBOUND, jobs::MONITOR_LANGUAGE])
@@ -338,7 +322,7 @@ async fn language_follows_the_prd_rule_and_updates_the_tenant() {
 #[tokio::test]
 async fn monitor_language_update_is_retried_durably() {
     let db = pg::fresh_db().await;
-    let monitor = monitor_with(vec![tenant("t-r", &["+15557770002"], None)]).await;
+    let monitor = sims::monitor(vec![sims::tenant("t-r", &["+15557770002"], None)]).await;
     let mut app =
         TestApp::spawn(Settings::new(&db).set("MONITOR_API_URL", monitor.base_url())).await;
     app.start_worker(&[jobs::INBOUND]).await;

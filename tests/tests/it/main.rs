@@ -4,6 +4,7 @@
 mod abuse;
 mod conversations;
 mod directory;
+mod errors;
 mod faults;
 mod inbound_worker;
 mod isolation;

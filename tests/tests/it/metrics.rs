@@ -3,12 +3,13 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
+use harness::sims;
 use harness::{
-    app::{ACCOUNT_SID, AUTH_TOKEN, Settings, TestApp, wait_until},
+    app::{Settings, TestApp, wait_until},
     pg,
 };
 use serde_json::json;
-use sim::twilio::{Faults, TwilioSim};
+use sim::twilio::Faults;
 
 /// The value of the sample `name{labels}` (labels as Prometheus prints them, sorted by name).
 fn sample(text: &str, series: &str) -> Option<f64> {
@@ -18,9 +19,7 @@ fn sample(text: &str, series: &str) -> Option<f64> {
 
 #[tokio::test]
 async fn worker_and_ingress_expose_the_operational_metrics() {
-    let tw = TwilioSim::start("127.0.0.1:0".parse().unwrap(), ACCOUNT_SID, AUTH_TOKEN)
-        .await
-        .unwrap();
+    let tw = sims::twilio().await;
     let refused = "+15557650001";
     tw.set_faults(Faults {
         permanent_errors: BTreeMap::from([(refused.to_string(), 21211)]),

@@ -71,7 +71,7 @@ async fn world() -> World {
         .set("TWILIO_API_BASE", sim.base_url())
         .set("SEND_RATE_PER_SENDER", "0");
     let app = TestApp::spawn(settings).await;
-    ingress::routes::save(
+    ingress::agent_routes::save(
         &app.pool,
         Some("t-otel"),
         None,

@@ -4,22 +4,17 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
+use harness::sims::{self, twilio};
 use harness::{
     app::{ACCOUNT_SID, AUTH_TOKEN, OUR_NUMBER, Settings, TestApp, wait_until},
     pg,
 };
 use serde_json::{Value, json};
 use shared::jobs;
-use sim::twilio::{FailedStatus, Faults, FinalStatus, TwilioSim, TwilioSimHandle};
+use sim::twilio::{FailedStatus, Faults, FinalStatus, TwilioSimHandle};
 use uuid::Uuid;
 
 const TO: &str = "+15557654321";
-
-async fn twilio() -> TwilioSimHandle {
-    TwilioSim::start("127.0.0.1:0".parse().unwrap(), ACCOUNT_SID, AUTH_TOKEN)
-        .await
-        .unwrap()
-}
 
 /// An ingress whose PUBLIC_URL receives the simulator's callbacks, sending through the simulator.
 async fn app_with(twilio: &TwilioSimHandle, extra: &[(&str, &str)]) -> TestApp {
@@ -721,9 +716,7 @@ async fn a_worker_killed_mid_send_loses_nothing_and_sends_nothing_twice() {
 #[tokio::test]
 async fn reconciler_attaches_tenants_to_conversations_still_without_one() {
     let db = pg::fresh_db().await;
-    let monitor = sim::monitor::MonitorSim::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let monitor = sims::monitor([]).await;
     monitor.set_faults(sim::monitor::Faults {
         down: true,
         ..Default::default()

@@ -3,14 +3,15 @@
 
 use std::time::Duration;
 
+use harness::sims;
 use harness::{
-    app::{ACCOUNT_SID, AUTH_TOKEN, Settings, TestApp, wait_until},
+    app::{Settings, TestApp, wait_until},
     pg,
 };
 use serde_json::{Value, json};
 use shared::jobs;
-use sim::agent::{AgentFaults, AgentSim, AgentSimHandle};
-use sim::twilio::{TwilioSim, TwilioSimHandle};
+use sim::agent::{AgentFaults, AgentSimHandle};
+use sim::twilio::TwilioSimHandle;
 
 const SECRET: &str = "agent-secret-0123456789";
 
@@ -32,12 +33,8 @@ async fn world(extra: &[(&str, &str)]) -> World {
     .execute(&db.pool)
     .await
     .unwrap();
-    let agent = AgentSim::start("127.0.0.1:0".parse().unwrap(), SECRET)
-        .await
-        .unwrap();
-    let twilio = TwilioSim::start("127.0.0.1:0".parse().unwrap(), ACCOUNT_SID, AUTH_TOKEN)
-        .await
-        .unwrap();
+    let agent = sims::agent(SECRET).await;
+    let twilio = sims::twilio().await;
     let mut settings = Settings::new(&db)
         .set("TWILIO_API_BASE", twilio.base_url())
         .set("SEND_RATE_PER_SENDER", "0")
@@ -428,4 +425,51 @@ async fn malformed_ids_queries_and_oversized_bodies_get_json_errors() {
         let body: Value = resp.json().await.unwrap();
         assert_eq!(body["code"], "payload_too_large");
     }
+}
+
+/// An agent's reply goes through the same rules as `POST /sms/send`: over the body limit it is
+/// refused (never truncated), and to an opted-out number it is not sent; both are recorded in the
+/// routing decision, and the message still counts as delivered to its agent.
+#[tokio::test]
+async fn a_reply_over_the_limit_or_to_an_opted_out_number_is_recorded_not_sent() {
+    let w = world(&[]).await;
+    add_route(&w, json!({"tenant_id": "t-a"}), "echo").await;
+    // "Echo: " + 1,600 characters is over Twilio's 1,600.
+    let long = w.app.inbound("+15559000001", &"a".repeat(1600)).await;
+    wait_route(&w.app, &long, "routed").await;
+    // t-b opted out of our number earlier.
+    sqlx::query(
+        "INSERT INTO sms_opt_outs (our_number, their_number, opted_out, keyword) VALUES ($1, '+15559000002', true, 'STOP')",
+    )
+    .bind(harness::app::OUR_NUMBER)
+    .execute(&w.app.pool)
+    .await
+    .unwrap();
+    add_route(&w, json!({"tenant_id": "t-b"}), "echo").await;
+    let opted = w.app.inbound("+15559000002", "Who is this?").await;
+    wait_route(&w.app, &opted, "routed").await;
+    for (sid, why) in [
+        (&long, "reply not sent: is 1606 characters; at most 1600"),
+        (&opted, "reply not sent: the recipient opted out"),
+    ] {
+        let (outcome, detail): (String, Option<String>) = sqlx::query_as(
+            "SELECT d.outcome, d.detail FROM sms_routing_decisions d JOIN sms_messages m ON m.id = d.message_id WHERE m.twilio_sid = $1",
+        )
+        .bind(sid)
+        .fetch_one(&w.app.pool)
+        .await
+        .unwrap();
+        assert_eq!(outcome, "delivered");
+        assert!(
+            detail.as_deref().unwrap_or_default().starts_with(why),
+            "{detail:?}"
+        );
+    }
+    assert_eq!(
+        w.app
+            .count("SELECT count(*) FROM sms_messages WHERE direction = 'outbound'")
+            .await,
+        0,
+        "no reply stored, none truncated"
+    );
 }

@@ -13,7 +13,6 @@ use harness::{
     pg,
 };
 use serde_json::json;
-use sim::agent::AgentSim;
 
 const SECRET: &str = "agent-secret-0123456789";
 
@@ -60,9 +59,7 @@ async fn a_worker_finishes_running_jobs_and_hands_back_the_rest_on_sigterm() {
     .execute(&db.pool)
     .await
     .unwrap();
-    let agent = AgentSim::start("127.0.0.1:0".parse().unwrap(), SECRET)
-        .await
-        .unwrap();
+    let agent = harness::sims::agent(SECRET).await;
     let mut app = TestApp::spawn(Settings::new(&db).set("ROUTE_TIMEOUT_MS", "10000")).await;
     let admin = app.api_key(&["admin"], None).await;
     let resp = app

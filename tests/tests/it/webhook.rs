@@ -368,9 +368,7 @@ async fn database_down_is_503_never_200() {
 #[tokio::test]
 async fn health_ready_reports_database_and_monitor() {
     let db = pg::fresh_db().await;
-    let monitor = sim::monitor::MonitorSim::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let monitor = harness::sims::monitor([]).await;
     let app = TestApp::spawn(Settings::new(&db).set("MONITOR_API_URL", monitor.base_url())).await;
     let resp = app.http.get(app.url("/health/ready")).send().await.unwrap();
     assert_eq!(resp.status(), 200);

@@ -1,0 +1,293 @@
+//! `/routes` (agent routes, not the HTTP router): which agent serves a tenant, a workflow type, or everyone else. Creating and
+//! deleting need the `admin` scope; a tenant-scoped key sees only its tenant's route, and other
+//! routes do not exist for it (404). Signing secrets are write-only.
+
+use crate::extract::Path;
+use axum::{Json, extract::State, http::StatusCode};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::{AppState, auth::ApiKey, error::ApiError};
+
+/// Exactly one of `tenant_id`, `workflow_type` and `default: true`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewRoute {
+    pub tenant_id: Option<String>,
+    pub workflow_type: Option<String>,
+    #[serde(default)]
+    pub default: bool,
+    /// An http(s) URL the messages are POSTed to.
+    #[schema(example = "http://127.0.0.1:8089/agent/echo")]
+    pub agent_url: String,
+    /// At least 16 characters; signs each request to the agent (`X-SMS-Signature`). Write-only.
+    #[schema(min_length = 16, write_only)]
+    pub signing_secret: String,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RouteView {
+    pub id: Uuid,
+    pub tenant_id: Option<String>,
+    pub workflow_type: Option<String>,
+    pub default: bool,
+    pub agent_url: String,
+}
+
+/// Every route, or only a tenant's.
+pub async fn all(pool: &sqlx::PgPool, tenant: Option<&str>) -> Result<Vec<RouteView>, sqlx::Error> {
+    let rows = sqlx::query!(
+        r#"SELECT id, tenant_id, workflow_type, is_default, agent_url FROM agent_routes
+           WHERE $1::text IS NULL OR tenant_id = $1
+           ORDER BY tenant_id NULLS LAST, workflow_type NULLS LAST"#,
+        tenant
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| RouteView {
+            id: r.id,
+            tenant_id: r.tenant_id,
+            workflow_type: r.workflow_type,
+            default: r.is_default,
+            agent_url: r.agent_url,
+        })
+        .collect())
+}
+
+/// List routes
+///
+/// Signing secrets are never shown. A tenant-scoped key sees only its tenant's route.
+#[utoipa::path(
+    get,
+    path = "/routes",
+    tag = "routing",
+    operation_id = "listRoutes",
+    security(("api_key" = ["read"])),
+    responses(
+        (status = 200, description = "The routes.", body = Vec<RouteView>),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::MissingScope),
+        (status = 500, response = crate::openapi::Internal),
+        (status = 503, response = crate::openapi::Unavailable),
+    )
+)]
+pub async fn list(
+    State(state): State<AppState>,
+    key: ApiKey,
+) -> Result<Json<Vec<RouteView>>, ApiError> {
+    key.require("read")?;
+    Ok(Json(all(&state.pool, key.tenant_id.as_deref()).await?))
+}
+
+/// Field errors of a route, if any.
+pub fn validate(
+    tenant_id: Option<&str>,
+    workflow_type: Option<&str>,
+    default: bool,
+    agent_url: &str,
+    signing_secret: &str,
+) -> Vec<(&'static str, String)> {
+    let mut errors = Vec::new();
+    let targets = tenant_id.is_some() as u8 + workflow_type.is_some() as u8 + default as u8;
+    if targets != 1 {
+        errors.push((
+            "tenant_id",
+            "give exactly one of tenant_id, workflow_type, default".to_owned(),
+        ));
+    }
+    match url::Url::parse(agent_url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+        _ => errors.push(("agent_url", "must be an http(s) URL".to_owned())),
+    }
+    if signing_secret.len() < 16 {
+        errors.push((
+            "signing_secret",
+            "must be at least 16 characters".to_owned(),
+        ));
+    }
+    errors
+}
+
+/// Saves a route, replacing the one for the same target; validates first (for the CLI).
+pub async fn save(
+    pool: &sqlx::PgPool,
+    tenant_id: Option<&str>,
+    workflow_type: Option<&str>,
+    default: bool,
+    agent_url: &str,
+    signing_secret: &str,
+) -> anyhow::Result<Uuid> {
+    let errors = validate(tenant_id, workflow_type, default, agent_url, signing_secret);
+    if let Some((field, problem)) = errors.first() {
+        anyhow::bail!("{field}: {problem}");
+    }
+    Ok(insert(
+        pool,
+        tenant_id,
+        workflow_type,
+        default,
+        agent_url,
+        signing_secret,
+    )
+    .await?)
+}
+
+async fn insert(
+    pool: &sqlx::PgPool,
+    tenant_id: Option<&str>,
+    workflow_type: Option<&str>,
+    default: bool,
+    agent_url: &str,
+    signing_secret: &str,
+) -> Result<Uuid, sqlx::Error> {
+    // One route per target: creating again replaces the agent.
+    sqlx::query_scalar!(
+        r#"WITH gone AS (
+               DELETE FROM agent_routes
+               WHERE ($1::text IS NOT NULL AND tenant_id = $1) OR ($2::text IS NOT NULL AND workflow_type = $2)
+                  OR ($3 AND is_default)
+           )
+           INSERT INTO agent_routes (tenant_id, workflow_type, is_default, agent_url, signing_secret)
+           VALUES ($1, $2, $3, $4, $5) RETURNING id"#,
+        tenant_id,
+        workflow_type,
+        default,
+        agent_url,
+        signing_secret
+    )
+    .fetch_one(pool)
+    .await
+}
+
+/// Create or replace a route
+///
+/// The route of a tenant, of a workflow type, or the default; creating one for a target that
+/// has a route replaces it.
+#[utoipa::path(
+    post,
+    path = "/routes",
+    tag = "routing",
+    operation_id = "createRoute",
+    security(("api_key" = ["admin"])),
+    request_body = NewRoute,
+    responses(
+        (status = 201, description = "Saved.", body = RouteView),
+        (status = 400, description = "`malformed_body`: not JSON or an unknown field; \
+            `invalid_request` with `errors` per field (`tenant_id`, `agent_url`, \
+            `signing_secret`).", body = crate::error::ErrorBody),
+        (status = 413, description = "`payload_too_large`: body over MAX_BODY_BYTES.",
+         body = crate::error::ErrorBody),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::MissingScope),
+        (status = 404, description = "`not_found`: a tenant-scoped key naming another tenant.",
+         body = crate::error::ErrorBody),
+        (status = 409, description = "`route_exists`: a route for the same target was created \
+            at the same time; retry.", body = crate::error::ErrorBody),
+        (status = 500, response = crate::openapi::Internal),
+        (status = 503, response = crate::openapi::Unavailable),
+    )
+)]
+pub async fn create(
+    State(state): State<AppState>,
+    key: ApiKey,
+    body: Result<Json<NewRoute>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<RouteView>), ApiError> {
+    key.require("admin")?;
+    let Json(r) = body.map_err(|e| crate::extract::json_rejection(e, state.cfg.max_body_bytes))?;
+    if let (Some(own), Some(t)) = (&key.tenant_id, &r.tenant_id)
+        && own != t
+    {
+        return Err(ApiError::NotFound("no such tenant"));
+    }
+    let errors = validate(
+        r.tenant_id.as_deref(),
+        r.workflow_type.as_deref(),
+        r.default,
+        &r.agent_url,
+        &r.signing_secret,
+    );
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    let id = insert(
+        &state.pool,
+        r.tenant_id.as_deref(),
+        r.workflow_type.as_deref(),
+        r.default,
+        &r.agent_url,
+        &r.signing_secret,
+    )
+    .await;
+    let id = match id {
+        Ok(id) => id,
+        // A concurrent create for the same target: the unique index keeps one.
+        Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+            return Err(ApiError::Conflict {
+                code: "route_exists",
+                detail: "a route for this target was created at the same time; retry".into(),
+            });
+        }
+        Err(e) => return Err(e.into()),
+    };
+    tracing::info!(route_id = %id, tenant_id = ?r.tenant_id, workflow_type = ?r.workflow_type, default = r.default, "route saved");
+    Ok((
+        StatusCode::CREATED,
+        Json(RouteView {
+            id,
+            tenant_id: r.tenant_id,
+            workflow_type: r.workflow_type,
+            default: r.default,
+            agent_url: r.agent_url,
+        }),
+    ))
+}
+
+/// Delete a route
+#[utoipa::path(
+    delete,
+    path = "/routes/{id}",
+    tag = "routing",
+    operation_id = "deleteRoute",
+    security(("api_key" = ["admin"])),
+    params(("id" = Uuid, Path, description = "The route's id.")),
+    responses(
+        (status = 204, description = "Deleted."),
+        (status = 400, description = "`invalid_path`: `id` is not a UUID.",
+         body = crate::error::ErrorBody),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::MissingScope),
+        (status = 404, description = "`not_found`: no such route (or another tenant's).",
+         body = crate::error::ErrorBody),
+        (status = 500, response = crate::openapi::Internal),
+        (status = 503, response = crate::openapi::Unavailable),
+    )
+)]
+pub async fn delete(
+    State(state): State<AppState>,
+    key: ApiKey,
+    Path(id): Path<Uuid>,
+) -> Result<StatusCode, ApiError> {
+    key.require("admin")?;
+    if !remove(&state.pool, id, key.tenant_id.as_deref()).await? {
+        return Err(ApiError::NotFound("no such route"));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Removes a route (only of `tenant` when given); false when there was none.
+pub async fn remove(
+    pool: &sqlx::PgPool,
+    id: Uuid,
+    tenant: Option<&str>,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query!(
+        "DELETE FROM agent_routes WHERE id = $1 AND ($2::text IS NULL OR tenant_id = $2)",
+        id,
+        tenant
+    )
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() > 0)
+}

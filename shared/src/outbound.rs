@@ -1,0 +1,160 @@
+//! The one way to create an outbound message, whoever asks for it (`POST /sms/send`, an agent's
+//! reply): the same body limit, the same opt-out check, the same priority rule, the same sender.
+//! The message row (`pending`) and its send job are written in the caller's transaction.
+
+use uuid::Uuid;
+
+use crate::{
+    jobs::{self, SendMessage, When},
+    optout::{self, OptedOut},
+    segments::{self, Encoding},
+    telemetry::TraceContext,
+    twilio::status::DeliveryStatus,
+};
+
+/// Twilio's limit for one message body.
+pub const MAX_BODY_CHARS: usize = 1600;
+/// A send to a conversation that had an inbound message this recently is a reply.
+pub const REPLY_WINDOW_MINUTES: i32 = 30;
+/// Replies go ahead of bulk sends.
+pub const REPLY_PRIORITY: i16 = 10;
+
+/// Who we send as: our number, and the messaging service when there is one (it wins at Twilio).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sender {
+    pub phone_number: Option<String>,
+    pub messaging_service_sid: Option<String>,
+}
+
+pub struct NewOutbound<'a> {
+    pub conversation_id: Uuid,
+    /// E.164.
+    pub to: &'a str,
+    pub body: &'a str,
+    pub media_urls: &'a [String],
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Created {
+    pub message_id: Uuid,
+    pub segments: u32,
+    pub encoding: Encoding,
+    pub is_reply: bool,
+}
+
+/// Why a message was not created.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Refused {
+    BodyTooLong { chars: usize },
+    OptedOut(OptedOut),
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::BodyTooLong { chars } => {
+                write!(f, "is {chars} characters; at most {MAX_BODY_CHARS}")
+            }
+            Self::OptedOut(o) => write!(
+                f,
+                "the recipient opted out with {:?} at {}; send START to opt back in",
+                o.keyword.as_deref().unwrap_or("STOP"),
+                o.changed_at.to_rfc3339()
+            ),
+        }
+    }
+}
+
+/// The body rule: at most [`MAX_BODY_CHARS`] characters (never truncated).
+pub fn check_body(body: &str) -> Result<(), Refused> {
+    let chars = body.chars().count();
+    if chars > MAX_BODY_CHARS {
+        return Err(Refused::BodyTooLong { chars });
+    }
+    Ok(())
+}
+
+/// The priority rule: a reply (an inbound message on the conversation within the window) goes
+/// ahead of bulk sends.
+pub fn priority(is_reply: bool) -> i16 {
+    if is_reply { REPLY_PRIORITY } else { 0 }
+}
+
+/// Stores the message (`pending`) and its send job on `conn` (the caller's transaction), or says
+/// why not.
+pub async fn create(
+    conn: &mut sqlx::PgConnection,
+    sender: &Sender,
+    msg: &NewOutbound<'_>,
+) -> Result<Result<Created, Refused>, apalis_postgres::Error> {
+    if let Err(refused) = check_body(msg.body) {
+        return Ok(Err(refused));
+    }
+    if let Some(o) = optout::opted_out(conn, sender.phone_number.as_deref(), msg.to).await? {
+        return Ok(Err(Refused::OptedOut(o)));
+    }
+    let is_reply = sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM sms_messages WHERE conversation_id = $1 AND direction = 'inbound'
+                          AND created_at > now() - make_interval(mins => $2)) AS "reply!""#,
+        msg.conversation_id,
+        REPLY_WINDOW_MINUTES
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    let priority = priority(is_reply);
+    let (segments, encoding) = segments::count(msg.body);
+    let media = (!msg.media_urls.is_empty()).then(|| serde_json::json!(msg.media_urls));
+    let message_id = sqlx::query_scalar!(
+        r#"INSERT INTO sms_messages (conversation_id, direction, message_content, delivery_status, to_number,
+               from_number, messaging_service_sid, num_segments, encoding, media_urls, priority, status_updated_at)
+           VALUES ($1, 'outbound', $2, $3, $4, $5, $6, $7, $8, $9, $10, now())
+           RETURNING id"#,
+        msg.conversation_id,
+        msg.body,
+        DeliveryStatus::Pending.as_str(),
+        msg.to,
+        sender.phone_number,
+        sender.messaging_service_sid,
+        segments as i32,
+        encoding.as_str(),
+        media,
+        priority
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    jobs::schedule(
+        conn,
+        &[SendMessage {
+            message_id,
+            slot: None,
+            trace: TraceContext::current(),
+        }],
+        When::NOW.with_priority(priority),
+    )
+    .await?;
+    Ok(Ok(Created {
+        message_id,
+        segments,
+        encoding,
+        is_reply,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_limit_and_priority() {
+        let table = [(0, true), (1600, true), (1601, false)];
+        for (chars, ok) in table {
+            assert_eq!(check_body(&"é".repeat(chars)).is_ok(), ok, "{chars}");
+        }
+        assert_eq!(
+            check_body(&"x".repeat(1700)),
+            Err(Refused::BodyTooLong { chars: 1700 })
+        );
+        assert_eq!(priority(true), REPLY_PRIORITY);
+        assert_eq!(priority(false), 0);
+    }
+}
