@@ -10,7 +10,7 @@ use uuid::Uuid;
 use crate::{AppState, auth::ApiKey, error::ApiError};
 
 /// Exactly one of `tenant_id`, `workflow_type` and `default: true`.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewRoute {
     pub tenant_id: Option<String>,
@@ -23,6 +23,19 @@ pub struct NewRoute {
     /// At least 16 characters; signs each request to the agent (`X-SMS-Signature`). Write-only.
     #[schema(min_length = 16, write_only)]
     pub signing_secret: String,
+}
+
+/// Everything but the secret.
+impl std::fmt::Debug for NewRoute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewRoute")
+            .field("tenant_id", &self.tenant_id)
+            .field("workflow_type", &self.workflow_type)
+            .field("default", &self.default)
+            .field("agent_url", &self.agent_url)
+            .field("signing_secret", &"[redacted]")
+            .finish()
+    }
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -290,4 +303,18 @@ pub async fn remove(
     .execute(pool)
     .await?;
     Ok(done.rows_affected() > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_shows_no_signing_secret() {
+        let r: NewRoute = serde_json::from_value(serde_json::json!({
+            "default": true, "agent_url": "http://a", "signing_secret": "sup3r-s3cret-value"
+        }))
+        .unwrap();
+        assert!(!format!("{r:?}").contains("sup3r-s3cret-value"));
+    }
 }

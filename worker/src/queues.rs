@@ -9,10 +9,10 @@ use std::{sync::Arc, time::Duration};
 
 use apalis::prelude::*;
 use apalis_postgres::{Config, PostgresStorage};
-use serde::{Serialize, de::DeserializeOwned};
+use serde::de::DeserializeOwned;
 use shared::{
     config,
-    jobs::{self, ApplyStatus, NotifyLanguage, ProcessInbound, RouteMessage, SendMessage},
+    jobs::{self, ApplyStatus, Job, NotifyLanguage, ProcessInbound, RouteMessage, SendMessage},
 };
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -153,21 +153,17 @@ pub async fn run(
         let prefix = format!("{host}-{queue}-{boot}");
         tasks.spawn(async move {
             match queue {
-                jobs::INBOUND => {
-                    supervise(queue, prefix, deps, settings, shutdown, handle_inbound).await
-                }
+                jobs::INBOUND => supervise(prefix, deps, settings, shutdown, handle_inbound).await,
                 jobs::MONITOR_LANGUAGE => {
-                    supervise(queue, prefix, deps, settings, shutdown, handle_language).await
+                    supervise(prefix, deps, settings, shutdown, handle_language).await
                 }
                 jobs::OUTBOUND_SEND => {
-                    supervise(queue, prefix, deps, settings, shutdown, handle_send).await
+                    supervise(prefix, deps, settings, shutdown, handle_send).await
                 }
                 jobs::OUTBOUND_STATUS => {
-                    supervise(queue, prefix, deps, settings, shutdown, handle_status).await
+                    supervise(prefix, deps, settings, shutdown, handle_status).await
                 }
-                jobs::ROUTE => {
-                    supervise(queue, prefix, deps, settings, shutdown, handle_route).await
-                }
+                jobs::ROUTE => supervise(prefix, deps, settings, shutdown, handle_route).await,
                 jobs::RECONCILER => reconcile::run(deps, shutdown).await,
                 other => unreachable!("queue {other} validated by parse_queues"),
             }
@@ -176,18 +172,19 @@ pub async fn run(
     while tasks.join_next().await.is_some() {}
 }
 
+/// Runs the worker of `J`'s own queue (`Job::QUEUE`), so a handler reads only its payload type.
 async fn supervise<J, F, Fut>(
-    queue: &'static str,
     prefix: String,
     deps: Arc<Deps>,
     settings: QueueSettings,
     shutdown: CancellationToken,
     handler: F,
 ) where
-    J: Serialize + DeserializeOwned + Send + Sync + Unpin + 'static,
+    J: Job + DeserializeOwned + Send + Sync + Unpin + 'static,
     F: Fn(J, Data<Arc<Deps>>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<(), BoxDynError>> + Send + 'static,
 {
+    let queue = J::QUEUE;
     let mut generation = 0u32;
     while !shutdown.is_cancelled() {
         generation += 1;

@@ -70,6 +70,23 @@ async fn pass(deps: &Deps) -> anyhow::Result<Report> {
         ..Report::default()
     };
     if let Some((cfg, twilio)) = &deps.outbound {
+        (report.stuck_checked, report.stuck_updated) = check_stuck(deps, cfg, twilio).await?;
+    }
+    if deps.tenants.monitor().is_some() {
+        report.tenants_attached = attach_tenants(deps).await?;
+    }
+    Ok(report)
+}
+
+/// Outbound messages stuck in a non-final status, fetched from Twilio; a status not seen yet is
+/// stored like a callback and applied by the status job. Returns (checked, updated).
+async fn check_stuck(
+    deps: &Deps,
+    cfg: &shared::config::Outbound,
+    twilio: &shared::twilio::client::TwilioClient,
+) -> anyhow::Result<(usize, usize)> {
+    let (mut checked, mut updated) = (0, 0);
+    {
         let stuck = sqlx::query!(
             r#"SELECT id, twilio_sid AS "sid!" FROM sms_messages
                WHERE direction = 'outbound'
@@ -83,7 +100,7 @@ async fn pass(deps: &Deps) -> anyhow::Result<Report> {
         .fetch_all(&deps.pool)
         .await?;
         for m in stuck {
-            report.stuck_checked += 1;
+            checked += 1;
             let Some(resource) = twilio.fetch(&m.sid).await? else {
                 continue;
             };
@@ -113,12 +130,18 @@ async fn pass(deps: &Deps) -> anyhow::Result<Report> {
                     trace: shared::telemetry::TraceContext::current(),
                 };
                 jobs::schedule(&mut tx, &[apply], When::NOW).await?;
-                report.stuck_updated += 1;
+                updated += 1;
             }
             tx.commit().await?;
         }
     }
-    if deps.tenants.monitor().is_some() {
+    Ok((checked, updated))
+}
+
+/// Conversations still without a tenant, tried against the directory again.
+async fn attach_tenants(deps: &Deps) -> anyhow::Result<usize> {
+    let mut attached = 0;
+    {
         let unknown = sqlx::query!(
             r#"SELECT id, phone_number, phone_number_original FROM sms_conversations
                WHERE tenant_id IS NULL AND last_message_at > now() - interval '30 days'
@@ -142,11 +165,11 @@ async fn pass(deps: &Deps) -> anyhow::Result<Report> {
                 .execute(&deps.pool)
                 .await?;
                 if done.rows_affected() > 0 {
-                    report.tenants_attached += 1;
+                    attached += 1;
                     tracing::info!(conversation_id = %c.id, tenant_id = %t.tenant_id, "reconciler attached tenant");
                 }
             }
         }
     }
-    Ok(report)
+    Ok(attached)
 }

@@ -98,7 +98,7 @@ pub struct Route {
     /// `tenant`, `workflow_type` or `default`: which rule chose it.
     pub reason: &'static str,
     pub url: String,
-    secret: String,
+    secret: shared::secret::Secret,
 }
 
 /// The message as loaded, with the route that serves it.
@@ -286,7 +286,7 @@ async fn load(deps: &Deps, message_id: Uuid) -> anyhow::Result<Option<Loaded>> {
                 (None, None) => "default",
             },
             url: r.agent_url,
-            secret: r.signing_secret,
+            secret: r.signing_secret.into(),
         }),
         None => None,
     };
@@ -340,7 +340,7 @@ async fn call_agent(deps: &Deps, route: &Route, payload: &Value) -> anyhow::Resu
         .header(agent_signature::TIMESTAMP_HEADER, ts.to_string())
         .header(
             agent_signature::SIGNATURE_HEADER,
-            agent_signature::sign(&route.secret, ts, &body),
+            agent_signature::sign(route.secret.expose(), ts, &body),
         )
         .body(body);
     let sent = shared::telemetry::inject(request, &span)
@@ -489,7 +489,7 @@ mod tests {
             id: Uuid::nil(),
             reason: "default",
             url: "http://agent".into(),
-            secret: "s".into(),
+            secret: "s".to_owned().into(),
         };
         let table = [
             (Some(Routed), true, true, "done"),

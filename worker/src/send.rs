@@ -580,12 +580,7 @@ async fn apply(
         Decision::Retry { retry_after } => {
             let after = cfg.retry().delay(attempt as u32, *retry_after);
             set_status(&mut tx, id, DeliveryStatus::Pending, None, None).await?;
-            jobs::schedule(
-                &mut tx,
-                &[again],
-                When::after(after).with_priority(msg.priority),
-            )
-            .await?;
+            schedule_again(&mut tx, again, after, msg.priority).await?;
             next_attempt_at =
                 Some(Utc::now() + chrono::Duration::from_std(after).unwrap_or_default());
             tracing::warn!(
@@ -601,28 +596,14 @@ async fn apply(
             recorded_as,
             opt_out,
         } => {
-            fail(
-                deps,
-                &mut tx,
-                cfg,
-                id,
-                &msg.to,
-                *opt_out,
-                code.as_deref(),
-                message.as_deref(),
-            )
-            .await?;
+            let why = (code.as_deref(), message.as_deref());
+            fail(deps, &mut tx, cfg, id, &msg.to, *opt_out, why).await?;
             tracing::error!(attempt, http_status, code, "send failed permanently");
             (*recorded_as, Outcome::Failed { code: code.clone() })
         }
         Decision::Unknown => {
             // The next run of this job resolves the outcome before any new attempt.
-            jobs::schedule(
-                &mut tx,
-                &[again],
-                When::after(UNKNOWN_RECHECK).with_priority(msg.priority),
-            )
-            .await?;
+            schedule_again(&mut tx, again, UNKNOWN_RECHECK, msg.priority).await?;
             tracing::warn!(
                 attempt,
                 reason = message.as_deref().unwrap_or_default(),
@@ -631,14 +612,50 @@ async fn apply(
             (AttemptOutcome::Unknown, Outcome::WaitingForUnknownOutcome)
         }
     };
+    let row = AttemptRow {
+        outcome: recorded,
+        http_status,
+        code: code.as_deref(),
+        message: message.as_deref(),
+        next_attempt_at,
+    };
+    finish_attempt(&mut tx, id, attempt, &row).await?;
+    tx.commit().await?;
+    Ok(result)
+}
+
+async fn schedule_again(
+    tx: &mut PgConnection,
+    job: SendMessage,
+    after: Duration,
+    priority: i16,
+) -> anyhow::Result<()> {
+    jobs::schedule(tx, &[job], When::after(after).with_priority(priority)).await?;
+    Ok(())
+}
+
+/// What an attempt's row keeps of its outcome.
+struct AttemptRow<'a> {
+    outcome: AttemptOutcome,
+    http_status: Option<u16>,
+    code: Option<&'a str>,
+    message: Option<&'a str>,
+    next_attempt_at: Option<DateTime<Utc>>,
+}
+
+async fn finish_attempt(
+    tx: &mut PgConnection,
+    id: Uuid,
+    attempt: i32,
+    row: &AttemptRow<'_>,
+) -> anyhow::Result<()> {
     sqlx::query!(
         "UPDATE sms_send_attempts SET outcome = $3, finished_at = now(), http_status = $4, error_code = $5, error_message = $6, next_attempt_at = $7 WHERE message_id = $1 AND attempt = $2",
-        id, attempt, recorded.as_str(), http_status.map(i32::from), code, message, next_attempt_at
+        id, attempt, row.outcome.as_str(), row.http_status.map(i32::from), row.code, row.message, row.next_attempt_at
     )
     .execute(&mut *tx)
     .await?;
-    tx.commit().await?;
-    Ok(result)
+    Ok(())
 }
 
 /// Twilio answers a create with queued/accepted; a callback applied meanwhile may already have
@@ -688,7 +705,6 @@ async fn set_status(
 
 /// The message failed for good; a 21610 (the recipient replied STOP) also records the opt-out, so
 /// later sends are refused too.
-#[allow(clippy::too_many_arguments)]
 async fn fail(
     deps: &Deps,
     tx: &mut PgConnection,
@@ -696,8 +712,7 @@ async fn fail(
     id: Uuid,
     to: &str,
     opt_out: bool,
-    code: Option<&str>,
-    message: Option<&str>,
+    (code, message): (Option<&str>, Option<&str>),
 ) -> anyhow::Result<()> {
     set_status(tx, id, DeliveryStatus::Failed, code, message).await?;
     if opt_out {

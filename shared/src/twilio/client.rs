@@ -68,9 +68,6 @@ pub enum CreateOutcome {
     },
 }
 
-/// Twilio error codes that never succeed on retry.
-pub const PERMANENT_CODES: &[i64] = &[21211, 21610, 21614, 21408, 21606, 21612, 20003, 20404];
-
 pub struct NewMessage<'a> {
     pub to: &'a str,
     pub from: Option<&'a str>,
@@ -213,5 +210,21 @@ impl TwilioClient {
         }
         let resp = resp.error_for_status()?;
         Ok(Some(resp.json().await?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_shows_no_token() {
+        let client = TwilioClient::new(
+            "https://api.twilio.com",
+            "AC00000000000000000000000000000000",
+            &Secret::new("tok-3n-s3cret"),
+            Duration::from_secs(1),
+        );
+        assert!(!format!("{client:?}").contains("tok-3n-s3cret"));
     }
 }
