@@ -282,7 +282,9 @@ async fn load(deps: &Deps, message_id: Uuid) -> anyhow::Result<Option<Loaded>> {
         r#"SELECT m.to_number AS "to_number!", m.message_content, m.delivery_status, m.twilio_sid,
                   m.send_attempts, m.media_urls, m.priority,
                   a.attempt AS "open_attempt?", a.started_at AS "open_started_at?",
-                  (SELECT message_sid FROM sms_status_callbacks WHERE our_message_id = m.id LIMIT 1) AS proof
+                  CASE WHEN a.attempt IS NOT NULL THEN
+                      (SELECT message_sid FROM sms_status_callbacks WHERE our_message_id = m.id LIMIT 1)
+                  END AS proof
            FROM sms_messages m
            LEFT JOIN LATERAL (
                SELECT attempt, started_at FROM sms_send_attempts
@@ -570,12 +572,11 @@ async fn apply(
     let mut next_attempt_at = None;
     let (recorded, result) = match decision {
         Decision::Accepted { sid, status } => {
-            accept(&mut tx, id, sid, status).await?;
+            // One statement records the attempt and the message together (the hot path).
+            accept(&mut tx, id, attempt, sid, status).await?;
             tracing::info!(sid = %sid, attempt, to = %phone::mask(&msg.to), "message handed to Twilio");
-            (
-                AttemptOutcome::Accepted,
-                Outcome::Accepted { sid: sid.clone() },
-            )
+            tx.commit().await?;
+            return Ok(Outcome::Accepted { sid: sid.clone() });
         }
         Decision::Retry { retry_after } => {
             let after = cfg.retry().delay(attempt as u32, *retry_after);
@@ -661,9 +662,18 @@ async fn finish_attempt(
 /// Twilio answers a create with queued/accepted; a callback applied meanwhile may already have
 /// moved the message further, which this keeps. Callbacks that came before this answer are
 /// applied now.
-async fn accept(tx: &mut PgConnection, id: Uuid, sid: &str, status: &str) -> anyhow::Result<()> {
+async fn accept(
+    tx: &mut PgConnection,
+    id: Uuid,
+    attempt: i32,
+    sid: &str,
+    status: &str,
+) -> anyhow::Result<()> {
     let pending_callbacks = sqlx::query_scalar!(
-        r#"WITH m AS (
+        r#"WITH a AS (
+               UPDATE sms_send_attempts SET outcome = $5, finished_at = now(), http_status = 201
+               WHERE message_id = $1 AND attempt = $4
+           ), m AS (
                UPDATE sms_messages SET twilio_sid = $2,
                       delivery_status = CASE WHEN delivery_status IN ('pending', 'submitting') THEN $3 ELSE delivery_status END,
                       status_updated_at = now(), updated_at = now()
@@ -672,7 +682,9 @@ async fn accept(tx: &mut PgConnection, id: Uuid, sid: &str, status: &str) -> any
            SELECT EXISTS (SELECT 1 FROM sms_status_callbacks WHERE message_sid = $2 AND applied_at IS NULL) AS "pending!""#,
         id,
         sid,
-        status
+        status,
+        attempt,
+        AttemptOutcome::Accepted.as_str()
     )
     .fetch_one(&mut *tx)
     .await?;
