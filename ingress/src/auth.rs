@@ -20,6 +20,16 @@ pub struct ApiKey {
     pub tenant_id: Option<String>,
 }
 
+/// The tenant a request reads for: a tenant-scoped key's own (asking for another tenant is asking
+/// for something that does not exist for it: 404), else the one asked for, if any.
+pub fn tenant_filter(key: &ApiKey, asked: Option<String>) -> Result<Option<String>, ApiError> {
+    match (&key.tenant_id, asked) {
+        (Some(own), Some(asked)) if *own != asked => Err(ApiError::NotFound("no such tenant")),
+        (Some(own), _) => Ok(Some(own.clone())),
+        (None, asked) => Ok(asked),
+    }
+}
+
 impl ApiKey {
     pub fn require(&self, scope: &str) -> Result<(), ApiError> {
         if self.scopes.iter().any(|s| s == scope || s == "admin") {

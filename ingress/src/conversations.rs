@@ -1,5 +1,11 @@
 //! `GET /conversations/{phone_number}`: a conversation and its messages, newest first, with
 //! keyset pagination on (created_at, id).
+//!
+//! The model: one conversation per number, and a tenant per message. A number changes hands; the
+//! conversation follows its current owner (routing), and every message keeps the tenant it
+//! belonged to when it was received or sent. A tenant-scoped key sees its tenant's part of the
+//! history only (and the conversation only if it has a part in it); an unscoped key sees the
+//! whole history, each message with its tenant, and may filter with `tenant_id`.
 
 use crate::extract::{Path, Query};
 use axum::{Json, extract::State};
@@ -22,12 +28,15 @@ pub struct PageParams {
     pub limit: Option<String>,
     /// The previous page's `next_cursor`.
     pub cursor: Option<String>,
+    /// Only this tenant's part of the history (a tenant-scoped key always sees only its own).
+    pub tenant_id: Option<String>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ConversationView {
     pub id: Uuid,
     pub phone_number: String,
+    /// The number's current tenant; with a tenant filter (or a tenant-scoped key), that tenant.
     pub tenant_id: Option<String>,
     pub workflow_type: Option<String>,
     pub workflow_id: Option<String>,
@@ -50,6 +59,8 @@ pub struct MessageView {
     pub delivery_status: String,
     pub language_detected: Option<String>,
     pub created_at: DateTime<Utc>,
+    /// The tenant the message belonged to when it was received or sent (null: unknown then).
+    pub tenant_id: Option<String>,
     /// Inbound only: pending, routed, unroutable or skipped (opt-out keywords).
     pub route_status: Option<String>,
     /// Inbound only: every routing decision, oldest first.
@@ -101,7 +112,8 @@ fn parse_limit(raw: Option<&str>) -> Result<i64, ApiError> {
 ///
 /// Any written form of the number finds the conversation (`+15551230001`, `(555) 123-0001`,
 /// URL-encoded). Messages are newest first, paged with `limit` and `cursor`; inbound ones carry
-/// their routing decisions.
+/// their routing decisions. Each message carries the tenant it belonged to when received or
+/// sent; a tenant-scoped key (or `tenant_id`) sees only that tenant's messages.
 #[utoipa::path(
     get,
     path = "/conversations/{phone_number}",
@@ -119,8 +131,9 @@ fn parse_limit(raw: Option<&str>) -> Result<i64, ApiError> {
             query that does not parse.", body = crate::error::ErrorBody),
         (status = 401, response = crate::openapi::Unauthorized),
         (status = 403, response = crate::openapi::MissingScope),
-        (status = 404, description = "`not_found`: no conversation with this number (or \
-            another tenant's, for a tenant-scoped key).", body = crate::error::ErrorBody),
+        (status = 404, description = "`not_found`: no conversation with this number (or none \
+            with a part of the key's tenant, or of `tenant_id`; a tenant-scoped key naming \
+            another tenant).", body = crate::error::ErrorBody),
         (status = 500, response = crate::openapi::Internal),
         (status = 503, response = crate::openapi::Unavailable),
     )
@@ -140,28 +153,45 @@ pub async fn get_conversation(
         Ok(e164) => e164.as_str().to_owned(),
         Err(_) => phone_number.trim().to_owned(),
     };
+    let tenant = crate::auth::tenant_filter(&key, page.tenant_id)?;
+    // With a tenant filter, the conversation exists only where that tenant has a part in it, and
+    // the fields of another owner's time (workflow, language, last activity) are not shown.
     let conversation = sqlx::query!(
-        r#"SELECT id, phone_number, tenant_id, workflow_type, workflow_id, last_message_at,
-                  language_detected, language_confidence
-           FROM sms_conversations WHERE phone_number = $1"#,
-        number
+        r#"SELECT c.id, c.phone_number,
+                  COALESCE($2, c.tenant_id) AS tenant_id,
+                  c.tenant_id IS NOT DISTINCT FROM COALESCE($2, c.tenant_id) AS "current_owner!",
+                  c.workflow_type, c.workflow_id, c.language_detected, c.language_confidence,
+                  CASE WHEN $2::text IS NULL OR c.tenant_id = $2 THEN c.last_message_at
+                       ELSE (SELECT max(created_at) FROM sms_messages WHERE conversation_id = c.id AND tenant_id = $2)
+                  END AS last_message_at
+           FROM sms_conversations c
+           WHERE c.phone_number = $1
+             AND ($2::text IS NULL OR c.tenant_id = $2
+                  OR EXISTS (SELECT 1 FROM sms_messages m WHERE m.conversation_id = c.id AND m.tenant_id = $2))"#,
+        number,
+        tenant
     )
     .fetch_optional(&state.pool)
     .await?
-    .filter(|c| key.sees(c.tenant_id.as_deref()))
     .ok_or(ApiError::NotFound("no conversation for this phone number"))?;
-
-    let (messages, next_cursor) =
-        messages_page(&state.pool, conversation.id, cursor, limit).await?;
+    let (messages, next_cursor) = messages_page(
+        &state.pool,
+        conversation.id,
+        tenant.as_deref(),
+        cursor,
+        limit,
+    )
+    .await?;
+    let own = conversation.current_owner;
     Ok(Json(ConversationView {
         id: conversation.id,
         phone_number: conversation.phone_number,
         tenant_id: conversation.tenant_id,
-        workflow_type: conversation.workflow_type,
-        workflow_id: conversation.workflow_id,
+        workflow_type: conversation.workflow_type.filter(|_| own),
+        workflow_id: conversation.workflow_id.filter(|_| own),
         last_message_at: conversation.last_message_at,
-        language_detected: conversation.language_detected,
-        language_confidence: conversation.language_confidence,
+        language_detected: conversation.language_detected.filter(|_| own),
+        language_confidence: conversation.language_confidence.filter(|_| own),
         messages,
         next_cursor,
     }))
@@ -172,22 +202,25 @@ pub async fn get_conversation(
 async fn messages_page(
     pool: &sqlx::PgPool,
     conversation_id: Uuid,
+    tenant: Option<&str>,
     cursor: Option<(DateTime<Utc>, Uuid)>,
     limit: i64,
 ) -> Result<(Vec<MessageView>, Option<String>), ApiError> {
     let (after_at, after_id) = cursor.unzip();
     let mut rows = sqlx::query!(
         r#"SELECT id, direction, message_content, twilio_sid, delivery_status, language_detected,
-                  created_at, route_status
+                  created_at, route_status, tenant_id
            FROM sms_messages
            WHERE conversation_id = $1
              AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3::uuid))
+             AND ($5::text IS NULL OR tenant_id = $5)
            ORDER BY created_at DESC, id DESC
            LIMIT $4"#,
         conversation_id,
         after_at,
         after_id,
-        limit + 1
+        limit + 1,
+        tenant
     )
     .fetch_all(pool)
     .await?;
@@ -209,6 +242,7 @@ async fn messages_page(
             delivery_status: r.delivery_status,
             language_detected: r.language_detected,
             created_at: r.created_at,
+            tenant_id: r.tenant_id,
             route_status: r.route_status,
             routing: decisions.remove(&r.id).unwrap_or_default(),
         })

@@ -305,9 +305,13 @@ async fn conversation(
 ) -> Result<Uuid, ApiError> {
     let Some(id) = req.conversation_id else {
         return Ok(sqlx::query_scalar!(
+            // The number's owner now: the key's tenant, else the directory's first-listed tenant
+            // (shared::tenants::owners' rule); the message sent belongs to it.
             r#"INSERT INTO sms_conversations (phone_number, phone_number_original, tenant_id, workflow_type, workflow_id)
-               VALUES ($1, $2, (SELECT tenant_id FROM tenant_profiles WHERE phone_numbers ? $1 ORDER BY updated_at DESC LIMIT 1), $3, $4)
+               VALUES ($1, $2, COALESCE($5, (SELECT tenant_id FROM tenant_profiles WHERE phone_numbers ? $1
+                                             ORDER BY created_at, tenant_id LIMIT 1)), $3, $4)
                ON CONFLICT (phone_number) DO UPDATE SET
+                   tenant_id = COALESCE(EXCLUDED.tenant_id, sms_conversations.tenant_id),
                    workflow_type = COALESCE(EXCLUDED.workflow_type, sms_conversations.workflow_type),
                    workflow_id = COALESCE(EXCLUDED.workflow_id, sms_conversations.workflow_id),
                    updated_at = now()
@@ -315,7 +319,8 @@ async fn conversation(
             to,
             req.to.as_deref().unwrap_or_default().trim(),
             req.workflow_type,
-            req.workflow_id
+            req.workflow_id,
+            key.tenant_id
         )
         .fetch_one(&mut *tx)
         .await?);

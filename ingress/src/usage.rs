@@ -95,18 +95,15 @@ pub async fn usage(
         )]));
     }
     // A tenant-scoped key counts only its tenant; asking for another is asking for nothing.
-    let tenant = match (&key.tenant_id, p.tenant_id) {
-        (Some(own), Some(asked)) if *own != asked => {
-            return Err(ApiError::NotFound("no such tenant"));
-        }
-        (Some(own), _) => Some(own.clone()),
-        (None, asked) => asked,
-    };
+    let tenant = crate::auth::tenant_filter(&key, p.tenant_id)?;
     let rows = sqlx::query!(
-        r#"SELECT c.tenant_id, m.direction, m.delivery_status,
+        // Each message counts for the tenant it belonged to (a number's past stays its past
+        // tenant's); as before, only messages linked to a conversation.
+        r#"SELECT m.tenant_id, m.direction, m.delivery_status,
                   count(*) AS "messages!", COALESCE(sum(m.num_segments), 0)::bigint AS "segments!"
-           FROM sms_messages m JOIN sms_conversations c ON c.id = m.conversation_id
-           WHERE m.created_at >= $1 AND m.created_at < $2 AND ($3::text IS NULL OR c.tenant_id = $3)
+           FROM sms_messages m
+           WHERE m.created_at >= $1 AND m.created_at < $2 AND m.conversation_id IS NOT NULL
+             AND ($3::text IS NULL OR m.tenant_id = $3)
            GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"#,
         from,
         to,

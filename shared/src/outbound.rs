@@ -1,5 +1,6 @@
 //! The one way to create an outbound message, whoever asks for it (`POST /sms/send`, an agent's
 //! reply): the same body limit, the same opt-out check, the same priority rule, the same sender.
+//! The message belongs to the conversation's current tenant, for good.
 //! The message row (`pending`) and its send job are written in the caller's transaction.
 
 use uuid::Uuid;
@@ -106,8 +107,10 @@ pub async fn create(
     let media = (!msg.media_urls.is_empty()).then(|| serde_json::json!(msg.media_urls));
     let message_id = sqlx::query_scalar!(
         r#"INSERT INTO sms_messages (conversation_id, direction, message_content, delivery_status, to_number,
-               from_number, messaging_service_sid, num_segments, encoding, media_urls, priority, status_updated_at)
-           VALUES ($1, 'outbound', $2, $3, $4, $5, $6, $7, $8, $9, $10, now())
+               from_number, messaging_service_sid, num_segments, encoding, media_urls, priority, status_updated_at,
+               tenant_id)
+           VALUES ($1, 'outbound', $2, $3, $4, $5, $6, $7, $8, $9, $10, now(),
+                   (SELECT tenant_id FROM sms_conversations WHERE id = $1))
            RETURNING id"#,
         msg.conversation_id,
         msg.body,

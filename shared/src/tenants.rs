@@ -57,6 +57,19 @@ struct Counters {
     misses: AtomicU64,
     monitor_found: AtomicU64,
     monitor_unavailable: AtomicU64,
+    shared_numbers: AtomicU64,
+}
+
+/// The tenants whose profile lists any of these written forms, in the order that decides who a
+/// shared number (a household sharing a phone) belongs to: the tenant that listed it first
+/// (oldest profile), then by id. Stable: activity on a profile never changes the answer.
+pub async fn owners(pool: &PgPool, variants: &[String]) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar!(
+        "SELECT tenant_id FROM tenant_profiles WHERE phone_numbers ?| $1::text[] ORDER BY created_at, tenant_id LIMIT 5",
+        variants
+    )
+    .fetch_all(pool)
+    .await
 }
 
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
@@ -66,6 +79,8 @@ pub struct CacheStats {
     pub hit_rate: f64,
     pub monitor_found: u64,
     pub monitor_unavailable: u64,
+    /// Directory lookups that found the number listed for more than one tenant.
+    pub shared_numbers: u64,
 }
 
 #[derive(Clone)]
@@ -118,12 +133,59 @@ impl TenantResolver {
             },
             monitor_found: c.monitor_found.load(Ordering::Relaxed),
             monitor_unavailable: c.monitor_unavailable.load(Ordering::Relaxed),
+            shared_numbers: c.shared_numbers.load(Ordering::Relaxed),
         }
     }
 
     /// Forgets a number's cached answer (after the directory changed).
     pub async fn invalidate(&self, key: &str) {
         self.cache.invalidate(key).await;
+    }
+
+    /// Drops numbers from the cache as the directory changes (noted in `directory_changes` by a
+    /// trigger on `tenant_profiles`), checking every `every`, until `shutdown`: a number moved to
+    /// another tenant or removed stops resolving to the old one within about that long on every
+    /// worker, not after the cache TTL.
+    pub async fn follow_changes(
+        self,
+        every: std::time::Duration,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        let mut seen: Option<i64> = None;
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.cancelled() => return,
+            }
+            match self.apply_changes(seen).await {
+                Ok(last) => seen = Some(last),
+                Err(e) => tracing::debug!(error = %e, "directory changes not read; next tick"),
+            }
+        }
+    }
+
+    /// Invalidates the numbers changed after `seen` (None: start from now); returns the last id.
+    async fn apply_changes(&self, seen: Option<i64>) -> Result<i64, sqlx::Error> {
+        let Some(seen) = seen else {
+            return sqlx::query_scalar!(
+                r#"SELECT COALESCE(max(id), 0) AS "id!" FROM directory_changes"#
+            )
+            .fetch_one(&self.pool)
+            .await;
+        };
+        let changes = sqlx::query!(
+            "SELECT id, phone_number FROM directory_changes WHERE id > $1 ORDER BY id LIMIT 1000",
+            seen
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut last = seen;
+        for c in changes {
+            self.cache.invalidate(&c.phone_number).await;
+            last = c.id;
+        }
+        Ok(last)
     }
 
     /// Resolves the tenant behind `raw` (normalised as `e164` when it parsed).
@@ -152,13 +214,15 @@ impl TenantResolver {
         variants: &[String],
         e164: Option<&E164>,
     ) -> Result<Resolution, sqlx::Error> {
-        let local = sqlx::query_scalar!(
-            "SELECT tenant_id FROM tenant_profiles WHERE phone_numbers ?| $1::text[] ORDER BY updated_at DESC LIMIT 1",
-            variants
-        )
-        .fetch_optional(&self.pool)
-        .await?;
-        if let Some(tenant_id) = local {
+        let local = owners(&self.pool, variants).await?;
+        if local.len() > 1 {
+            self.counters.shared_numbers.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(
+                tenants = local.len(),
+                "number listed for several tenants; the first listed wins"
+            );
+        }
+        if let Some(tenant_id) = local.into_iter().next() {
             return Ok(Resolution::Found(TenantRef { tenant_id }));
         }
         let Some(monitor) = &self.monitor else {

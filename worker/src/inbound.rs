@@ -140,7 +140,17 @@ async fn process_traced(
         Resolution::Unknown | Resolution::Unavailable => None,
     };
     let mut tx = deps.pool.begin().await?;
-    let Some(conv) = link(&mut tx, message_id, &msg, &d, tenant_id.as_deref()).await? else {
+    let owner_known = !matches!(resolution, Resolution::Unavailable);
+    let linked = link(
+        &mut tx,
+        message_id,
+        &msg,
+        &d,
+        tenant_id.as_deref(),
+        owner_known,
+    )
+    .await?;
+    let Some(conv) = linked else {
         // A concurrent run linked it first; leave everything as that run wrote it.
         return Ok(Outcome::AlreadyProcessed);
     };
@@ -190,37 +200,45 @@ struct Linked {
 
 /// Upserts the conversation, links the message to it (None: another run linked it first), and
 /// merges the detected language into the conversation's.
+///
+/// The conversation follows the number's current owner: the tenant found, or none when the
+/// directory definitively knows none (a number removed or recycled); a directory outage
+/// (`owner_known` false) leaves it as it was. The message belongs to the conversation's tenant of
+/// this moment, for good.
 async fn link(
     tx: &mut PgConnection,
     message_id: Uuid,
     msg: &Stored,
     d: &Decision,
     tenant_id: Option<&str>,
+    owner_known: bool,
 ) -> anyhow::Result<Option<Linked>> {
     let conv = sqlx::query!(
         r#"INSERT INTO sms_conversations (phone_number, phone_number_original, tenant_id, last_message_at)
            VALUES ($1, $2, $3, $4)
            ON CONFLICT (phone_number) DO UPDATE SET
-               tenant_id = COALESCE(EXCLUDED.tenant_id, sms_conversations.tenant_id),
+               tenant_id = CASE WHEN $5 THEN EXCLUDED.tenant_id ELSE sms_conversations.tenant_id END,
                last_message_at = GREATEST(sms_conversations.last_message_at, EXCLUDED.last_message_at),
                updated_at = now()
            RETURNING id, tenant_id, language_detected, language_confidence"#,
         d.number,
         d.original,
         tenant_id,
-        msg.created_at
+        msg.created_at,
+        owner_known
     )
     .fetch_one(&mut *tx)
     .await?;
     let linked = sqlx::query!(
         r#"UPDATE sms_messages
            SET conversation_id = $2, language_detected = $3, language_confidence = $4,
-               processed_at = now(), updated_at = now()
+               tenant_id = $5, processed_at = now(), updated_at = now()
            WHERE id = $1 AND processed_at IS NULL"#,
         message_id,
         conv.id,
         d.detection.map(|d| d.language.code()),
-        d.detection.map(|d| d.confidence)
+        d.detection.map(|d| d.confidence),
+        conv.tenant_id
     )
     .execute(&mut *tx)
     .await?;

@@ -103,7 +103,7 @@ impl WorkerMetrics {
             routes: m::counter(
                 &r,
                 "sms_route_outcomes_total",
-                "Route jobs by outcome: delivered, replied, retrying, unroutable.",
+                "Route jobs by outcome: delivered, replied, retry, unroutable, already_done.",
                 &["outcome"],
             ),
             tenant_cache: m::counter(
@@ -162,8 +162,11 @@ impl WorkerMetrics {
         out.push_str(&format!(
             "# HELP sms_tenant_cache_hit_ratio Share of tenant lookups answered from the cache since start.\n\
              # TYPE sms_tenant_cache_hit_ratio gauge\n\
-             sms_tenant_cache_hit_ratio {}\n",
-            stats.hit_rate
+             sms_tenant_cache_hit_ratio {}\n\
+             # HELP sms_tenant_shared_number_lookups_total Directory lookups that found the number listed for several tenants (the first listed wins).\n\
+             # TYPE sms_tenant_shared_number_lookups_total counter\n\
+             sms_tenant_shared_number_lookups_total {}\n",
+            stats.hit_rate, stats.shared_numbers
         ));
         out
     }

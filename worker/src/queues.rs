@@ -145,6 +145,12 @@ pub async fn run(
     settings: QueueSettings,
     shutdown: CancellationToken,
 ) {
+    // Directory changes reach this process's tenant cache within a second.
+    let directory = deps
+        .tenants
+        .clone()
+        .follow_changes(Duration::from_secs(1), shutdown.clone());
+    tokio::spawn(directory);
     let boot = ulid::Ulid::generate().to_string().to_lowercase();
     let host = hostname();
     let mut tasks = tokio::task::JoinSet::new();

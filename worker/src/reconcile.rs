@@ -65,6 +65,9 @@ pub async fn once(deps: &Deps) -> anyhow::Result<Report> {
 async fn pass(deps: &Deps) -> anyhow::Result<Report> {
     // apalis keeps finished jobs forever; without this the queue table only grows.
     let jobs_deleted = jobs::delete_finished(&deps.pool, deps.job_retention).await?;
+    sqlx::query!("DELETE FROM directory_changes WHERE changed_at < now() - interval '1 day'")
+        .execute(&deps.pool)
+        .await?;
     let mut report = Report {
         jobs_deleted,
         ..Report::default()
@@ -157,14 +160,22 @@ async fn attach_tenants(deps: &Deps) -> anyhow::Result<usize> {
                 .resolve(&c.phone_number_original, e164.as_ref())
                 .await?
             {
+                // The conversation and its messages stored without a tenant, together.
                 let done = sqlx::query!(
-                    "UPDATE sms_conversations SET tenant_id = $2, updated_at = now() WHERE id = $1 AND tenant_id IS NULL",
+                    r#"WITH c AS (
+                           UPDATE sms_conversations SET tenant_id = $2, updated_at = now()
+                           WHERE id = $1 AND tenant_id IS NULL RETURNING id
+                       ), m AS (
+                           UPDATE sms_messages SET tenant_id = $2
+                           WHERE conversation_id IN (SELECT id FROM c) AND tenant_id IS NULL
+                       )
+                       SELECT id FROM c"#,
                     c.id,
                     t.tenant_id
                 )
-                .execute(&deps.pool)
+                .fetch_optional(&deps.pool)
                 .await?;
-                if done.rows_affected() > 0 {
+                if done.is_some() {
                     attached += 1;
                     tracing::info!(conversation_id = %c.id, tenant_id = %t.tenant_id, "reconciler attached tenant");
                 }

@@ -8,6 +8,8 @@
 //!                                     ├▶ Retry (5xx/timeout, attempts left) ─▶ pending + job
 //!                                     └▶ Unroutable (4xx, attempts exhausted) ─▶ unroutable
 //! ```
+//! The tenant is the message's own (the one it belonged to when received), else, for a message
+//! stored without one, the conversation's current owner, to which it is then attached.
 //! Route choice: the tenant's own route, else its conversation's workflow type, else the default.
 //! The payload `{message, conversation, tenant, language}` is signed (`shared::agent_signature`).
 //! The agent may answer `{"reply": "..."}`, which becomes an outbound message through
@@ -253,12 +255,13 @@ async fn load(deps: &Deps, message_id: Uuid) -> anyhow::Result<Option<Loaded>> {
     let Some(m) = sqlx::query!(
         r#"SELECT m.id, m.message_content, m.twilio_sid, m.created_at, m.route_status,
                   m.language_detected, m.language_confidence,
-                  c.id AS "conversation_id!", c.phone_number, c.tenant_id, c.workflow_type, c.workflow_id,
+                  c.id AS "conversation_id!", c.phone_number, c.workflow_type, c.workflow_id,
+                  COALESCE(m.tenant_id, c.tenant_id) AS tenant_id,
                   c.language_detected AS conv_language,
                   t.name AS "tenant_name?", t.language_preference AS "tenant_language?"
            FROM sms_messages m
            JOIN sms_conversations c ON c.id = m.conversation_id
-           LEFT JOIN tenant_profiles t ON t.tenant_id = c.tenant_id
+           LEFT JOIN tenant_profiles t ON t.tenant_id = COALESCE(m.tenant_id, c.tenant_id)
            WHERE m.id = $1 AND m.direction = 'inbound'"#,
         message_id
     )
@@ -380,9 +383,12 @@ async fn delivered(
     entry: &Entry<'_>,
 ) -> anyhow::Result<Outcome> {
     let claimed = sqlx::query!(
-        "UPDATE sms_messages SET route_status = $2, updated_at = now() WHERE id = $1 AND route_status IS DISTINCT FROM $2",
+        // A message stored without a tenant is attached to the one it is routed for.
+        "UPDATE sms_messages SET route_status = $2, tenant_id = COALESCE(tenant_id, $3), updated_at = now()
+         WHERE id = $1 AND route_status IS DISTINCT FROM $2",
         job.message_id,
-        RouteStatus::Routed.as_str()
+        RouteStatus::Routed.as_str(),
+        m.tenant_id
     )
     .execute(&mut *tx)
     .await?;
@@ -450,9 +456,10 @@ async fn quarantine(
     detail: &str,
 ) -> anyhow::Result<Outcome> {
     sqlx::query!(
-        "UPDATE sms_messages SET route_status = $2, updated_at = now() WHERE id = $1",
+        "UPDATE sms_messages SET route_status = $2, tenant_id = COALESCE(tenant_id, $3), updated_at = now() WHERE id = $1",
         job.message_id,
-        RouteStatus::Unroutable.as_str()
+        RouteStatus::Unroutable.as_str(),
+        tenant_id
     )
     .execute(&mut *tx)
     .await?;

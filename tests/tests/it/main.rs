@@ -6,6 +6,7 @@ mod conversations;
 mod directory;
 mod errors;
 mod faults;
+mod identity;
 mod inbound_worker;
 mod isolation;
 mod metrics;
