@@ -65,12 +65,12 @@ SMS Foundation is running.
   API key        $key
 
 Send a signed test SMS (a demo tenant's number) and read the conversation:
-  $bin/sms-sim send-one --url $PUBLIC_URL/webhook/twilio/sms --auth-token $TWILIO_AUTH_TOKEN --from +15551230001 --body "Sí, gracias"
-  curl -s -H "Authorization: Bearer $key" $PUBLIC_URL/conversations/+15551230001
+  $bin/sms-sim send-one --url $PUBLIC_URL/webhook/twilio/sms --auth-token $TWILIO_AUTH_TOKEN --from +14155550101 --body "Sí, gracias"
+  curl -s -H "Authorization: Bearer $key" $PUBLIC_URL/conversations/+14155550101
 
 Send an SMS (the simulator plays Twilio and posts delivery callbacks back):
   curl -s -X POST $PUBLIC_URL/sms/send -H "Authorization: Bearer $key" -H 'Content-Type: application/json' \\
-    -d '{"to": "+15551230001", "body": "Your receipt is ready"}'
+    -d '{"to": "+14155550101", "body": "Your receipt is ready"}'
 
 Ctrl-C stops everything.
 MSG

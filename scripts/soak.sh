@@ -46,7 +46,7 @@ ok = failed = 0
 lock = threading.Lock()
 def one(i):
     global ok, failed
-    body = json.dumps({"to": "+1555400%04d" % (i % 1000), "body": "Soak message %d" % i}).encode()
+    body = json.dumps({"to": "+1415400%04d" % (i % 1000), "body": "Soak message %d" % i}).encode()
     req = urllib.request.Request(url, body, {"Authorization": "Bearer " + key, "Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(req, timeout=10) as r:

@@ -35,7 +35,10 @@ pub struct PageParams {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ConversationView {
     pub id: Uuid,
+    /// E.164, or, for a sender that is not a phone number, its written form.
     pub phone_number: String,
+    /// `phone`, or a sender kept as written: `short_code`, `alphanumeric`, `other`.
+    pub number_kind: String,
     /// The number's current tenant; with a tenant filter (or a tenant-scoped key), that tenant.
     pub tenant_id: Option<String>,
     pub workflow_type: Option<String>,
@@ -149,15 +152,12 @@ pub async fn get_conversation(
     let cursor = page.cursor.as_deref().map(decode_cursor).transpose()?;
     // Any written form finds the conversation; an unparseable sender (short code, alphanumeric)
     // is looked up as written.
-    let number = match phone::normalize(&phone_number, state.cfg.common.default_region) {
-        Ok(e164) => e164.as_str().to_owned(),
-        Err(_) => phone_number.trim().to_owned(),
-    };
+    let (number, _, _) = phone::sender(&phone_number, state.cfg.common.default_region);
     let tenant = crate::auth::tenant_filter(&key, page.tenant_id)?;
     // With a tenant filter, the conversation exists only where that tenant has a part in it, and
     // the fields of another owner's time (workflow, language, last activity) are not shown.
     let conversation = sqlx::query!(
-        r#"SELECT c.id, c.phone_number,
+        r#"SELECT c.id, c.phone_number, c.number_kind,
                   COALESCE($2, c.tenant_id) AS tenant_id,
                   c.tenant_id IS NOT DISTINCT FROM COALESCE($2, c.tenant_id) AS "current_owner!",
                   c.workflow_type, c.workflow_id, c.language_detected, c.language_confidence,
@@ -186,6 +186,7 @@ pub async fn get_conversation(
     Ok(Json(ConversationView {
         id: conversation.id,
         phone_number: conversation.phone_number,
+        number_kind: conversation.number_kind,
         tenant_id: conversation.tenant_id,
         workflow_type: conversation.workflow_type.filter(|_| own),
         workflow_id: conversation.workflow_id.filter(|_| own),

@@ -25,8 +25,11 @@ pub const MAX_MEDIA: usize = 10;
 #[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SendRequest {
-    /// The recipient in any written form; normalised to E.164.
-    #[schema(example = "(555) 123-0001", required = true)]
+    /// The recipient in any written form, read as libphonenumber reads it for DEFAULT_REGION
+    /// (`+`, `011` and a national `1` as it would); it must be a valid number that takes texts.
+    /// Refused with a reason: `not a valid number` (letters included: never keypad digits),
+    /// `not a mobile/fixed-line number we can text`, `short codes cannot be texted`.
+    #[schema(example = "(415) 555-2671", required = true)]
     pub to: Option<String>,
     /// At most 1600 characters; required unless `media_urls` is given.
     #[schema(example = "Hola Maria, su recibo está listo.", max_length = 1600)]
@@ -72,10 +75,10 @@ fn validate(req: &SendRequest, region: phonenumber::country::Id) -> Result<Valid
             errors.push(("to", "is required".into()));
             None
         }
-        Some(raw) => match phone::normalize(raw, region) {
+        Some(raw) => match phone::recipient(raw, region) {
             Ok(e164) => Some(e164.as_str().to_owned()),
-            Err(e) => {
-                errors.push(("to", format!("is not a valid phone number ({e})")));
+            Err(why) => {
+                errors.push(("to", why.to_string()));
                 None
             }
         },
@@ -380,7 +383,7 @@ mod tests {
     fn validation() {
         use phonenumber::country::Id::US;
         assert_eq!(
-            fields(validate(&req(Some("(555) 123-4567"), Some("hi")), US)),
+            fields(validate(&req(Some("(415) 555-2671"), Some("hi")), US)),
             Vec::<&str>::new()
         );
         assert_eq!(fields(validate(&req(None, Some("hi")), US)), vec!["to"]);
@@ -389,19 +392,19 @@ mod tests {
             vec!["to"]
         );
         assert_eq!(
-            fields(validate(&req(Some("+15551234567"), Some("  ")), US)),
+            fields(validate(&req(Some("+14155552671"), Some("  ")), US)),
             vec!["body"]
         );
         let long = "x".repeat(1601);
         assert_eq!(
-            fields(validate(&req(Some("+15551234567"), Some(&long)), US)),
+            fields(validate(&req(Some("+14155552671"), Some(&long)), US)),
             vec!["body"]
         );
         assert_eq!(
             fields(validate(&req(Some("12"), None), US)),
             vec!["to", "body"]
         );
-        let mut media_only = req(Some("+15551234567"), None);
+        let mut media_only = req(Some("+14155552671"), None);
         media_only.media_urls = Some(vec!["https://a.example/x.jpg".into()]);
         assert!(validate(&media_only, US).is_ok());
         media_only.media_urls = Some(vec!["ftp://a.example/x.jpg".into()]);

@@ -44,43 +44,241 @@ pub fn parse_region(code: &str) -> Option<Id> {
     code.trim().to_ascii_uppercase().parse().ok()
 }
 
-/// Normalises any written form to E.164, reading national forms in `region`.
-///
-/// Numbers that parse and have a possible length are accepted even when libphonenumber does not
-/// know their range as assigned (e.g. the fictional 555 exchange): rejecting a real tenant because
-/// metadata is stale would lose a message.
-pub fn normalize(raw: &str, region: Id) -> Result<E164, PhoneError> {
-    let trimmed = raw.trim();
-    if trimmed.is_empty() {
-        return Err(PhoneError::Empty);
-    }
-    // An international form is parsed without a region: the phonenumber crate otherwise applies
-    // the region's rules to it and can drop digits (+55 11 9... lost its area code as US).
-    let hint = if trimmed.starts_with('+') {
-        None
-    } else {
-        Some(region)
-    };
-    let parsed =
-        phonenumber::parse(hint, trimmed).map_err(|e| PhoneError::Unparseable(e.to_string()))?;
-    let national_digits = parsed.national().to_string();
-    if !(4..=14).contains(&national_digits.len()) {
-        return Err(PhoneError::BadLength);
-    }
-    Ok(E164(parsed.format().mode(Mode::E164).to_string()))
+/// What a sender is (`sms_conversations.number_kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NumberKind {
+    Phone,
+    ShortCode,
+    Alphanumeric,
+    Other,
 }
 
-/// Normalises strictly: the number must be valid for its region in libphonenumber's metadata.
-pub fn normalize_strict(raw: &str, region: Id) -> Result<E164, PhoneError> {
-    let e164 = normalize(raw, region)?;
-    let parsed = phonenumber::parse(None, e164.as_str())
-        .map_err(|e| PhoneError::Unparseable(e.to_string()))?;
-    if phonenumber::is_valid(&parsed) {
-        Ok(e164)
+impl NumberKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Phone => "phone",
+            Self::ShortCode => "short_code",
+            Self::Alphanumeric => "alphanumeric",
+            Self::Other => "other",
+        }
+    }
+}
+
+/// A sender as stored: its E.164 when it is a phone number, else its written form, and its kind.
+pub fn sender(raw: &str, region: Id) -> (String, Option<E164>, NumberKind) {
+    if let Ok(e164) = normalize(raw, region) {
+        return (e164.as_str().to_owned(), Some(e164), NumberKind::Phone);
+    }
+    let written = raw.trim().to_owned();
+    let r = read(raw, region);
+    let kind = if r.letters {
+        NumberKind::Alphanumeric
+    } else if !r.international
+        && (3..=8).contains(&r.digits)
+        && written.chars().all(|c| c.is_ascii_digit())
+    {
+        NumberKind::ShortCode
     } else {
-        Err(PhoneError::Unparseable(
-            "not a valid number for its region".into(),
-        ))
+        NumberKind::Other
+    };
+    (written, None, kind)
+}
+
+/// Why a number cannot be sent to (the reasons `POST /sms/send` gives).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Unsendable {
+    #[error("not a valid number")]
+    NotValid,
+    #[error("not a mobile/fixed-line number we can text")]
+    NotTextable,
+    #[error("short codes cannot be texted")]
+    ShortCode,
+}
+
+/// A written number read the way libphonenumber reads it for `region`.
+struct Read {
+    number: Option<phonenumber::PhoneNumber>,
+    /// Written with its country code (`+`, or the region's international prefix such as 011).
+    international: bool,
+    /// Letters besides a `tel:` scheme and a trailing extension.
+    letters: bool,
+    digits: usize,
+}
+
+/// Any Unicode decimal digit (full-width `４`, Arabic-Indic `٤`...) and the full-width plus as
+/// ASCII, as libphonenumber normalises them.
+fn ascii_digits(raw: &str) -> String {
+    raw.chars()
+        .map(|c| match c {
+            '＋' => '+',
+            '０'..='９' => char::from(b'0' + (c as u32 - '０' as u32) as u8),
+            '٠'..='٩' => char::from(b'0' + (c as u32 - '٠' as u32) as u8),
+            '۰'..='۹' => char::from(b'0' + (c as u32 - '۰' as u32) as u8),
+            c => c,
+        })
+        .collect()
+}
+
+/// The text without a `tel:` scheme and a trailing extension (`ext. 12`, `x12`).
+fn core_of(s: &str) -> &str {
+    let s = s.trim();
+    let s = match s.get(..4) {
+        Some(scheme) if scheme.eq_ignore_ascii_case("tel:") => &s[4..],
+        _ => s,
+    };
+    let without_digits = s.trim_end_matches(|c: char| c.is_ascii_digit());
+    if without_digits.len() == s.len() {
+        return s;
+    }
+    let before = without_digits.trim_end();
+    let lower = before.to_ascii_lowercase();
+    for marker in ["ext.", "ext", "x"] {
+        if lower.ends_with(marker) {
+            return before[..before.len() - marker.len()].trim_end();
+        }
+    }
+    s
+}
+
+/// The length of the region's international prefix (011 in North America, 00 elsewhere...) at
+/// the start of `digits`, if it is there.
+fn idd_len(digits: &str, region: Id) -> Option<usize> {
+    let meta = phonenumber::metadata::DATABASE.by_id(region.as_ref())?;
+    let found = meta.international_prefix()?.find(digits)?;
+    (found.start() == 0 && found.end() < digits.len()).then_some(found.end())
+}
+
+fn read(raw: &str, region: Id) -> Read {
+    let ascii = ascii_digits(raw);
+    let core = core_of(&ascii);
+    let letters = core.chars().any(char::is_alphabetic);
+    let digits: String = core.chars().filter(char::is_ascii_digit).collect();
+    let plus = core.trim_start().starts_with('+');
+    // With a country code, parse as international and without the region: the phonenumber crate
+    // otherwise strips the REGION's national prefix from the foreign number (011 55 11 9...
+    // lost the "1" of Sao Paulo's area code 11 as if it were the US trunk prefix).
+    let (number, international) = if plus {
+        (phonenumber::parse(None, core).ok(), true)
+    } else if let Some(idd) = idd_len(&digits, region) {
+        (
+            phonenumber::parse(None, format!("+{}", &digits[idd..])).ok(),
+            true,
+        )
+    } else {
+        let national = phonenumber::parse(Some(region), core).ok();
+        (national.map(|n| keep_trunk_digit(n, &digits)), false)
+    };
+    Read {
+        number,
+        international,
+        letters,
+        digits: digits.len(),
+    }
+}
+
+/// libphonenumber strips a national prefix only when what is left is still a possible number; the
+/// crate strips it regardless ("(123) 456-7890" lost its leading 1). Undo that when it made the
+/// number impossible and the written digits were not.
+fn keep_trunk_digit(n: phonenumber::PhoneNumber, digits: &str) -> phonenumber::PhoneNumber {
+    if is_possible(&n) || n.national().to_string().len() >= digits.len() {
+        return n;
+    }
+    match phonenumber::parse(None, format!("+{}{digits}", n.code().value())) {
+        Ok(whole) if is_possible(&whole) => whole,
+        _ => n,
+    }
+}
+
+/// libphonenumber's `isPossibleNumber`: a length its country uses for some type of number
+/// (local-only lengths too). The crate leaves the general descriptor's lengths empty, so this is
+/// the union over the types, as libphonenumber builds it.
+fn is_possible(n: &phonenumber::PhoneNumber) -> bool {
+    let db = &phonenumber::metadata::DATABASE;
+    // A number in no region's assigned ranges has no region: take its country code's main one.
+    let meta = n.metadata(db).or_else(|| {
+        db.by_code(&n.code().value())
+            .and_then(|all| all.into_iter().next())
+    });
+    let Some(meta) = meta else {
+        return false;
+    };
+    let d = meta.descriptors();
+    let len = n.national().to_string().len() as u16;
+    [
+        d.fixed_line(),
+        d.mobile(),
+        d.toll_free(),
+        d.premium_rate(),
+        d.shared_cost(),
+        d.personal_number(),
+        d.voip(),
+        d.pager(),
+        d.uan(),
+        d.voicemail(),
+    ]
+    .into_iter()
+    .flatten()
+    .any(|t| t.possible_length().contains(&len) || t.possible_local_length().contains(&len))
+}
+
+fn e164_of(n: &phonenumber::PhoneNumber) -> E164 {
+    E164(n.format().mode(Mode::E164).to_string())
+}
+
+/// A short code as written: 3 to 6 digits without a country code.
+fn short_code(r: &Read) -> bool {
+    !r.letters && !r.international && (3..=6).contains(&r.digits)
+}
+
+/// The number a send goes to, or why it cannot be sent to: valid for its country in
+/// libphonenumber's metadata and of a type that takes texts. Letters are refused (never turned
+/// into keypad digits: a letter O typed for a zero would reach someone else).
+pub fn recipient(raw: &str, region: Id) -> Result<E164, Unsendable> {
+    let r = read(raw, region);
+    if r.letters {
+        return Err(Unsendable::NotValid);
+    }
+    if short_code(&r) {
+        return Err(Unsendable::ShortCode);
+    }
+    let n = r.number.ok_or(Unsendable::NotValid)?;
+    if !phonenumber::is_valid(&n) {
+        return Err(Unsendable::NotValid);
+    }
+    use phonenumber::Type;
+    match n.number_type(&phonenumber::metadata::DATABASE) {
+        Type::Mobile
+        | Type::FixedLine
+        | Type::FixedLineOrMobile
+        | Type::Voip
+        | Type::PersonalNumber
+        | Type::TollFree => Ok(e164_of(&n)),
+        _ => Err(Unsendable::NotTextable),
+    }
+}
+
+/// Normalises a sender (or any number looked up) as libphonenumber would: E.164 for a phone
+/// number, even one outside the ranges its metadata knows as assigned (a real tenant must not be
+/// lost to stale metadata). Not a phone number (Err): what does not parse, letters (alphanumeric
+/// sender IDs), and, written without a country code, what has no possible length (short codes);
+/// such senders keep their written form. A number written with its country code is taken as
+/// written even when its length is off (Mexico's old "+52 1" mobile form), so all of its forms
+/// meet in one conversation.
+pub fn normalize(raw: &str, region: Id) -> Result<E164, PhoneError> {
+    if raw.trim().is_empty() {
+        return Err(PhoneError::Empty);
+    }
+    let r = read(raw, region);
+    if r.letters || short_code(&r) {
+        return Err(PhoneError::Unparseable("not a phone number".into()));
+    }
+    let n = r
+        .number
+        .ok_or_else(|| PhoneError::Unparseable("not a phone number".into()))?;
+    if r.international || is_possible(&n) {
+        Ok(e164_of(&n))
+    } else {
+        Err(PhoneError::BadLength)
     }
 }
 
@@ -160,9 +358,31 @@ mod tests {
     }
 
     #[test]
-    fn strict_rejects_fictional_ranges() {
-        assert!(normalize_strict("+15551234567", Id::US).is_err());
-        assert!(normalize_strict("+14155552671", Id::US).is_ok());
+    fn senders_keep_what_is_not_a_phone_number() {
+        let table = [
+            ("+1 415 555 2671", "+14155552671", NumberKind::Phone),
+            ("12345", "12345", NumberKind::ShortCode),
+            ("898287", "898287", NumberKind::ShortCode),
+            ("ACME Rent", "ACME Rent", NumberKind::Alphanumeric),
+            ("", "", NumberKind::Other),
+            ("+52 1 55 1234 5678", "+5215512345678", NumberKind::Phone),
+            ("011 52 1 55 1234 5678", "+5215512345678", NumberKind::Phone),
+        ];
+        for (raw, stored, kind) in table {
+            let (s, _, k) = sender(raw, Id::US);
+            assert_eq!((s.as_str(), k), (stored, kind), "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn sends_need_valid_numbers() {
+        assert_eq!(recipient("+15551234567", Id::US), Err(Unsendable::NotValid));
+        assert_eq!(recipient("22395", Id::US), Err(Unsendable::ShortCode));
+        assert_eq!(recipient("415-555-267O", Id::US), Err(Unsendable::NotValid));
+        assert_eq!(
+            recipient("+14155552671", Id::US).unwrap().as_str(),
+            "+14155552671"
+        );
     }
 
     #[test]

@@ -3,8 +3,8 @@
 //! # The contract we expect from a real Monitor
 //!
 //! - `GET /tenants/lookup?phone=<value>`: `value` is URL-encoded and may be any written form of
-//!   the number (`+15551230001`, `(555) 123-0001`, `5551230001`, ...). Answers
-//!   - `200` `{"tenant_id":"t-1001","name":"Ana Souza","phone_numbers":["+15551230001"],
+//!   the number (`+14155550101`, `(415) 555-0101`, `4155550101`, ...). Answers
+//!   - `200` `{"tenant_id":"t-1001","name":"Ana Souza","phone_numbers":["+14155550101"],
 //!     "language_preference":"pt"}` (`language_preference` may be `null`), or
 //!   - `404` `{"error":"not_found"}`.
 //! - `PUT /tenants/{tenant_id}/language` with `{"language":"es","confidence":0.93}`: `204`, or
@@ -423,17 +423,17 @@ pub fn demo_tenants() -> Vec<Tenant> {
         language_preference: lang.map(str::to_owned),
     };
     vec![
-        t("t-1001", "Maria Gonzalez", &["+15551230001"], Some("es")),
+        t("t-1001", "Maria Gonzalez", &["+14155550101"], Some("es")),
         t(
             "t-1002",
             "Ana Souza",
-            &["+15551230002", "(555) 123-0012"],
+            &["+14155550102", "(415) 555-0112"],
             Some("pt"),
         ),
-        t("t-1003", "James Carter", &["(555) 123-0003"], Some("en")),
-        t("t-1004", "Lucía Fernández", &["+15551230004"], Some("es")),
-        t("t-1005", "João Pereira", &["+15551230005"], Some("pt")),
-        t("t-1006", "Emily Nguyen", &["5551230006"], None),
+        t("t-1003", "James Carter", &["(415) 555-0103"], Some("en")),
+        t("t-1004", "Lucía Fernández", &["+14155550104"], Some("es")),
+        t("t-1005", "João Pereira", &["+14155550105"], Some("pt")),
+        t("t-1006", "Emily Nguyen", &["4155550106"], None),
     ]
 }
 

@@ -66,6 +66,7 @@ pub struct Decision {
     pub e164: Option<phone::E164>,
     /// The conversation's key: E.164, or the written form of a short code or alphanumeric ID.
     pub number: String,
+    pub kind: phone::NumberKind,
     pub detection: Option<Detection>,
     pub opt_change: Option<OptChangeSeen>,
     pub route: RouteStatus,
@@ -74,16 +75,14 @@ pub struct Decision {
 /// Pure: everything about a message that needs no lookup.
 pub fn decide(msg: &Stored, region: phonenumber::country::Id) -> Decision {
     let original = msg.from_number.clone().unwrap_or_default();
-    let e164 = phone::normalize(&original, region).ok();
     // Senders that are not phone numbers (short codes, alphanumeric IDs) keep their written form.
-    let number = e164
-        .as_ref()
-        .map_or_else(|| original.trim().to_owned(), |e| e.as_str().to_owned());
+    let (number, e164, kind) = phone::sender(&original, region);
     let opt_change = opt_change(msg);
     Decision {
         original,
         e164,
         number,
+        kind,
         detection: language::detect(&msg.body),
         route: if opt_change.is_some() {
             RouteStatus::Skipped
@@ -214,8 +213,8 @@ async fn link(
     owner_known: bool,
 ) -> anyhow::Result<Option<Linked>> {
     let conv = sqlx::query!(
-        r#"INSERT INTO sms_conversations (phone_number, phone_number_original, tenant_id, last_message_at)
-           VALUES ($1, $2, $3, $4)
+        r#"INSERT INTO sms_conversations (phone_number, phone_number_original, tenant_id, last_message_at, number_kind)
+           VALUES ($1, $2, $3, $4, $6)
            ON CONFLICT (phone_number) DO UPDATE SET
                tenant_id = CASE WHEN $5 THEN EXCLUDED.tenant_id ELSE sms_conversations.tenant_id END,
                last_message_at = GREATEST(sms_conversations.last_message_at, EXCLUDED.last_message_at),
@@ -225,7 +224,8 @@ async fn link(
         d.original,
         tenant_id,
         msg.created_at,
-        owner_known
+        owner_known,
+        d.kind.as_str()
     )
     .fetch_one(&mut *tx)
     .await?;

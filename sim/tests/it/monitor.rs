@@ -476,7 +476,7 @@ fn demo_tenants_cover_three_languages() {
     assert!(demo.iter().any(|t| t.language_preference.is_none()));
     assert!(
         demo.iter()
-            .any(|t| t.phone_numbers.contains(&"+15551230001".to_string()))
+            .any(|t| t.phone_numbers.contains(&"+14155550101".to_string()))
     );
     let ids: std::collections::HashSet<_> = demo.iter().map(|t| &t.tenant_id).collect();
     assert_eq!(ids.len(), demo.len());

@@ -209,23 +209,23 @@ async fn tenant_phones_are_managed_and_isolated() {
 #[tokio::test]
 async fn usage_counts_messages_and_segments_per_tenant() {
     let db = pg::fresh_db().await;
-    sqlx::query("INSERT INTO tenant_profiles (tenant_id, phone_numbers) VALUES ('t-1', '[\"+15551110001\"]'), ('t-2', '[\"+15552220002\"]')")
+    sqlx::query("INSERT INTO tenant_profiles (tenant_id, phone_numbers) VALUES ('t-1', '[\"+14152110001\"]'), ('t-2', '[\"+14152220002\"]')")
         .execute(&db.pool)
         .await
         .unwrap();
     let mut app = TestApp::spawn(Settings::new(&db)).await;
     app.start_worker(&[jobs::INBOUND]).await;
     for _ in 0..3 {
-        app.inbound("+15551110001", "hola").await;
+        app.inbound("+14152110001", "hola").await;
     }
-    app.inbound("+15552220002", "hi").await;
+    app.inbound("+14152220002", "hi").await;
     app.drain(jobs::INBOUND).await;
     let sender = app.api_key(&["send"], None).await;
     let resp = app
         .http
         .post(app.url("/sms/send"))
         .bearer_auth(&sender)
-        .json(&json!({"to": "+15551110001", "body": "x".repeat(200)}))
+        .json(&json!({"to": "+14152110001", "body": "x".repeat(200)}))
         .send()
         .await
         .unwrap();

@@ -182,14 +182,14 @@ async fn paced_load(client: Client) -> (Vec<Answer>, Vec<Answer>) {
         let inbound = (t * per_tick_in..(t + 1) * per_tick_in).map(|i| {
             let c = client.clone();
             async move {
-                let from = format!("+1555770{:04}", i % KILL_SENDERS);
+                let from = format!("+1415770{:04}", i % KILL_SENDERS);
                 (true, c.webhook(&from, &format!("payment {i}")).await)
             }
         });
         let outbound = (t * per_tick_out..(t + 1) * per_tick_out).map(|i| {
             let c = client.clone();
             async move {
-                let to = format!("+1555780{i:04}");
+                let to = format!("+1415780{i:04}");
                 (false, c.send(&to, &format!("notice {i}")).await)
             }
         });
@@ -341,7 +341,7 @@ async fn a_worker_killed_mid_run_loses_nothing_repeats_nothing_and_its_jobs_are_
         KILL_INBOUND as i64
     );
     assert_eq!(
-        app.count("SELECT count(*) FROM sms_conversations WHERE phone_number LIKE '+1555770%'")
+        app.count("SELECT count(*) FROM sms_conversations WHERE phone_number LIKE '+1415770%'")
             .await,
         KILL_SENDERS as i64,
         "one conversation per sender"
@@ -381,10 +381,10 @@ fn steady_load(client: Client, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle
                 while !stop.load(Ordering::Relaxed) {
                     let hook = worker < HOOK_CLIENTS;
                     let answer = if hook {
-                        let from = format!("+1555771{:02}{:02}", worker, i % 100);
+                        let from = format!("+1415771{:02}{:02}", worker, i % 100);
                         client.webhook(&from, &format!("hello {i}")).await
                     } else {
-                        let to = format!("+1555781{:02}{:02}", worker, i % 100);
+                        let to = format!("+1415781{:02}{:02}", worker, i % 100);
                         client.send(&to, &format!("notice {i}")).await
                     };
                     answers.push((hook, answer));
@@ -650,11 +650,11 @@ const KNOWN: usize = 20;
 const UNKNOWN: usize = 5;
 
 fn known_number(i: usize) -> String {
-    format!("+1555790{i:04}")
+    format!("+1415790{i:04}")
 }
 
 fn unknown_number(i: usize) -> String {
-    format!("+1555791{i:04}")
+    format!("+1415791{i:04}")
 }
 
 /// Posts one message from every known and unknown number and waits until all are processed.
@@ -864,7 +864,7 @@ async fn a_twilio_outage_of_429s_and_5xx_delays_sends_without_dropping_or_doubli
         .map(|i| {
             let c = client.clone();
             async move {
-                c.send(&format!("+1555782{i:04}"), &format!("notice {i}"))
+                c.send(&format!("+1415782{i:04}"), &format!("notice {i}"))
                     .await
             }
         })

@@ -10,7 +10,7 @@ use harness::{
 use serde_json::{Value, json};
 use shared::jobs;
 
-const NUMBER: &str = "+15559310001";
+const NUMBER: &str = "+14159310001";
 const SECRET: &str = "identity-agent-secret-01";
 
 async fn admin_call(
@@ -215,7 +215,7 @@ async fn a_number_that_changes_hands_keeps_its_past_with_the_tenant_who_held_it(
 /// once removed from that tenant it resolves to the other within a second on the worker.
 #[tokio::test]
 async fn a_shared_number_resolves_to_the_first_tenant_listing_it_until_removed_there() {
-    const SHARED: &str = "+15559310002";
+    const SHARED: &str = "+14159310002";
     let db = pg::fresh_db().await;
     sqlx::query(
         "INSERT INTO tenant_profiles (tenant_id, phone_numbers, created_at) VALUES
@@ -273,4 +273,79 @@ async fn a_shared_number_resolves_to_the_first_tenant_listing_it_until_removed_t
         Some("t-x"),
         "cache dropped the number"
     );
+}
+
+/// Sends refuse what is not a number that can be texted, naming the reason, and read the sender's
+/// intent as libphonenumber does; inbound keeps every sender, meeting each number's written forms
+/// in one conversation and flagging what is not a phone number.
+#[tokio::test]
+async fn numbers_are_read_as_libphonenumber_reads_them() {
+    let db = pg::fresh_db().await;
+    let mut app = TestApp::spawn(Settings::new(&db)).await;
+    app.start_worker(&[jobs::INBOUND]).await;
+    let key = app.api_key(&["read", "send"], None).await;
+    for (to, reason) in [
+        ("415-555-267O", "not a valid number"),
+        ("001 415 555 2671", "not a valid number"),
+        ("52 55 1234 5678", "not a valid number"),
+        ("(123) 456-7890", "not a valid number"),
+        ("+1 555 123 4567", "not a valid number"),
+        ("415555267", "not a valid number"),
+        ("22395", "short codes cannot be texted"),
+        (
+            "+1 900 555 1234",
+            "not a mobile/fixed-line number we can text",
+        ),
+    ] {
+        let r = app
+            .http
+            .post(app.url("/sms/send"))
+            .bearer_auth(&key)
+            .json(&json!({"to": to, "body": "hi"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{to}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["errors"]["to"], reason, "{to}: {body}");
+    }
+    let r = app
+        .http
+        .post(app.url("/sms/send"))
+        .bearer_auth(&key)
+        .json(&json!({"to": "011 55 11 91234-5678", "body": "Olá"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let to: String =
+        sqlx::query_scalar("SELECT to_number FROM sms_messages WHERE direction = 'outbound'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(to, "+5511912345678", "Sao Paulo's area code 11 kept");
+
+    app.inbound("12345", "Your code is 0000").await;
+    app.inbound("+52 1 55 1234 5678", "Hola").await;
+    app.inbound("011 52 1 55 1234 5678", "Hola otra vez").await;
+    app.inbound("４１５５５５２６７１", "full-width digits")
+        .await;
+    app.drain(jobs::INBOUND).await;
+    let (_, short) = app.get_json("/conversations/12345", Some(&key)).await;
+    assert_eq!(short["phone_number"], "12345");
+    assert_eq!(short["number_kind"], "short_code");
+    let (status, mexico) = app
+        .get_json("/conversations/%2B5215512345678", Some(&key))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        mexico["messages"].as_array().unwrap().len(),
+        2,
+        "one conversation: {mexico}"
+    );
+    assert_eq!(mexico["number_kind"], "phone");
+    let (status, _) = app
+        .get_json("/conversations/%2B14155552671", Some(&key))
+        .await;
+    assert_eq!(status, 200, "full-width digits normalised");
 }

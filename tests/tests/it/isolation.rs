@@ -12,15 +12,15 @@ use harness::{
 use serde_json::{Value, json};
 use shared::jobs;
 
-const A_PHONE: &str = "+15559300001";
-const B_PHONE: &str = "+15559300002";
-const B_PHONE_2: &str = "+15559300022";
+const A_PHONE: &str = "+14159300001";
+const B_PHONE: &str = "+14159300002";
+const B_PHONE_2: &str = "+14159300022";
 const B_BODY: &str = "b-private-body";
 const B_ROUTE: &str = "http://agent-b.invalid/hook";
 
 /// Every trace of tenant B that must never reach tenant A's key.
 fn b_markers() -> Vec<&'static str> {
-    vec!["t-b", "5559300002", "5559300022", B_BODY, "agent-b"]
+    vec!["t-b", "4159300002", "4159300022", B_BODY, "agent-b"]
 }
 
 struct Sweep<'a> {
@@ -82,8 +82,8 @@ async fn a_tenant_scoped_key_sees_nothing_of_another_tenant_on_any_endpoint() {
     let db = pg::fresh_db().await;
     sqlx::query(
         "INSERT INTO tenant_profiles (tenant_id, name, phone_numbers) VALUES
-           ('t-a', 'Ana', '[\"+15559300001\"]'),
-           ('t-b', 'Bo', '[\"+15559300002\", \"+15559300022\"]')",
+           ('t-a', 'Ana', '[\"+14159300001\"]'),
+           ('t-b', 'Bo', '[\"+14159300002\", \"+14159300022\"]')",
     )
     .execute(&db.pool)
     .await
@@ -161,7 +161,7 @@ async fn a_tenant_scoped_key_sees_nothing_of_another_tenant_on_any_endpoint() {
         .call("GET", conv, &format!("/conversations/{A_PHONE}"), None, 200)
         .await;
     assert!(a.to_string().contains("a says hello"), "control: {a}");
-    for form in [B_PHONE, "5559300002", "(555)%20930-0002", B_PHONE_2] {
+    for form in [B_PHONE, "4159300002", "(415)%20930-0002", B_PHONE_2] {
         let body = s
             .call("GET", conv, &format!("/conversations/{form}"), None, 404)
             .await;
@@ -244,7 +244,7 @@ async fn a_tenant_scoped_key_sees_nothing_of_another_tenant_on_any_endpoint() {
         "POST",
         phones,
         "/tenants/t-b/phones",
-        Some(json!({"phone_number": "+15559300099"})),
+        Some(json!({"phone_number": "+14159300099"})),
         404,
     )
     .await;

@@ -14,7 +14,7 @@ use shared::jobs;
 use sim::twilio::{FailedStatus, Faults, FinalStatus, TwilioSimHandle};
 use uuid::Uuid;
 
-const TO: &str = "+15557654321";
+const TO: &str = "+14157654321";
 
 /// An ingress whose PUBLIC_URL receives the simulator's callbacks, sending through the simulator.
 async fn app_with(twilio: &TwilioSimHandle, extra: &[(&str, &str)]) -> TestApp {
@@ -82,7 +82,7 @@ async fn happy_path_sends_once_and_tracks_to_delivered() {
     let tw = twilio().await;
     let mut app = app_with(&tw, &[]).await;
     let key = app.api_key(&["send", "read"], None).await;
-    let (status, body) = send(&app, &key, json!({"to": "(555) 765-4321", "body": "Your rent receipt is ready", "workflow_type": "collections"}), None).await;
+    let (status, body) = send(&app, &key, json!({"to": "(415) 765-4321", "body": "Your rent receipt is ready", "workflow_type": "collections"}), None).await;
     assert_eq!(status, 202, "{body}");
     assert_eq!(body["status"], "pending");
     assert_eq!(body["segments"], 1);
@@ -348,7 +348,7 @@ async fn rate_limits_honour_retry_after() {
 #[tokio::test]
 async fn permanent_errors_fail_at_once_and_21610_records_the_opt_out() {
     let tw = twilio().await;
-    let other = "+15557650000";
+    let other = "+14157650000";
     tw.set_faults(Faults {
         permanent_errors: BTreeMap::from([(TO.to_string(), 21610), (other.to_string(), 21211)]),
         ..Faults::default()
@@ -370,7 +370,7 @@ async fn permanent_errors_fail_at_once_and_21610_records_the_opt_out() {
 #[tokio::test]
 async fn failure_statuses_and_error_codes_are_stored() {
     let tw = twilio().await;
-    let failed_to = "+15557650001";
+    let failed_to = "+14157650001";
     tw.set_faults(Faults {
         final_status: BTreeMap::from([
             (
@@ -602,7 +602,7 @@ async fn pacing_spreads_a_burst_per_sender() {
         let (_, b) = send(
             &app,
             &key,
-            json!({"to": format!("+1555765{:04}", i), "body": "bulk"}),
+            json!({"to": format!("+1415765{:04}", i), "body": "bulk"}),
             None,
         )
         .await;
@@ -669,7 +669,7 @@ async fn a_worker_killed_mid_send_loses_nothing_and_sends_nothing_twice() {
         let (status, b) = send(
             &app,
             &key,
-            json!({"to": format!("+1555766{:04}", i), "body": format!("notice {i}")}),
+            json!({"to": format!("+1415766{:04}", i), "body": format!("notice {i}")}),
             None,
         )
         .await;
@@ -728,7 +728,7 @@ async fn reconciler_attaches_tenants_to_conversations_still_without_one() {
     )
     .await;
     app.start_worker(&[jobs::INBOUND]).await;
-    app.inbound("+15554440099", "hello").await;
+    app.inbound("+14154440099", "hello").await;
     app.drain(jobs::INBOUND).await;
     let unknown = app
         .count("SELECT count(*) FROM sms_conversations WHERE tenant_id IS NULL")
@@ -737,7 +737,7 @@ async fn reconciler_attaches_tenants_to_conversations_still_without_one() {
     monitor.seed([sim::monitor::Tenant {
         tenant_id: "t-99".into(),
         name: None,
-        phone_numbers: vec!["+15554440099".into()],
+        phone_numbers: vec!["+14154440099".into()],
         language_preference: None,
     }]);
     monitor.set_faults(sim::monitor::Faults::default());
@@ -789,7 +789,7 @@ async fn replies_in_a_live_conversation_go_ahead_of_bulk_sends() {
         let (_, b) = send(
             &app,
             &key,
-            json!({"to": format!("+1555767{:04}", i), "body": "newsletter"}),
+            json!({"to": format!("+1415767{:04}", i), "body": "newsletter"}),
             None,
         )
         .await;
@@ -835,7 +835,7 @@ async fn every_twilio_status_is_accepted_and_applied_in_order() {
     let (_, b) = send(
         &app,
         &key,
-        json!({"to": "+15557654000", "body": "two"}),
+        json!({"to": "+14157654000", "body": "two"}),
         None,
     )
     .await;
