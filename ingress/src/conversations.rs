@@ -154,26 +154,32 @@ pub async fn get_conversation(
     // is looked up as written.
     let (number, _, _) = phone::sender(&phone_number, state.cfg.common.default_region);
     let tenant = crate::auth::tenant_filter(&key, page.tenant_id)?;
-    // With a tenant filter, the conversation exists only where that tenant has a part in it, and
-    // the fields of another owner's time (workflow, language, last activity) are not shown.
     let conversation = sqlx::query!(
-        r#"SELECT c.id, c.phone_number, c.number_kind,
-                  COALESCE($2, c.tenant_id) AS tenant_id,
-                  c.tenant_id IS NOT DISTINCT FROM COALESCE($2, c.tenant_id) AS "current_owner!",
-                  c.workflow_type, c.workflow_id, c.language_detected, c.language_confidence,
-                  CASE WHEN $2::text IS NULL OR c.tenant_id = $2 THEN c.last_message_at
-                       ELSE (SELECT max(created_at) FROM sms_messages WHERE conversation_id = c.id AND tenant_id = $2)
-                  END AS last_message_at
-           FROM sms_conversations c
-           WHERE c.phone_number = $1
-             AND ($2::text IS NULL OR c.tenant_id = $2
-                  OR EXISTS (SELECT 1 FROM sms_messages m WHERE m.conversation_id = c.id AND m.tenant_id = $2))"#,
-        number,
-        tenant
+        r#"SELECT id, phone_number, number_kind, tenant_id, workflow_type, workflow_id,
+                  last_message_at, language_detected, language_confidence
+           FROM sms_conversations WHERE phone_number = $1"#,
+        number
     )
     .fetch_optional(&state.pool)
     .await?
     .ok_or(ApiError::NotFound("no conversation for this phone number"))?;
+    // With a tenant filter, the conversation exists only where that tenant has a part in it, and
+    // for a tenant that no longer holds the number, the fields of another owner's time (workflow,
+    // language, last activity) are not shown.
+    let own = tenant.is_none() || tenant == conversation.tenant_id;
+    let last_message_at = match &tenant {
+        Some(t) if !own => Some(
+            sqlx::query_scalar!(
+                "SELECT max(created_at) FROM sms_messages WHERE conversation_id = $1 AND tenant_id = $2",
+                conversation.id,
+                t
+            )
+            .fetch_one(&state.pool)
+            .await?
+            .ok_or(ApiError::NotFound("no conversation for this phone number"))?,
+        ),
+        _ => conversation.last_message_at,
+    };
     let (messages, next_cursor) = messages_page(
         &state.pool,
         conversation.id,
@@ -182,20 +188,31 @@ pub async fn get_conversation(
         limit,
     )
     .await?;
-    let own = conversation.current_owner;
     Ok(Json(ConversationView {
         id: conversation.id,
         phone_number: conversation.phone_number,
         number_kind: conversation.number_kind,
-        tenant_id: conversation.tenant_id,
+        tenant_id: tenant.or(conversation.tenant_id),
         workflow_type: conversation.workflow_type.filter(|_| own),
         workflow_id: conversation.workflow_id.filter(|_| own),
-        last_message_at: conversation.last_message_at,
+        last_message_at,
         language_detected: conversation.language_detected.filter(|_| own),
         language_confidence: conversation.language_confidence.filter(|_| own),
         messages,
         next_cursor,
     }))
+}
+
+struct Row {
+    id: Uuid,
+    direction: String,
+    message_content: String,
+    twilio_sid: Option<String>,
+    delivery_status: String,
+    language_detected: Option<String>,
+    created_at: DateTime<Utc>,
+    route_status: Option<String>,
+    tenant_id: Option<String>,
 }
 
 /// One page of a conversation's messages, newest first, each with its routing decisions, and the
@@ -208,23 +225,46 @@ async fn messages_page(
     limit: i64,
 ) -> Result<(Vec<MessageView>, Option<String>), ApiError> {
     let (after_at, after_id) = cursor.unzip();
-    let mut rows = sqlx::query!(
-        r#"SELECT id, direction, message_content, twilio_sid, delivery_status, language_detected,
-                  created_at, route_status, tenant_id
-           FROM sms_messages
-           WHERE conversation_id = $1
-             AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3::uuid))
-             AND ($5::text IS NULL OR tenant_id = $5)
-           ORDER BY created_at DESC, id DESC
-           LIMIT $4"#,
-        conversation_id,
-        after_at,
-        after_id,
-        limit + 1,
-        tenant
-    )
-    .fetch_all(pool)
-    .await?;
+    // Two statements rather than one with "$5 IS NULL OR ...": each keeps one cached plan.
+    let mut rows = match tenant {
+        None => {
+            sqlx::query_as!(
+                Row,
+                r#"SELECT id, direction, message_content, twilio_sid, delivery_status, language_detected,
+                          created_at, route_status, tenant_id
+                   FROM sms_messages
+                   WHERE conversation_id = $1
+                     AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3::uuid))
+                   ORDER BY created_at DESC, id DESC
+                   LIMIT $4"#,
+                conversation_id,
+                after_at,
+                after_id,
+                limit + 1
+            )
+            .fetch_all(pool)
+            .await?
+        }
+        Some(tenant) => {
+            sqlx::query_as!(
+                Row,
+                r#"SELECT id, direction, message_content, twilio_sid, delivery_status, language_detected,
+                          created_at, route_status, tenant_id
+                   FROM sms_messages
+                   WHERE conversation_id = $1 AND tenant_id = $5
+                     AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3::uuid))
+                   ORDER BY created_at DESC, id DESC
+                   LIMIT $4"#,
+                conversation_id,
+                after_at,
+                after_id,
+                limit + 1,
+                tenant
+            )
+            .fetch_all(pool)
+            .await?
+        }
+    };
     let next_cursor = if rows.len() as i64 > limit {
         rows.truncate(limit as usize);
         rows.last().map(|r| encode_cursor(r.created_at, r.id))
