@@ -64,6 +64,9 @@ pub struct MessageView {
     pub created_at: DateTime<Utc>,
     /// The tenant the message belonged to when it was received or sent (null: unknown then).
     pub tenant_id: Option<String>,
+    /// Outbound, scheduled: when it is (or was) to be handed to Twilio.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scheduled_for: Option<DateTime<Utc>>,
     /// Inbound only: pending, routed, unroutable or skipped (opt-out keywords).
     pub route_status: Option<String>,
     /// Inbound only: every routing decision, oldest first.
@@ -84,11 +87,11 @@ pub struct RoutingDecision {
 }
 
 /// Cursor: the (created_at, id) of the last message returned, opaque to clients.
-fn encode_cursor(created_at: DateTime<Utc>, id: Uuid) -> String {
+pub(crate) fn encode_cursor(created_at: DateTime<Utc>, id: Uuid) -> String {
     URL_SAFE_NO_PAD.encode(format!("{}|{}", created_at.timestamp_micros(), id))
 }
 
-fn decode_cursor(cursor: &str) -> Result<(DateTime<Utc>, Uuid), ApiError> {
+pub(crate) fn decode_cursor(cursor: &str) -> Result<(DateTime<Utc>, Uuid), ApiError> {
     let bad = || ApiError::bad_request("invalid_cursor", "cursor is not one this API returned");
     let bytes = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| bad())?;
     let text = String::from_utf8(bytes).map_err(|_| bad())?;
@@ -98,7 +101,21 @@ fn decode_cursor(cursor: &str) -> Result<(DateTime<Utc>, Uuid), ApiError> {
     Ok((created_at, id.parse().map_err(|_| bad())?))
 }
 
-fn parse_limit(raw: Option<&str>) -> Result<i64, ApiError> {
+/// A cursor over (time, bigint id), for ledgers keyed by a sequence.
+pub(crate) fn encode_cursor_id(at: DateTime<Utc>, id: i64) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{}|{}", at.timestamp_micros(), id))
+}
+
+pub(crate) fn decode_cursor_id(cursor: &str) -> Result<(DateTime<Utc>, i64), ApiError> {
+    let bad = || ApiError::bad_request("invalid_cursor", "cursor is not one this API returned");
+    let bytes = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| bad())?;
+    let text = String::from_utf8(bytes).map_err(|_| bad())?;
+    let (micros, id) = text.split_once('|').ok_or_else(bad)?;
+    let at = DateTime::from_timestamp_micros(micros.parse().map_err(|_| bad())?).ok_or_else(bad)?;
+    Ok((at, id.parse().map_err(|_| bad())?))
+}
+
+pub(crate) fn parse_limit(raw: Option<&str>) -> Result<i64, ApiError> {
     let Some(raw) = raw else {
         return Ok(DEFAULT_LIMIT);
     };
@@ -213,6 +230,7 @@ struct Row {
     created_at: DateTime<Utc>,
     route_status: Option<String>,
     tenant_id: Option<String>,
+    scheduled_for: Option<DateTime<Utc>>,
 }
 
 /// One page of a conversation's messages, newest first, each with its routing decisions, and the
@@ -231,7 +249,7 @@ async fn messages_page(
             sqlx::query_as!(
                 Row,
                 r#"SELECT id, direction, message_content, twilio_sid, delivery_status, language_detected,
-                          created_at, route_status, tenant_id
+                          created_at, route_status, tenant_id, scheduled_for
                    FROM sms_messages
                    WHERE conversation_id = $1
                      AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3::uuid))
@@ -249,7 +267,7 @@ async fn messages_page(
             sqlx::query_as!(
                 Row,
                 r#"SELECT id, direction, message_content, twilio_sid, delivery_status, language_detected,
-                          created_at, route_status, tenant_id
+                          created_at, route_status, tenant_id, scheduled_for
                    FROM sms_messages
                    WHERE conversation_id = $1 AND tenant_id = $5
                      AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3::uuid))
@@ -284,6 +302,7 @@ async fn messages_page(
             language_detected: r.language_detected,
             created_at: r.created_at,
             tenant_id: r.tenant_id,
+            scheduled_for: r.scheduled_for,
             route_status: r.route_status,
             routing: decisions.remove(&r.id).unwrap_or_default(),
         })

@@ -10,6 +10,7 @@ pub mod group_commit;
 pub mod health;
 pub mod metrics;
 pub mod openapi;
+pub mod opt_outs;
 pub mod rate_limit;
 pub mod send;
 pub mod server;
@@ -103,12 +104,14 @@ pub fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(webhook::inbound_sms))
         .routes(routes!(status::status_callback))
         .routes(routes!(send::send))
+        .routes(routes!(send::cancel))
         .routes(routes!(conversations::get_conversation))
         .routes(routes!(agent_routes::list, agent_routes::create))
         .routes(routes!(agent_routes::delete))
         .routes(routes!(unroutable::list))
         .routes(routes!(unroutable::replay))
         .routes(routes!(usage::usage))
+        .routes(routes!(opt_outs::list, opt_outs::record))
         .routes(routes!(tenants::list, tenants::add))
         .routes(routes!(tenants::remove))
         .routes(routes!(health::health))

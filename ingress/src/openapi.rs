@@ -45,6 +45,7 @@ pub const TWILIO_SIGNATURE: &str = "twilio_signature";
         (name = "messages", description = "Sending SMS and reading conversations."),
         (name = "routing", description = "Which agent receives a tenant's messages, and the quarantine of those that could not be routed."),
         (name = "tenants", description = "Tenants' phone numbers and usage."),
+        (name = "opt-outs", description = "The opt-out ledger: every opt-out and opt-in received, and ones recorded by hand."),
         (name = "operations", description = "Health, metrics and this documentation; no key needed."),
     )
 )]

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use shared::{
-    outbound::{self, NewOutbound, Refused},
+    outbound::{self, NewOutbound, Refused, Schedule, ScheduleReason},
     phone,
 };
 use sqlx::PgConnection;
@@ -45,13 +45,17 @@ pub struct SendRequest {
     /// At most 10 http(s) URLs (MMS).
     #[schema(max_items = 10)]
     pub media_urls: Option<Vec<String>>,
+    /// Hand it to Twilio at this time (RFC 3339, at most 35 days ahead); stored `scheduled`
+    /// until then and cancelable with `DELETE /sms/{message_id}`. A time already past sends now.
+    #[schema(example = "2026-12-02T15:00:00Z")]
+    pub send_at: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SendResponse {
     pub message_id: Uuid,
     pub conversation_id: Uuid,
-    /// `pending`: stored with its send job.
+    /// `pending`: stored with its send job; `scheduled`: stored, handed over at `scheduled_for`.
     #[schema(example = "pending")]
     pub status: String,
     /// Segments carriers will bill: 160/153 GSM-7 septets or 70/67 UTF-16 units each.
@@ -60,13 +64,20 @@ pub struct SendResponse {
     /// `GSM-7` or `UCS-2`.
     #[schema(example = "UCS-2")]
     pub encoding: String,
+    /// When a `scheduled` message will be handed to Twilio.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled_for: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 struct Valid {
     to: String,
     body: String,
     media_urls: Vec<String>,
+    send_at: Option<chrono::DateTime<chrono::Utc>>,
 }
+
+/// How far ahead a send may be scheduled.
+pub const MAX_SCHEDULE_DAYS: i64 = 35;
 
 fn validate(req: &SendRequest, region: phonenumber::country::Id) -> Result<Valid, ApiError> {
     let mut errors: Vec<(&'static str, String)> = Vec::new();
@@ -108,11 +119,28 @@ fn validate(req: &SendRequest, region: phonenumber::country::Id) -> Result<Valid
             errors.push((field, "at most 200 characters".into()));
         }
     }
+    let send_at = match req
+        .send_at
+        .as_deref()
+        .map(chrono::DateTime::parse_from_rfc3339)
+    {
+        None => None,
+        Some(Err(_)) => {
+            errors.push(("send_at", "must be an RFC 3339 time with its offset".into()));
+            None
+        }
+        Some(Ok(at)) if at > chrono::Utc::now() + chrono::Duration::days(MAX_SCHEDULE_DAYS) => {
+            errors.push(("send_at", format!("at most {MAX_SCHEDULE_DAYS} days ahead")));
+            None
+        }
+        Some(Ok(at)) => Some(at.with_timezone(&chrono::Utc)),
+    };
     match (to, errors.is_empty()) {
         (Some(to), true) => Ok(Valid {
             to,
             body,
             media_urls,
+            send_at,
         }),
         _ => Err(ApiError::Validation(errors)),
     }
@@ -204,6 +232,11 @@ pub async fn send(
         to: &valid.to,
         body: &valid.body,
         media_urls: &valid.media_urls,
+        schedule: valid.send_at.map(|at| Schedule {
+            at,
+            reason: ScheduleReason::Requested,
+        }),
+        quiet_hours_override: false,
     };
     let created = match outbound::create(&mut tx, &state.cfg.twilio.sender(), &msg).await? {
         Ok(created) => created,
@@ -220,9 +253,10 @@ pub async fn send(
     let response = serde_json::to_value(SendResponse {
         message_id: created.message_id,
         conversation_id,
-        status: "pending".into(),
+        status: created.status.as_str().into(),
         segments: created.segments,
         encoding: created.encoding.as_str().into(),
+        scheduled_for: created.scheduled_for,
     })
     .expect("plain data serialises");
     if let Some(idem) = &idem {
@@ -356,6 +390,91 @@ async fn conversation(
     Ok(id)
 }
 
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Canceled {
+    pub message_id: Uuid,
+    /// `canceled`.
+    #[schema(example = "canceled")]
+    pub status: String,
+}
+
+/// Cancel a message not yet handed to Twilio
+///
+/// A scheduled (or still pending) message is `canceled` and never sent; once the send worker
+/// has begun handing it to Twilio, 409.
+#[utoipa::path(
+    delete,
+    path = "/sms/{message_id}",
+    tag = "messages",
+    operation_id = "cancelSms",
+    security(("api_key" = ["send"])),
+    params(("message_id" = Uuid, Path, description = "The id `POST /sms/send` answered.")),
+    responses(
+        (status = 200, description = "Canceled.", body = Canceled),
+        (status = 400, description = "`invalid_path`: not a UUID.", body = crate::error::ErrorBody),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::MissingScope),
+        (status = 404, description = "`not_found`: no such outbound message (or another \
+            tenant's).", body = crate::error::ErrorBody),
+        (status = 409, description = "`already_handed_over`: Twilio has it, or the hand-over \
+            began; `already_canceled`.", body = crate::error::ErrorBody),
+        (status = 500, response = crate::openapi::Internal),
+        (status = 503, response = crate::openapi::Unavailable),
+    )
+)]
+pub async fn cancel(
+    State(state): State<AppState>,
+    key: ApiKey,
+    crate::extract::Path(message_id): crate::extract::Path<Uuid>,
+) -> Result<(StatusCode, Json<Canceled>), ApiError> {
+    key.require("send")?;
+    let mut tx = state.pool.begin().await?;
+    let msg = sqlx::query!(
+        r#"SELECT delivery_status, twilio_sid, send_attempts, tenant_id FROM sms_messages
+           WHERE id = $1 AND direction = 'outbound' FOR UPDATE"#,
+        message_id
+    )
+    .fetch_optional(&mut *tx)
+    .await?
+    .filter(|m| key.sees(m.tenant_id.as_deref()))
+    .ok_or(ApiError::NotFound("no such message"))?;
+    let conflict = |code, detail: &str| ApiError::Conflict {
+        code,
+        detail: detail.into(),
+    };
+    match msg.delivery_status.as_str() {
+        "canceled" => {
+            return Err(conflict(
+                "already_canceled",
+                "the message was canceled already",
+            ));
+        }
+        // Not handed over: no attempt was ever recorded (a retry waiting is past the hand-over).
+        "scheduled" | "pending" if msg.twilio_sid.is_none() && msg.send_attempts == 0 => {}
+        _ => {
+            return Err(conflict(
+                "already_handed_over",
+                "the message was handed to Twilio already",
+            ));
+        }
+    }
+    sqlx::query!(
+        "UPDATE sms_messages SET delivery_status = 'canceled', status_updated_at = now(), updated_at = now() WHERE id = $1",
+        message_id
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    tracing::info!(%message_id, key = %key.name, "outbound message canceled before hand-over");
+    Ok((
+        StatusCode::OK,
+        Json(Canceled {
+            message_id,
+            status: "canceled".into(),
+        }),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -368,6 +487,7 @@ mod tests {
             workflow_type: None,
             workflow_id: None,
             media_urls: None,
+            send_at: None,
         }
     }
 

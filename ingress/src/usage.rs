@@ -38,7 +38,7 @@ pub struct Usage {
     pub rows: Vec<UsageRow>,
 }
 
-fn parse_time(field: &'static str, v: &str) -> Result<DateTime<Utc>, ApiError> {
+pub(crate) fn parse_time(field: &'static str, v: &str) -> Result<DateTime<Utc>, ApiError> {
     if let Ok(t) = DateTime::parse_from_rfc3339(v) {
         return Ok(t.with_timezone(&Utc));
     }

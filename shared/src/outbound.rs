@@ -33,6 +33,35 @@ pub struct NewOutbound<'a> {
     pub to: &'a str,
     pub body: &'a str,
     pub media_urls: &'a [String],
+    /// Hand it to Twilio at this time (stored `scheduled` until then), and why.
+    pub schedule: Option<Schedule>,
+    /// Sent inside quiet hours because the caller said so; recorded on the message.
+    pub quiet_hours_override: bool,
+}
+
+/// A later hand-over to Twilio.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Schedule {
+    pub at: chrono::DateTime<chrono::Utc>,
+    pub reason: ScheduleReason,
+}
+
+/// Why a message waits (`sms_messages.schedule_reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScheduleReason {
+    /// The caller asked for `send_at`.
+    Requested,
+    /// Quiet hours at the recipient's location: the next allowed moment.
+    QuietHours,
+}
+
+impl ScheduleReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Requested => "requested",
+            Self::QuietHours => "quiet_hours",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -41,6 +70,8 @@ pub struct Created {
     pub segments: u32,
     pub encoding: Encoding,
     pub is_reply: bool,
+    pub status: DeliveryStatus,
+    pub scheduled_for: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// Why a message was not created.
@@ -104,27 +135,44 @@ pub async fn create(
     .await?;
     let priority = priority(is_reply);
     let (segments, encoding) = segments::count(msg.body);
+    // A time already here (or within a second) is now.
+    let now = chrono::Utc::now();
+    let schedule = msg
+        .schedule
+        .filter(|s| s.at > now + chrono::Duration::seconds(1));
+    let status = if schedule.is_some() {
+        DeliveryStatus::Scheduled
+    } else {
+        DeliveryStatus::Pending
+    };
     let media = (!msg.media_urls.is_empty()).then(|| serde_json::json!(msg.media_urls));
     let message_id = sqlx::query_scalar!(
         r#"INSERT INTO sms_messages (conversation_id, direction, message_content, delivery_status, to_number,
                from_number, messaging_service_sid, num_segments, encoding, media_urls, priority, status_updated_at,
-               tenant_id)
+               tenant_id, scheduled_for, schedule_reason, quiet_hours_override)
            VALUES ($1, 'outbound', $2, $3, $4, $5, $6, $7, $8, $9, $10, now(),
-                   (SELECT tenant_id FROM sms_conversations WHERE id = $1))
+                   (SELECT tenant_id FROM sms_conversations WHERE id = $1), $11, $12, $13)
            RETURNING id"#,
         msg.conversation_id,
         msg.body,
-        DeliveryStatus::Pending.as_str(),
+        status.as_str(),
         msg.to,
         sender.phone_number,
         sender.messaging_service_sid,
         segments as i32,
         encoding.as_str(),
         media,
-        priority
+        priority,
+        schedule.map(|s| s.at),
+        schedule.map(|s| s.reason.as_str()),
+        msg.quiet_hours_override
     )
     .fetch_one(&mut *conn)
     .await?;
+    let when = match schedule {
+        Some(s) => When::after((s.at - now).to_std().unwrap_or_default()),
+        None => When::NOW,
+    };
     jobs::schedule(
         conn,
         &[SendMessage {
@@ -132,7 +180,7 @@ pub async fn create(
             slot: None,
             trace: TraceContext::current(),
         }],
-        When::NOW.with_priority(priority),
+        when.with_priority(priority),
     )
     .await?;
     Ok(Ok(Created {
@@ -140,6 +188,8 @@ pub async fn create(
         segments,
         encoding,
         is_reply,
+        status,
+        scheduled_for: schedule.map(|s| s.at),
     }))
 }
 

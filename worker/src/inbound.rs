@@ -54,8 +54,15 @@ pub struct Stored {
     pub created_at: DateTime<Utc>,
 }
 
-/// An opt-out or opt-in: the change, the keyword, and Twilio's `OptOutType` when it sent one.
-pub type OptChangeSeen = (OptChange, Option<String>, Option<String>);
+/// An opt-out or opt-in: the change, the keyword, the rule that found it, and Twilio's
+/// `OptOutType` when it sent one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OptChangeSeen {
+    pub change: OptChange,
+    pub keyword: Option<String>,
+    pub rule: String,
+    pub kind: Option<String>,
+}
 
 /// What processing a stored message does, before the directory is asked.
 #[derive(Debug, Clone, PartialEq)]
@@ -156,8 +163,16 @@ async fn process_traced(
     if let Some(tenant_id) = &conv.tenant_id {
         update_tenant(deps, &mut tx, tenant_id, &d.number, d.detection).await?;
     }
-    if let Some((change, keyword, kind)) = d.opt_change.clone() {
-        record_opt_change(&mut tx, &msg, &d.number, message_id, change, keyword, kind).await?;
+    if let Some(seen) = &d.opt_change {
+        record_opt_change(
+            &mut tx,
+            &msg,
+            &d.number,
+            message_id,
+            conv.tenant_id.as_deref(),
+            seen,
+        )
+        .await?;
     }
     set_route_status(&mut tx, message_id, d.route).await?;
     tx.commit().await?;
@@ -371,7 +386,8 @@ async fn update_tenant(
     Ok(())
 }
 
-/// A whole-body keyword, or Twilio's own `OptOutType` field (which wins when present).
+/// A keyword or revocation phrase in the body, or Twilio's own `OptOutType` field (which wins
+/// when present).
 fn opt_change(msg: &Stored) -> Option<OptChangeSeen> {
     let kind = msg
         .raw
@@ -379,154 +395,48 @@ fn opt_change(msg: &Stored) -> Option<OptChangeSeen> {
         .and_then(|r| r.get("OptOutType"))
         .and_then(Value::as_str)
         .map(str::to_owned);
+    let detected = optout::detect(&msg.body);
     if let Some(change) = kind.as_deref().and_then(optout::from_opt_out_type) {
-        let keyword = optout::keyword(&msg.body).map(|(_, k)| k.to_owned());
-        return Some((change, keyword, kind));
+        return Some(OptChangeSeen {
+            change,
+            keyword: detected.as_ref().map(optout::Detected::keyword),
+            rule: "twilio:OptOutType".into(),
+            kind,
+        });
     }
-    optout::keyword(&msg.body).map(|(change, k)| (change, Some(k.to_owned()), kind))
+    detected.map(|d| OptChangeSeen {
+        change: d.change,
+        keyword: Some(d.keyword()),
+        rule: d.rule,
+        kind,
+    })
 }
 
+/// Records the opt change a message expressed, in its processing transaction.
 async fn record_opt_change(
-    tx: &mut sqlx::PgConnection,
+    tx: &mut PgConnection,
     msg: &Stored,
     their_number: &str,
     message_id: Uuid,
-    change: OptChange,
-    keyword: Option<String>,
-    kind: Option<String>,
+    tenant_id: Option<&str>,
+    seen: &OptChangeSeen,
 ) -> anyhow::Result<()> {
-    let our_number = msg.to_number.clone().unwrap_or_default();
-    match change {
-        OptChange::OptOut => {
-            sqlx::query!(
-                r#"INSERT INTO sms_opt_outs (our_number, their_number, opted_out, keyword, opt_out_type, message_id, changed_at)
-                   VALUES ($1, $2, true, $3, $4, $5, $6)
-                   ON CONFLICT (our_number, their_number) DO UPDATE SET
-                       opted_out = true, keyword = EXCLUDED.keyword, opt_out_type = EXCLUDED.opt_out_type,
-                       message_id = EXCLUDED.message_id, changed_at = EXCLUDED.changed_at
-                   WHERE sms_opt_outs.changed_at <= EXCLUDED.changed_at"#,
-                our_number, their_number, keyword, kind, message_id, msg.created_at
-            )
-            .execute(&mut *tx)
-            .await?;
-            tracing::info!(their = %phone::mask(their_number), "opt-out recorded");
-        }
-        OptChange::OptIn => {
-            // "YES" and "START" are everyday words: only a number that opted out is changed.
-            let updated = sqlx::query!(
-                r#"UPDATE sms_opt_outs SET opted_out = false, keyword = $3, opt_out_type = $4,
-                       message_id = $5, changed_at = $6
-                   WHERE our_number = $1 AND their_number = $2 AND changed_at <= $6"#,
-                our_number,
-                their_number,
-                keyword,
-                kind,
-                message_id,
-                msg.created_at
-            )
-            .execute(&mut *tx)
-            .await?;
-            if updated.rows_affected() > 0 {
-                tracing::info!(their = %phone::mask(their_number), "opt-in recorded");
-            }
-        }
+    let change = optout::Change {
+        our_number: msg.to_number.as_deref().unwrap_or_default(),
+        their_number,
+        change: seen.change,
+        source: optout::Source::Sms,
+        method: None,
+        keyword: seen.keyword.as_deref(),
+        rule: Some(&seen.rule),
+        opt_out_type: seen.kind.as_deref(),
+        message_id: Some(message_id),
+        tenant_id,
+        note: None,
+        occurred_at: msg.created_at,
+    };
+    if optout::record(tx, &change).await? {
+        tracing::info!(their = %phone::mask(their_number), change = seen.change.as_str(), rule = %seen.rule, "opt change recorded");
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use phonenumber::country::Id::US;
-
-    fn stored(from: &str, body: &str, opt_out_type: Option<&str>) -> Stored {
-        Stored {
-            state: InboundState::Stored,
-            from_number: Some(from.into()),
-            to_number: Some("+15550000000".into()),
-            body: body.into(),
-            raw: opt_out_type.map(|t| serde_json::json!({ "OptOutType": t })),
-            created_at: Utc::now(),
-        }
-    }
-
-    /// (from, body, OptOutType, conversation key, route, opt change)
-    type Case = (
-        &'static str,
-        &'static str,
-        Option<&'static str>,
-        &'static str,
-        RouteStatus,
-        Option<OptChange>,
-    );
-
-    #[test]
-    fn decide_over_senders_and_bodies() {
-        // (from, body, OptOutType, conversation key, route, opt change)
-        let table: &[Case] = &[
-            (
-                "(555) 123-0001",
-                "Hola, necesito ayuda con mi recibo",
-                None,
-                "+15551230001",
-                RouteStatus::Pending,
-                None,
-            ),
-            (
-                "+15551230001",
-                "STOP",
-                None,
-                "+15551230001",
-                RouteStatus::Skipped,
-                Some(OptChange::OptOut),
-            ),
-            (
-                "+15551230001",
-                "start",
-                None,
-                "+15551230001",
-                RouteStatus::Skipped,
-                Some(OptChange::OptIn),
-            ),
-            (
-                "+15551230001",
-                "please stop the noise upstairs",
-                None,
-                "+15551230001",
-                RouteStatus::Pending,
-                None,
-            ),
-            (
-                "+15551230001",
-                "Parar",
-                Some("STOP"),
-                "+15551230001",
-                RouteStatus::Skipped,
-                Some(OptChange::OptOut),
-            ),
-            (
-                "+15551230001",
-                "hello",
-                Some("HELP"),
-                "+15551230001",
-                RouteStatus::Pending,
-                None,
-            ),
-            (
-                "VERIFY",
-                "Your code is 1234",
-                None,
-                "VERIFY",
-                RouteStatus::Pending,
-                None,
-            ),
-        ];
-        for (from, body, kind, number, route, change) in table {
-            let d = decide(&stored(from, body, *kind), US);
-            assert_eq!(d.number, *number, "{from}");
-            assert_eq!(d.original, *from);
-            assert_eq!(d.route, *route, "{body}");
-            assert_eq!(d.opt_change.map(|c| c.0), *change, "{body}");
-        }
-    }
 }

@@ -404,6 +404,8 @@ async fn delivered(
         to: &m.phone_number,
         body: text,
         media_urls: &[],
+        schedule: None,
+        quiet_hours_override: false,
     };
     match outbound::create(tx, &deps.sender, &reply).await? {
         Ok(created) => {

@@ -87,6 +87,8 @@ struct Loaded {
     attempts: i32,
     priority: i16,
     open: Option<OpenAttempt>,
+    /// It waited for a later hand-over (requested time or quiet hours).
+    scheduled: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -198,6 +200,41 @@ fn new_message<'a>(cfg: &'a Outbound, job: &SendMessage, msg: &'a Loaded) -> New
     }
 }
 
+/// The error code of a scheduled message whose recipient opted out before its hand-over.
+const OPTED_OUT: &str = "opted_out";
+
+/// A scheduled message meets the opt-out check again when it is due (the recipient may have
+/// opted out meanwhile): refused then, as `POST /sms/send` would refuse it now.
+async fn refused_at_hand_over(
+    deps: &Deps,
+    cfg: &Outbound,
+    job: &SendMessage,
+    msg: &Loaded,
+) -> anyhow::Result<bool> {
+    let mut tx = deps.pool.begin().await?;
+    let our = cfg.sender.phone_number.as_deref();
+    let Some(o) = shared::optout::opted_out(&mut tx, our, &msg.to).await? else {
+        return Ok(false);
+    };
+    let why = format!(
+        "the recipient opted out at {} before the scheduled hand-over",
+        o.changed_at.to_rfc3339()
+    );
+    set_status(
+        &mut tx,
+        job.message_id,
+        DeliveryStatus::Failed,
+        Some(OPTED_OUT),
+        Some(&why),
+    )
+    .await?;
+    tx.commit().await?;
+    deps.metrics
+        .delivery_status(DeliveryStatus::Failed.as_str());
+    tracing::warn!("scheduled message refused at hand-over: the recipient opted out");
+    Ok(true)
+}
+
 /// No proof yet that the open attempt reached Twilio: look again later.
 async fn wait(
     deps: &Deps,
@@ -264,6 +301,11 @@ pub async fn process(deps: &Deps, job: SendMessage) -> anyhow::Result<Outcome> {
     if let Some(attempt) = abandon {
         abandon_attempt(deps, job.message_id, attempt).await?;
     }
+    if msg.scheduled && msg.attempts == 0 && refused_at_hand_over(deps, cfg, &job, &msg).await? {
+        return Ok(Outcome::Failed {
+            code: Some(OPTED_OUT.into()),
+        });
+    }
     if let Some(until) = pace(deps, cfg, &job, msg.priority).await? {
         return Ok(Outcome::Paced { until });
     }
@@ -280,7 +322,7 @@ pub async fn process(deps: &Deps, job: SendMessage) -> anyhow::Result<Outcome> {
 async fn load(deps: &Deps, message_id: Uuid) -> anyhow::Result<Option<Loaded>> {
     let Some(m) = sqlx::query!(
         r#"SELECT m.to_number AS "to_number!", m.message_content, m.delivery_status, m.twilio_sid,
-                  m.send_attempts, m.media_urls, m.priority,
+                  m.send_attempts, m.media_urls, m.priority, m.scheduled_for IS NOT NULL AS "scheduled!",
                   a.attempt AS "open_attempt?", a.started_at AS "open_started_at?",
                   CASE WHEN a.attempt IS NOT NULL THEN
                       (SELECT message_sid FROM sms_status_callbacks WHERE our_message_id = m.id LIMIT 1)
@@ -310,6 +352,7 @@ async fn load(deps: &Deps, message_id: Uuid) -> anyhow::Result<Option<Loaded>> {
         has_sid: m.twilio_sid.is_some(),
         attempts: m.send_attempts,
         priority: m.priority,
+        scheduled: m.scheduled,
         open: m
             .open_attempt
             .zip(m.open_started_at)
@@ -457,7 +500,7 @@ async fn claim(
         r#"WITH claimed AS (
                UPDATE sms_messages SET send_attempts = $2, delivery_status = $4,
                       status_updated_at = now(), updated_at = now()
-               WHERE id = $1 AND send_attempts = $3 AND twilio_sid IS NULL
+               WHERE id = $1 AND send_attempts = $3 AND twilio_sid IS NULL AND delivery_status <> 'canceled'
                RETURNING id
            )
            INSERT INTO sms_send_attempts (message_id, attempt, outcome)
@@ -741,14 +784,21 @@ async fn record_opt_out(tx: &mut PgConnection, cfg: &Outbound, to: &str) -> anyh
         .phone_number
         .clone()
         .unwrap_or_else(|| cfg.pacing_key().to_owned());
-    sqlx::query!(
-        r#"INSERT INTO sms_opt_outs (our_number, their_number, opted_out, keyword, opt_out_type, changed_at)
-           VALUES ($1, $2, true, NULL, 'twilio-21610', now())
-           ON CONFLICT (our_number, their_number) DO UPDATE SET opted_out = true, opt_out_type = 'twilio-21610', changed_at = now()"#,
-        our, to
-    )
-    .execute(&mut *tx)
-    .await?;
+    let change = shared::optout::Change {
+        our_number: &our,
+        their_number: to,
+        change: shared::optout::OptChange::OptOut,
+        source: shared::optout::Source::Twilio,
+        method: None,
+        keyword: None,
+        rule: Some("twilio:21610"),
+        opt_out_type: Some("twilio-21610"),
+        message_id: None,
+        tenant_id: None,
+        note: None,
+        occurred_at: Utc::now(),
+    };
+    shared::optout::record(tx, &change).await?;
     Ok(())
 }
 

@@ -12,6 +12,8 @@ pub enum DeliveryStatus {
     /// Ours: a call to Twilio is under way or its outcome is not known yet.
     Submitting,
     Accepted,
+    /// Ours: stored, to be handed to Twilio at its `scheduled_for` (a requested time, or the end
+    /// of quiet hours). We never use Twilio's own scheduling, so this is never Twilio's.
     Scheduled,
     Queued,
     Sending,
@@ -69,8 +71,12 @@ impl DeliveryStatus {
     /// How far along an outbound message is; 0 before Twilio has it.
     pub fn rank(self) -> u8 {
         match self {
-            Self::Pending | Self::Submitting | Self::Receiving | Self::Received => 0,
-            Self::Accepted | Self::Scheduled | Self::Queued => 1,
+            Self::Pending
+            | Self::Submitting
+            | Self::Scheduled
+            | Self::Receiving
+            | Self::Received => 0,
+            Self::Accepted | Self::Queued => 1,
             Self::Sending => 2,
             Self::Sent => 3,
             Self::Delivered
@@ -154,6 +160,7 @@ mod tests {
             assert_eq!(from.advances_to(*to), *ok, "{from} -> {to}");
         }
         assert!(Failed.is_final() && !Sent.is_final());
+        assert!(!Scheduled.at_twilio() && Canceled.is_final());
     }
 
     #[test]

@@ -195,6 +195,21 @@ async fn a_tenant_scoped_key_sees_nothing_of_another_tenant_on_any_endpoint() {
     )
     .await;
 
+    // B's message cannot be canceled through A's key.
+    let b_out = one(
+        &app,
+        "SELECT to_jsonb(id::text) FROM sms_messages WHERE direction = 'outbound' AND to_number = '+14159300002'",
+    )
+    .await;
+    s.call(
+        "DELETE",
+        "/sms/{message_id}",
+        &format!("/sms/{}", b_out.as_str().unwrap()),
+        None,
+        404,
+    )
+    .await;
+
     // Routes: A's only; B's cannot be created, deleted or seen.
     let routes = s.call("GET", "/routes", "/routes", None, 200).await;
     assert!(routes.to_string().contains("agent-a"), "control: {routes}");
@@ -233,6 +248,20 @@ async fn a_tenant_scoped_key_sees_nothing_of_another_tenant_on_any_endpoint() {
     assert!(usage.to_string().contains("t-a"), "control: {usage}");
     s.call("GET", "/usage", "/usage?tenant_id=t-b", None, 404)
         .await;
+
+    // The opt-out ledger: A's entries only; B's numbers cannot be recorded through A's key.
+    let ledger = s.call("GET", "/opt-outs", "/opt-outs", None, 200).await;
+    assert!(ledger["events"].is_array(), "control: {ledger}");
+    s.call("GET", "/opt-outs", "/opt-outs?tenant_id=t-b", None, 404)
+        .await;
+    s.call(
+        "POST",
+        "/opt-outs",
+        "/opt-outs",
+        Some(json!({"phone_number": B_PHONE, "method": "phone_call"})),
+        404,
+    )
+    .await;
 
     // B's phone book: not readable, not writable.
     let phones = "/tenants/{tenant_id}/phones";

@@ -11,9 +11,11 @@ mod inbound_worker;
 mod isolation;
 mod metrics;
 mod openapi;
+mod opt_outs;
 mod otel;
 mod outbound;
 mod routing;
+mod scheduled;
 mod shutdown;
 
 mod webhook;
