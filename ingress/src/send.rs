@@ -49,6 +49,8 @@ pub struct SendRequest {
     /// until then and cancelable with `DELETE /sms/{message_id}`. A time already past sends now.
     #[schema(example = "2026-12-02T15:00:00Z")]
     pub send_at: Option<String>,
+    /// Send even inside quiet hours (QUIET_HOURS_WORKFLOWS); recorded on the message.
+    pub quiet_hours_override: Option<bool>,
 }
 
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
@@ -64,9 +66,13 @@ pub struct SendResponse {
     /// `GSM-7` or `UCS-2`.
     #[schema(example = "UCS-2")]
     pub encoding: String,
-    /// When a `scheduled` message will be handed to Twilio.
+    /// When a `scheduled` message will be handed to Twilio: the requested `send_at`, or the
+    /// next moment inside quiet hours at the recipient's location.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scheduled_for: Option<chrono::DateTime<chrono::Utc>>,
+    /// `requested` or `quiet_hours`: why it waits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule_reason: Option<String>,
 }
 
 struct Valid {
@@ -197,7 +203,9 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
         (status = 413, description = "`payload_too_large`: body over MAX_BODY_BYTES.",
          body = crate::error::ErrorBody),
         (status = 422, description = "`idempotency_key_reused`: the key was used with a different \
-            request; `conversation_mismatch`: the conversation belongs to another number.",
+            request; `conversation_mismatch`: the conversation belongs to another number; \
+            `no_allowed_time`: quiet hours apply and no moment is inside them in every time \
+            zone the recipient may be in.",
          body = crate::error::ErrorBody),
         (status = 500, response = crate::openapi::Internal),
         (status = 503, response = crate::openapi::Unavailable),
@@ -236,13 +244,21 @@ pub async fn send(
             at,
             reason: ScheduleReason::Requested,
         }),
-        quiet_hours_override: false,
+        quiet_hours: Some(&state.cfg.quiet_hours),
+        quiet_hours_override: req.quiet_hours_override.unwrap_or(false),
+        opt_out_confirmation: false,
     };
     let created = match outbound::create(&mut tx, &state.cfg.twilio.sender(), &msg).await? {
         Ok(created) => created,
         Err(refused @ Refused::OptedOut(_)) => {
             return Err(ApiError::Conflict {
                 code: "recipient_opted_out",
+                detail: refused.to_string(),
+            });
+        }
+        Err(refused @ Refused::NoAllowedTime) => {
+            return Err(ApiError::Unprocessable {
+                code: "no_allowed_time",
                 detail: refused.to_string(),
             });
         }
@@ -257,6 +273,7 @@ pub async fn send(
         segments: created.segments,
         encoding: created.encoding.as_str().into(),
         scheduled_for: created.scheduled_for,
+        schedule_reason: created.schedule_reason.map(|r| r.as_str().to_owned()),
     })
     .expect("plain data serialises");
     if let Some(idem) = &idem {
@@ -488,6 +505,7 @@ mod tests {
             workflow_id: None,
             media_urls: None,
             send_at: None,
+            quiet_hours_override: None,
         }
     }
 

@@ -24,8 +24,11 @@ pub struct Phones {
 #[serde(deny_unknown_fields)]
 pub struct AddPhone {
     /// Any written form; stored in E.164.
-    #[schema(example = "(555) 123-0099")]
+    #[schema(example = "(415) 555-0199")]
     pub phone_number: String,
+    /// The tenant's IANA time zone (`America/Chicago`), for quiet hours; kept when omitted.
+    #[schema(example = "America/Chicago")]
+    pub timezone: Option<String>,
 }
 
 fn visible(key: &ApiKey, tenant_id: &str) -> Result<(), ApiError> {
@@ -122,15 +125,27 @@ pub async fn add(
                 format!("is not a valid phone number ({e})"),
             )])
         })?;
+    let timezone = match body.timezone.as_deref() {
+        None => None,
+        Some(name) => Some(
+            shared::quiet_hours::parse_zone(name)
+                .ok_or_else(|| {
+                    ApiError::Validation(vec![("timezone", "not an IANA time zone".into())])
+                })?
+                .name(),
+        ),
+    };
     // Created if new; a number already listed is not added twice.
     sqlx::query!(
-        r#"INSERT INTO tenant_profiles (tenant_id, phone_numbers) VALUES ($1, jsonb_build_array($2::text))
+        r#"INSERT INTO tenant_profiles (tenant_id, phone_numbers, timezone) VALUES ($1, jsonb_build_array($2::text), $3)
            ON CONFLICT (tenant_id) DO UPDATE SET
                phone_numbers = CASE WHEN tenant_profiles.phone_numbers ? $2 THEN tenant_profiles.phone_numbers
                                     ELSE tenant_profiles.phone_numbers || jsonb_build_array($2::text) END,
+               timezone = COALESCE($3, tenant_profiles.timezone),
                updated_at = now()"#,
         tenant_id,
-        e164.as_str()
+        e164.as_str(),
+        timezone
     )
     .execute(&state.pool)
     .await?;

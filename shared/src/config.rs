@@ -338,6 +338,53 @@ impl Outbound {
     }
 }
 
+/// Quiet hours (`shared::quiet_hours`): which workflows, the allowed window, and whether replies
+/// in a live conversation are held to it too.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuietHours {
+    pub window: crate::quiet_hours::Window,
+    pub workflows: Vec<String>,
+    pub enforce_on_replies: bool,
+}
+
+impl QuietHours {
+    pub fn load(src: &dyn Source) -> Result<Self, ConfigError> {
+        let window = src
+            .get("QUIET_HOURS")
+            .unwrap_or_else(|| "08:00-21:00".into())
+            .parse()
+            .map_err(|e: String| ConfigError::new("QUIET_HOURS", e))?;
+        let workflows = src
+            .get("QUIET_HOURS_WORKFLOWS")
+            .unwrap_or_else(|| "collections".into())
+            .split(',')
+            .map(|w| w.trim().to_owned())
+            .filter(|w| !w.is_empty() && w != "none")
+            .collect();
+        let enforce_on_replies = match src.get("QUIET_HOURS_REPLIES").as_deref().map(str::trim) {
+            None | Some("exempt") => false,
+            Some("enforce") => true,
+            Some(other) => {
+                return Err(ConfigError::new(
+                    "QUIET_HOURS_REPLIES",
+                    format!("expected exempt or enforce, got {other:?}"),
+                ));
+            }
+        };
+        Ok(Self {
+            window,
+            workflows,
+            enforce_on_replies,
+        })
+    }
+
+    /// Whether a send of this workflow is held to the window.
+    pub fn applies(&self, workflow_type: Option<&str>, is_reply: bool) -> bool {
+        workflow_type.is_some_and(|w| self.workflows.iter().any(|q| q == w))
+            && (!is_reply || self.enforce_on_replies)
+    }
+}
+
 /// Tenant cache sizing and lifetimes.
 #[derive(Debug, Clone)]
 pub struct TenantCache {
@@ -361,6 +408,7 @@ impl TenantCache {
 pub struct Ingress {
     pub common: Common,
     pub twilio: Twilio,
+    pub quiet_hours: QuietHours,
     pub monitor: Monitor,
     pub bind_addr: SocketAddr,
     pub public_url: String,
@@ -431,6 +479,7 @@ impl Ingress {
         Ok(Self {
             common: Common::load(src, 16)?,
             twilio: Twilio::load(src)?,
+            quiet_hours: QuietHours::load(src)?,
             monitor: Monitor::load(src)?,
             bind_addr: parsed(src, "BIND_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
             public_url,
@@ -465,6 +514,9 @@ pub struct Worker {
     pub outbound: Option<Outbound>,
     /// Who agents' replies are sent as (TWILIO_PHONE_NUMBER, TWILIO_MESSAGING_SERVICE_SID).
     pub sender: Sender,
+    pub quiet_hours: QuietHours,
+    /// Answer a new opt-out with a confirmation in the recipient's language (once per opt-out).
+    pub opt_out_confirmation: bool,
     pub route_timeout: Duration,
     pub route_retry: RetryPolicy,
     pub job_retention: Duration,
@@ -518,6 +570,8 @@ impl Worker {
                 phone_number: src.get("TWILIO_PHONE_NUMBER"),
                 messaging_service_sid: src.get("TWILIO_MESSAGING_SERVICE_SID"),
             },
+            quiet_hours: QuietHours::load(src)?,
+            opt_out_confirmation: bool_setting(src, "OPT_OUT_CONFIRMATION", false)?,
             route_timeout: millis(src, "ROUTE_TIMEOUT_MS", 10_000)?,
             route_retry: RetryPolicy::new(
                 millis(src, "ROUTE_BACKOFF_BASE_MS", 2_000)?,
@@ -618,6 +672,19 @@ mod tests {
         s.insert("TWILIO_AUTH_TOKEN_SECONDARY".into(), "next".into());
         let cfg = Ingress::load(&s).unwrap();
         assert_eq!(cfg.twilio.tokens(), vec!["secret", "next"]);
+    }
+
+    #[test]
+    fn quiet_hours_settings() {
+        let q = Ingress::load(&src(BASE)).unwrap().quiet_hours;
+        assert_eq!(q.workflows, vec!["collections"]);
+        assert!(q.applies(Some("collections"), false) && !q.applies(Some("collections"), true));
+        assert!(!q.applies(Some("maintenance"), false) && !q.applies(None, false));
+        for (key, value) in [("QUIET_HOURS", "9-5"), ("QUIET_HOURS_REPLIES", "sometimes")] {
+            let mut s = src(BASE);
+            s.insert(key.into(), value.into());
+            assert_eq!(Ingress::load(&s).unwrap_err().setting, key);
+        }
     }
 
     #[test]

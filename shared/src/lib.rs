@@ -10,6 +10,7 @@ pub mod monitor;
 pub mod optout;
 pub mod outbound;
 pub mod phone;
+pub mod quiet_hours;
 pub mod retry;
 pub mod routing;
 pub mod secret;

@@ -17,6 +17,9 @@ pub struct MonitorTenant {
     pub phone_numbers: Vec<String>,
     #[serde(default)]
     pub language_preference: Option<String>,
+    /// IANA zone (`America/Chicago`), for quiet hours.
+    #[serde(default)]
+    pub timezone: Option<String>,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]

@@ -306,8 +306,18 @@ pub struct Change<'a> {
 
 /// Records an opt change in the ledger and, when it is the newest for the pair, in the state in
 /// force; in the caller's transaction. An opt-in changes only a number that opted out ("YES" and
-/// "SI" are everyday words); returns whether the state changed.
-pub async fn record(conn: &mut sqlx::PgConnection, c: &Change<'_>) -> Result<bool, sqlx::Error> {
+/// "SI" are everyday words).
+pub async fn record(
+    conn: &mut sqlx::PgConnection,
+    c: &Change<'_>,
+) -> Result<Recorded, sqlx::Error> {
+    let before = sqlx::query_scalar!(
+        "SELECT opted_out FROM sms_opt_outs WHERE our_number = $1 AND their_number = $2 FOR UPDATE",
+        c.our_number,
+        c.their_number
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
     let changed = match c.change {
         OptChange::OptOut => sqlx::query!(
             r#"INSERT INTO sms_opt_outs (our_number, their_number, opted_out, keyword, opt_out_type, message_id, changed_at, rule)
@@ -343,7 +353,34 @@ pub async fn record(conn: &mut sqlx::PgConnection, c: &Change<'_>) -> Result<boo
         .execute(&mut *conn)
         .await?;
     }
-    Ok(changed)
+    Ok(Recorded {
+        changed,
+        newly_opted_out: changed && c.change == OptChange::OptOut && before != Some(true),
+    })
+}
+
+/// What recording an opt change did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recorded {
+    /// The state in force changed (an opt-in that lifted an opt-out, a newer opt-out).
+    pub changed: bool,
+    /// The number was not opted out before: the one moment a confirmation may be sent.
+    pub newly_opted_out: bool,
+}
+
+/// The confirmation of an opt-out, in the recipient's language (en, es or pt).
+pub fn confirmation(language: Option<&str>) -> &'static str {
+    match language {
+        Some("es") => {
+            "Se ha dado de baja y no recibirá más mensajes nuestros. Responda ALTA para volver a recibirlos."
+        }
+        Some("pt") => {
+            "Você foi descadastrado e não receberá mais mensagens nossas. Responda INICIAR para voltar a recebê-las."
+        }
+        _ => {
+            "You are unsubscribed and will receive no more messages from us. Reply START to resubscribe."
+        }
+    }
 }
 
 /// Twilio's `OptOutType` webhook field (STOP, START, HELP under Advanced Opt-Out).

@@ -35,8 +35,13 @@ pub struct NewOutbound<'a> {
     pub media_urls: &'a [String],
     /// Hand it to Twilio at this time (stored `scheduled` until then), and why.
     pub schedule: Option<Schedule>,
+    /// The quiet hours in force (None: none apply to this sender).
+    pub quiet_hours: Option<&'a crate::config::QuietHours>,
     /// Sent inside quiet hours because the caller said so; recorded on the message.
     pub quiet_hours_override: bool,
+    /// The confirmation of an opt-out just received: the one message a number that opted out
+    /// may still be sent (once; see `optout::Recorded::newly_opted_out`).
+    pub opt_out_confirmation: bool,
 }
 
 /// A later hand-over to Twilio.
@@ -72,13 +77,19 @@ pub struct Created {
     pub is_reply: bool,
     pub status: DeliveryStatus,
     pub scheduled_for: Option<chrono::DateTime<chrono::Utc>>,
+    pub schedule_reason: Option<ScheduleReason>,
 }
 
 /// Why a message was not created.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Refused {
-    BodyTooLong { chars: usize },
+    BodyTooLong {
+        chars: usize,
+    },
     OptedOut(OptedOut),
+    /// Quiet hours apply, and no moment is inside the window in every time zone the recipient
+    /// may be in.
+    NoAllowedTime,
 }
 
 impl std::fmt::Display for Refused {
@@ -87,6 +98,10 @@ impl std::fmt::Display for Refused {
             Self::BodyTooLong { chars } => {
                 write!(f, "is {chars} characters; at most {MAX_BODY_CHARS}")
             }
+            Self::NoAllowedTime => f.write_str(
+                "no moment is inside quiet hours in every time zone the recipient may be in; \
+                 set the tenant's timezone",
+            ),
             Self::OptedOut(o) => write!(
                 f,
                 "the recipient opted out with {:?} at {}; send START to opt back in",
@@ -112,6 +127,47 @@ pub fn priority(is_reply: bool) -> i16 {
     if is_reply { REPLY_PRIORITY } else { 0 }
 }
 
+/// The hand-over time once quiet hours are applied: the requested time (or now), moved to the
+/// next moment inside the window in every time zone the recipient may be in (the tenant's own
+/// zone when its profile has one, else those of the number's prefix).
+async fn quiet_hours(
+    conn: &mut sqlx::PgConnection,
+    msg: &NewOutbound<'_>,
+    is_reply: bool,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Result<Option<Schedule>, Refused>, sqlx::Error> {
+    let Some(policy) = msg.quiet_hours else {
+        return Ok(Ok(msg.schedule));
+    };
+    let conv = sqlx::query!(
+        r#"SELECT c.workflow_type, t.timezone AS "timezone?" FROM sms_conversations c
+           LEFT JOIN tenant_profiles t ON t.tenant_id = c.tenant_id WHERE c.id = $1"#,
+        msg.conversation_id
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    if msg.quiet_hours_override || !policy.applies(conv.workflow_type.as_deref(), is_reply) {
+        return Ok(Ok(msg.schedule));
+    }
+    let zones = match conv
+        .timezone
+        .as_deref()
+        .and_then(crate::quiet_hours::parse_zone)
+    {
+        Some(zone) => vec![zone],
+        None => crate::quiet_hours::zones_for_number(msg.to),
+    };
+    let from = msg.schedule.map_or(now, |s| s.at.max(now));
+    Ok(match policy.window.next_allowed(from, &zones) {
+        None => Err(Refused::NoAllowedTime),
+        Some(at) if at > from => Ok(Some(Schedule {
+            at,
+            reason: ScheduleReason::QuietHours,
+        })),
+        Some(_) => Ok(msg.schedule),
+    })
+}
+
 /// Stores the message (`pending`) and its send job on `conn` (the caller's transaction), or says
 /// why not.
 pub async fn create(
@@ -122,7 +178,9 @@ pub async fn create(
     if let Err(refused) = check_body(msg.body) {
         return Ok(Err(refused));
     }
-    if let Some(o) = optout::opted_out(conn, sender.phone_number.as_deref(), msg.to).await? {
+    if !msg.opt_out_confirmation
+        && let Some(o) = optout::opted_out(conn, sender.phone_number.as_deref(), msg.to).await?
+    {
         return Ok(Err(Refused::OptedOut(o)));
     }
     let is_reply = sqlx::query_scalar!(
@@ -137,9 +195,11 @@ pub async fn create(
     let (segments, encoding) = segments::count(msg.body);
     // A time already here (or within a second) is now.
     let now = chrono::Utc::now();
-    let schedule = msg
-        .schedule
-        .filter(|s| s.at > now + chrono::Duration::seconds(1));
+    let schedule = match quiet_hours(conn, msg, is_reply, now).await? {
+        Ok(schedule) => schedule,
+        Err(refused) => return Ok(Err(refused)),
+    }
+    .filter(|s| s.at > now + chrono::Duration::seconds(1));
     let status = if schedule.is_some() {
         DeliveryStatus::Scheduled
     } else {
@@ -190,6 +250,7 @@ pub async fn create(
         is_reply,
         status,
         scheduled_for: schedule.map(|s| s.at),
+        schedule_reason: schedule.map(|s| s.reason),
     }))
 }
 

@@ -271,8 +271,8 @@ impl TenantResolver {
             .map(|l| l.trim().to_ascii_lowercase())
             .filter(|l| ["en", "es", "pt"].contains(&l.as_str()));
         sqlx::query!(
-            r#"INSERT INTO tenant_profiles (tenant_id, name, phone_numbers, language_preference)
-               VALUES ($1, $2, to_jsonb($3::text[]), $4)
+            r#"INSERT INTO tenant_profiles (tenant_id, name, phone_numbers, language_preference, timezone)
+               VALUES ($1, $2, to_jsonb($3::text[]), $4, $5)
                ON CONFLICT (tenant_id) DO UPDATE SET
                    name = COALESCE(EXCLUDED.name, tenant_profiles.name),
                    phone_numbers = (
@@ -281,11 +281,17 @@ impl TenantResolver {
                    ),
                    -- Our own detections are newer evidence than the directory's stored value.
                    language_preference = COALESCE(tenant_profiles.language_preference, EXCLUDED.language_preference),
+                   timezone = COALESCE(EXCLUDED.timezone, tenant_profiles.timezone),
                    updated_at = now()"#,
             tenant.tenant_id,
             tenant.name,
             &numbers,
-            language
+            language,
+            tenant
+                .timezone
+                .as_deref()
+                .and_then(crate::quiet_hours::parse_zone)
+                .map(|z| z.name().to_owned())
         )
         .execute(&self.pool)
         .await?;

@@ -164,7 +164,7 @@ async fn process_traced(
         update_tenant(deps, &mut tx, tenant_id, &d.number, d.detection).await?;
     }
     if let Some(seen) = &d.opt_change {
-        record_opt_change(
+        let recorded = record_opt_change(
             &mut tx,
             &msg,
             &d.number,
@@ -173,6 +173,9 @@ async fn process_traced(
             seen,
         )
         .await?;
+        if recorded.newly_opted_out && deps.opt_out_confirmation {
+            confirm_opt_out(deps, &mut tx, &conv, &d).await?;
+        }
     }
     set_route_status(&mut tx, message_id, d.route).await?;
     tx.commit().await?;
@@ -412,6 +415,42 @@ fn opt_change(msg: &Stored) -> Option<OptChangeSeen> {
     })
 }
 
+/// Answers a new opt-out with its confirmation, in the tenant's language (else the message's),
+/// in the same transaction: sent once, since only a new opt-out asks for it.
+async fn confirm_opt_out(
+    deps: &Deps,
+    tx: &mut PgConnection,
+    conv: &Linked,
+    d: &Decision,
+) -> anyhow::Result<()> {
+    let tenant_language = match &conv.tenant_id {
+        Some(t) => sqlx::query_scalar!(
+            "SELECT language_preference FROM tenant_profiles WHERE tenant_id = $1",
+            t
+        )
+        .fetch_optional(&mut *tx)
+        .await?
+        .flatten(),
+        None => None,
+    };
+    let language =
+        tenant_language.or_else(|| d.detection.map(|det| det.language.code().to_owned()));
+    let confirmation = shared::outbound::NewOutbound {
+        conversation_id: conv.id,
+        to: &d.number,
+        body: optout::confirmation(language.as_deref()),
+        media_urls: &[],
+        schedule: None,
+        quiet_hours: None,
+        quiet_hours_override: false,
+        opt_out_confirmation: true,
+    };
+    if let Err(refused) = shared::outbound::create(tx, &deps.sender, &confirmation).await? {
+        tracing::warn!(%refused, "opt-out confirmation not sent");
+    }
+    Ok(())
+}
+
 /// Records the opt change a message expressed, in its processing transaction.
 async fn record_opt_change(
     tx: &mut PgConnection,
@@ -420,7 +459,7 @@ async fn record_opt_change(
     message_id: Uuid,
     tenant_id: Option<&str>,
     seen: &OptChangeSeen,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<optout::Recorded> {
     let change = optout::Change {
         our_number: msg.to_number.as_deref().unwrap_or_default(),
         their_number,
@@ -435,8 +474,9 @@ async fn record_opt_change(
         note: None,
         occurred_at: msg.created_at,
     };
-    if optout::record(tx, &change).await? {
+    let recorded = optout::record(tx, &change).await?;
+    if recorded.changed {
         tracing::info!(their = %phone::mask(their_number), change = seen.change.as_str(), rule = %seen.rule, "opt change recorded");
     }
-    Ok(())
+    Ok(recorded)
 }

@@ -35,6 +35,10 @@ pub struct Deps {
     pub outbound: Option<(Outbound, TwilioClient)>,
     /// Who agents' replies are sent as.
     pub sender: Sender,
+    /// Agents' replies are exempt unless QUIET_HOURS_REPLIES=enforce.
+    pub quiet_hours: shared::config::QuietHours,
+    /// OPT_OUT_CONFIRMATION.
+    pub opt_out_confirmation: bool,
     /// Client for agents (routing).
     pub http: reqwest::Client,
     pub route_timeout: std::time::Duration,
@@ -58,6 +62,8 @@ impl Deps {
             region: cfg.common.default_region,
             language_notify_retry: cfg.language_notify_retry,
             sender: cfg.sender.clone(),
+            quiet_hours: cfg.quiet_hours.clone(),
+            opt_out_confirmation: cfg.opt_out_confirmation,
             http: reqwest::Client::builder()
                 .pool_max_idle_per_host(64)
                 .build()

@@ -405,7 +405,9 @@ async fn delivered(
         body: text,
         media_urls: &[],
         schedule: None,
+        quiet_hours: Some(&deps.quiet_hours),
         quiet_hours_override: false,
+        opt_out_confirmation: false,
     };
     match outbound::create(tx, &deps.sender, &reply).await? {
         Ok(created) => {

@@ -137,3 +137,35 @@ async fn opt_outs_in_three_languages_reach_the_ledger_and_stop_sends() {
         .collect();
     assert_eq!(numbers, vec!["+14155550201"]);
 }
+
+/// With OPT_OUT_CONFIRMATION, a new opt-out is answered once, in the tenant's language; a
+/// repeated opt-out is not answered again, and nothing else reaches the number.
+#[tokio::test]
+async fn an_opt_out_is_confirmed_once_in_the_tenants_language() {
+    let db = pg::fresh_db().await;
+    sqlx::query(
+        "INSERT INTO tenant_profiles (tenant_id, phone_numbers, language_preference) VALUES ('t-es', '[\"+14155550211\"]', 'es')",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let mut app = TestApp::spawn(Settings::new(&db).set("OPT_OUT_CONFIRMATION", "true")).await;
+    app.start_worker(&[jobs::INBOUND]).await;
+    let key = app.api_key(&["read", "send"], None).await;
+    app.inbound("+14155550211", "BAJA").await;
+    app.drain(jobs::INBOUND).await;
+    app.inbound("+14155550211", "baja!!").await;
+    app.drain(jobs::INBOUND).await;
+    let confirmations: Vec<String> = sqlx::query_scalar(
+        "SELECT message_content FROM sms_messages WHERE direction = 'outbound' AND to_number = '+14155550211'",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(confirmations.len(), 1, "{confirmations:?}");
+    assert!(
+        confirmations[0].starts_with("Se ha dado de baja"),
+        "{confirmations:?}"
+    );
+    assert_eq!(send(&app, &key, "+14155550211").await, 409);
+}

@@ -10,7 +10,6 @@ use harness::{
     pg, sims,
 };
 use serde_json::{Value, json};
-use shared::jobs;
 
 async fn send(app: &TestApp, key: &str, body: Value) -> (u16, Value) {
     let r = app
@@ -47,14 +46,15 @@ async fn status(app: &TestApp, id: &str) -> (String, Option<String>) {
 async fn scheduled_sends_wait_for_their_time_survive_restarts_and_can_be_canceled() {
     let tw = sims::twilio().await;
     let db = pg::fresh_db().await;
-    let mut app = TestApp::spawn(
+    let app = TestApp::spawn(
         Settings::new(&db)
             .set("TWILIO_API_BASE", tw.base_url())
             .set("SEND_RATE_PER_SENDER", "0"),
     )
     .await;
-    app.start_worker(&[jobs::OUTBOUND_SEND, jobs::OUTBOUND_STATUS])
-        .await;
+    // The real worker binary, killed and restarted while the messages wait.
+    let queues = "outbound-send,outbound-status";
+    let mut worker = app.spawn_worker_process(queues, &[]);
     let key = app.api_key(&["send", "read"], None).await;
     let at = |secs: i64| (Utc::now() + chrono::Duration::seconds(secs)).to_rfc3339();
 
@@ -126,10 +126,10 @@ async fn scheduled_sends_wait_for_their_time_survive_restarts_and_can_be_cancele
         .unwrap();
     assert_eq!(r.status(), 201);
 
-    // A worker restart before the time changes nothing.
-    app.stop_workers().await;
-    app.start_worker(&[jobs::OUTBOUND_SEND, jobs::OUTBOUND_STATUS])
-        .await;
+    // A worker killed (SIGKILL) and restarted before the time changes nothing.
+    worker.kill().unwrap();
+    worker.wait().unwrap();
+    let mut worker = app.spawn_worker_process(queues, &[]);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(tw.stats().creates, 0, "nothing handed over before its time");
 
@@ -172,4 +172,6 @@ async fn scheduled_sends_wait_for_their_time_survive_restarts_and_can_be_cancele
         cancel(&app, &key, &due_id).await.1["code"],
         "already_handed_over"
     );
+    worker.kill().unwrap();
+    worker.wait().unwrap();
 }
