@@ -265,6 +265,8 @@ pub struct Outbound {
     pub unknown_outcome_grace: Duration,
     pub reconcile_interval: Duration,
     pub reconcile_stuck_after: Duration,
+    /// A message still not final this long after its creation stops being polled.
+    pub reconcile_give_up_after: Duration,
 }
 
 impl Outbound {
@@ -320,6 +322,7 @@ impl Outbound {
             unknown_outcome_grace: secs(src, "UNKNOWN_OUTCOME_GRACE_SECS", 60)?,
             reconcile_interval: secs(src, "RECONCILE_INTERVAL_SECS", 60)?,
             reconcile_stuck_after: secs(src, "RECONCILE_STUCK_AFTER_SECS", 600)?,
+            reconcile_give_up_after: secs(src, "RECONCILE_GIVE_UP_AFTER_SECS", 72 * 3600)?,
         }))
     }
 

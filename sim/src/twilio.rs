@@ -1038,6 +1038,99 @@ async fn fetch_message(
         .map_or_else(|| not_found(&resource), |m| Json(m).into_response())
 }
 
+/// Twilio's ListMessage: newest first, filtered by `To`, `From`, `DateSent` (a day),
+/// `DateSent<` and `DateSent>` (times, on `date_sent`), paged by `PageSize` (at most 1000) and
+/// `Page`, with `next_page_uri` while more remain.
+async fn list_messages(
+    State(state): State<TwilioState>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Response {
+    let account_sid = match path {
+        Ok(Path(sid)) => sid,
+        Err(e) => return twilio_error(StatusCode::NOT_FOUND, 20404, e.body_text()),
+    };
+    let resource = format!("/{API_VERSION}/Accounts/{account_sid}/Messages.json");
+    if let Some(resp) = state.admit(&headers, &account_sid, &resource) {
+        return resp;
+    }
+    let params: Vec<(String, String)> =
+        url::form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes())
+            .into_owned()
+            .collect();
+    let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let page_size: usize = get("PageSize")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50)
+        .clamp(1, 1000);
+    let page: usize = get("Page").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let time = |v: &str| {
+        chrono::DateTime::parse_from_rfc3339(v)
+            .map(|t| t.with_timezone(&chrono::Utc))
+            .or_else(|_| {
+                chrono::NaiveDate::parse_from_str(v, "%Y-%m-%d")
+                    .map(|d| d.and_hms_opt(0, 0, 0).expect("midnight").and_utc())
+            })
+            .ok()
+    };
+    let (day, before, after) = (
+        get("DateSent").and_then(|v| time(&v)),
+        get("DateSent<").and_then(|v| time(&v)),
+        get("DateSent>").and_then(|v| time(&v)),
+    );
+    let sent = |m: &Message| {
+        m.date_sent
+            .as_deref()
+            .and_then(|d| chrono::DateTime::parse_from_rfc2822(d).ok())
+            .map(|t| t.with_timezone(&chrono::Utc))
+    };
+    let all: Vec<Message> = {
+        let inner = state.lock();
+        inner
+            .stats
+            .messages
+            .iter()
+            .rev()
+            .filter_map(|c| inner.messages.get(&c.sid).cloned())
+            .filter(|m| get("To").is_none_or(|to| m.to == to))
+            .filter(|m| get("From").is_none_or(|from| m.from.as_deref() == Some(from.as_str())))
+            .filter(|m| {
+                day.is_none_or(|d| sent(m).is_some_and(|t| t.date_naive() == d.date_naive()))
+            })
+            .filter(|m| before.is_none_or(|b| sent(m).is_some_and(|t| t <= b)))
+            .filter(|m| after.is_none_or(|a| sent(m).is_some_and(|t| t >= a)))
+            .collect()
+    };
+    let start = page * page_size;
+    let messages: Vec<&Message> = all.iter().skip(start).take(page_size).collect();
+    let next_page_uri = (start + page_size < all.len()).then(|| {
+        let mut next: Vec<(String, String)> = params
+            .iter()
+            .filter(|(n, _)| n != "Page" && n != "PageSize")
+            .cloned()
+            .collect();
+        next.push(("PageSize".into(), page_size.to_string()));
+        next.push(("Page".into(), (page + 1).to_string()));
+        let q: String = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(next)
+            .finish();
+        format!("{resource}?{q}")
+    });
+    Json(json!({
+        "messages": messages,
+        "page": page,
+        "page_size": page_size,
+        "start": start,
+        "end": start + messages.len().saturating_sub(1),
+        "uri": format!("{resource}?{}", query.unwrap_or_default()),
+        "first_page_uri": format!("{resource}?PageSize={page_size}&Page=0"),
+        "previous_page_uri": (page > 0).then(|| format!("{resource}?PageSize={page_size}&Page={}", page - 1)),
+        "next_page_uri": next_page_uri,
+    }))
+    .into_response()
+}
+
 async fn method_not_allowed() -> Response {
     twilio_error(StatusCode::METHOD_NOT_ALLOWED, 20004, "Method not allowed")
 }
@@ -1068,7 +1161,9 @@ pub fn twilio_router(state: TwilioState) -> Router {
     Router::new()
         .route(
             "/2010-04-01/Accounts/{account_sid}/Messages.json",
-            post(create_message).fallback(method_not_allowed),
+            post(create_message)
+                .get(list_messages)
+                .fallback(method_not_allowed),
         )
         .route(
             "/2010-04-01/Accounts/{account_sid}/Messages/{file}",

@@ -51,6 +51,7 @@ pub struct WorkerMetrics {
     numbers: IntCounterVec,
     routes: IntCounterVec,
     tenant_cache: IntCounterVec,
+    reconciler: IntCounterVec,
 }
 
 impl Default for WorkerMetrics {
@@ -112,6 +113,12 @@ impl WorkerMetrics {
                 "Tenant lookups answered from the cache (hit) or not (miss).",
                 &["result"],
             ),
+            reconciler: m::counter(
+                &r,
+                "sms_reconciler_checks_total",
+                "Reconciler checks of stuck messages by result: updated, unchanged, not_found, error, gave_up.",
+                &["result"],
+            ),
             registry: r,
         }
     }
@@ -143,6 +150,10 @@ impl WorkerMetrics {
         self.numbers
             .with_label_values(&[if known { "known" } else { "unknown" }])
             .inc();
+    }
+
+    pub fn reconcile(&self, result: &str, n: u64) {
+        self.reconciler.with_label_values(&[result]).inc_by(n);
     }
 
     pub fn route(&self, outcome: &str) {

@@ -82,63 +82,135 @@ async fn pass(deps: &Deps) -> anyhow::Result<Report> {
 }
 
 /// Outbound messages stuck in a non-final status, fetched from Twilio; a status not seen yet is
-/// stored like a callback and applied by the status job. Returns (checked, updated).
+/// stored like a callback and applied by the status job. Every check is recorded (the message
+/// goes to the back of the line), so messages Twilio cannot answer for never starve the others:
+/// a 404 is settled (`reconcile_stopped` not_found), an error is noted and the pass goes on, and
+/// a message non-final past RECONCILE_GIVE_UP_AFTER_SECS stops being polled. Returns (checked,
+/// updated).
 async fn check_stuck(
     deps: &Deps,
     cfg: &shared::config::Outbound,
     twilio: &shared::twilio::client::TwilioClient,
 ) -> anyhow::Result<(usize, usize)> {
+    let gave_up = sqlx::query!(
+        r#"UPDATE sms_messages SET reconcile_stopped = 'gave_up', reconciled_at = now(),
+               reconcile_note = 'still not final after RECONCILE_GIVE_UP_AFTER_SECS'
+           WHERE direction = 'outbound' AND reconcile_stopped IS NULL AND twilio_sid IS NOT NULL
+             AND delivery_status IN ('pending', 'sending', 'queued', 'accepted', 'scheduled', 'sent')
+             AND created_at < now() - make_interval(secs => $1::float8)"#,
+        cfg.reconcile_give_up_after.as_secs_f64()
+    )
+    .execute(&deps.pool)
+    .await?
+    .rows_affected();
+    if gave_up > 0 {
+        deps.metrics.reconcile("gave_up", gave_up);
+        tracing::warn!(
+            messages = gave_up,
+            "reconciler gave up on messages still not final"
+        );
+    }
+    let stuck = sqlx::query!(
+        r#"SELECT id, twilio_sid AS "sid!" FROM sms_messages
+           WHERE direction = 'outbound'
+             AND delivery_status IN ('pending', 'sending', 'queued', 'accepted', 'scheduled', 'sent')
+             AND status_updated_at < now() - make_interval(secs => $1::float8)
+             AND twilio_sid IS NOT NULL AND reconcile_stopped IS NULL
+           ORDER BY status_updated_at LIMIT $2"#,
+        cfg.reconcile_stuck_after.as_secs_f64(),
+        BATCH
+    )
+    .fetch_all(&deps.pool)
+    .await?;
     let (mut checked, mut updated) = (0, 0);
-    {
-        let stuck = sqlx::query!(
-            r#"SELECT id, twilio_sid AS "sid!" FROM sms_messages
-               WHERE direction = 'outbound'
-                 AND delivery_status IN ('pending', 'sending', 'queued', 'accepted', 'scheduled', 'sent')
-                 AND status_updated_at < now() - make_interval(secs => $1::float8)
-                 AND twilio_sid IS NOT NULL
-               ORDER BY status_updated_at LIMIT $2"#,
-            cfg.reconcile_stuck_after.as_secs_f64(),
-            BATCH
-        )
-        .fetch_all(&deps.pool)
-        .await?;
-        for m in stuck {
-            checked += 1;
-            let Some(resource) = twilio.fetch(&m.sid).await? else {
-                continue;
-            };
-            let mut tx = deps.pool.begin().await?;
-            let inserted = sqlx::query_scalar!(
-                r#"INSERT INTO sms_status_callbacks (message_sid, message_status, our_message_id, error_code, raw)
-                   VALUES ($1, $2, $3, $4, jsonb_build_object('source', 'reconciler'))
-                   ON CONFLICT (message_sid, message_status) DO NOTHING RETURNING id"#,
-                m.sid,
-                resource.status,
-                m.id,
-                resource.error_code_string()
-            )
-            .fetch_optional(&mut *tx)
-            .await?;
-            // Checked now: not again before another stuck period.
-            sqlx::query!(
-                "UPDATE sms_messages SET status_updated_at = now() WHERE id = $1",
-                m.id
-            )
-            .execute(&mut *tx)
-            .await?;
-            if inserted.is_some() {
-                let apply = ApplyStatus {
-                    message_sid: m.sid.clone(),
-                    our_message_id: Some(m.id),
-                    trace: shared::telemetry::TraceContext::current(),
-                };
-                jobs::schedule(&mut tx, &[apply], When::NOW).await?;
-                updated += 1;
+    for m in stuck {
+        checked += 1;
+        let result = match twilio.fetch(&m.sid).await {
+            Ok(Some(resource)) => apply_fetched(deps, m.id, &m.sid, &resource).await,
+            Ok(None) => note_check(deps, m.id, "not found at Twilio (404)", Some("not_found"))
+                .await
+                .map(|()| "not_found"),
+            // One message's failure never ends the pass: noted, and it waits its turn again.
+            Err(e) => note_check(deps, m.id, &format!("fetch failed: {e}"), None)
+                .await
+                .map(|()| "error"),
+        };
+        match result {
+            Ok(outcome) => {
+                deps.metrics.reconcile(outcome, 1);
+                if outcome == "updated" {
+                    updated += 1;
+                }
             }
-            tx.commit().await?;
+            Err(e) => {
+                tracing::warn!(error = %e, "reconciler could not record a check; next message")
+            }
         }
     }
     Ok((checked, updated))
+}
+
+/// Twilio's current status of a stuck message, stored like a callback when new.
+async fn apply_fetched(
+    deps: &Deps,
+    id: uuid::Uuid,
+    sid: &str,
+    resource: &shared::twilio::client::MessageResource,
+) -> anyhow::Result<&'static str> {
+    let mut tx = deps.pool.begin().await?;
+    let inserted = sqlx::query_scalar!(
+        r#"INSERT INTO sms_status_callbacks (message_sid, message_status, our_message_id, error_code, raw)
+           VALUES ($1, $2, $3, $4, jsonb_build_object('source', 'reconciler'))
+           ON CONFLICT (message_sid, message_status) DO NOTHING RETURNING id"#,
+        sid,
+        resource.status,
+        id,
+        resource.error_code_string()
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    // Checked now: not again before another stuck period.
+    sqlx::query!(
+        "UPDATE sms_messages SET status_updated_at = now(), reconciled_at = now(), reconcile_note = $2 WHERE id = $1",
+        id,
+        format!("twilio: {}", resource.status)
+    )
+    .execute(&mut *tx)
+    .await?;
+    if inserted.is_some() {
+        let apply = ApplyStatus {
+            message_sid: sid.to_owned(),
+            our_message_id: Some(id),
+            trace: shared::telemetry::TraceContext::current(),
+        };
+        jobs::schedule(&mut tx, &[apply], When::NOW).await?;
+    }
+    tx.commit().await?;
+    Ok(if inserted.is_some() {
+        "updated"
+    } else {
+        "unchanged"
+    })
+}
+
+/// Records a check that brought no status; `stop` settles the message for good.
+async fn note_check(
+    deps: &Deps,
+    id: uuid::Uuid,
+    note: &str,
+    stop: Option<&str>,
+) -> anyhow::Result<()> {
+    sqlx::query!(
+        r#"UPDATE sms_messages SET status_updated_at = now(), reconciled_at = now(), reconcile_note = $2,
+               reconcile_stopped = COALESCE($3, reconcile_stopped)
+           WHERE id = $1"#,
+        id,
+        note,
+        stop
+    )
+    .execute(&deps.pool)
+    .await?;
+    Ok(())
 }
 
 /// Conversations still without a tenant, tried against the directory again.

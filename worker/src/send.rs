@@ -110,6 +110,11 @@ pub enum Plan {
     Wait(Duration),
     /// Go ahead, closing an open attempt as `abandoned` first.
     Attempt { abandon: Option<i32> },
+    /// Every attempt allowed was made and the last one's outcome stayed unknown: fail the
+    /// message as `unknown_outcome` (visible, counted, never resent automatically). Without this
+    /// bound, a Twilio that answers too late and posts no callbacks got a message once per grace
+    /// period, forever.
+    GiveUp { abandon: i32 },
 }
 
 pub fn plan(
@@ -117,6 +122,7 @@ pub fn plan(
     open: Option<&OpenAttempt>,
     now: DateTime<Utc>,
     grace: Duration,
+    policy: &RetryPolicy,
 ) -> Plan {
     match open {
         _ if at_twilio => Plan::AlreadySent {
@@ -135,6 +141,9 @@ pub fn plan(
             let waited = (now - o.started_at).to_std().unwrap_or_default();
             if waited < grace {
                 Plan::Wait(grace - waited + Duration::from_millis(200))
+            } else if !policy.allows_another(o.attempt as u32) {
+                // Attempts of every kind count toward SEND_MAX_ATTEMPTS.
+                Plan::GiveUp { abandon: o.attempt }
             } else {
                 Plan::Attempt {
                     abandon: Some(o.attempt),
@@ -200,6 +209,106 @@ fn new_message<'a>(cfg: &'a Outbound, job: &SendMessage, msg: &'a Loaded) -> New
     }
 }
 
+/// A search of Twilio's list that could not be made is tried again this soon.
+const SEARCH_RETRY: Duration = Duration::from_secs(5);
+
+/// What Twilio's message list says of an attempt whose answer was lost.
+enum Found {
+    Message(Box<shared::twilio::client::MessageResource>),
+    Nothing,
+    /// The list could not be read (Twilio down): wait and look again, never guess.
+    CannotTell,
+}
+
+/// Searches Twilio's list for the message the open attempt may have created: same recipient,
+/// sender and body, created since just before the attempt.
+async fn search(
+    twilio: &shared::twilio::client::TwilioClient,
+    cfg: &Outbound,
+    msg: &Loaded,
+) -> Found {
+    let Some(open) = &msg.open else {
+        return Found::Nothing;
+    };
+    let want = shared::twilio::client::SentMessage {
+        to: &msg.to,
+        from: cfg.sender.phone_number.as_deref(),
+        messaging_service_sid: cfg.sender.messaging_service_sid.as_deref(),
+        body: &msg.body,
+        since: open.started_at - chrono::Duration::seconds(60),
+    };
+    match twilio.find_sent(&want).await {
+        Ok(Some(m)) => Found::Message(Box::new(m)),
+        Ok(None) => Found::Nothing,
+        Err(e) => {
+            tracing::warn!(error = %e, "Twilio's message list could not be searched; waiting");
+            Found::CannotTell
+        }
+    }
+}
+
+/// Adopts the message Twilio's list shows for the lost attempt, in one transaction.
+async fn adopt(
+    deps: &Deps,
+    job: &SendMessage,
+    attempt: i32,
+    m: &shared::twilio::client::MessageResource,
+) -> anyhow::Result<Outcome> {
+    let mut tx = deps.pool.begin().await?;
+    accept(&mut tx, job.message_id, attempt, &m.sid, &m.status).await?;
+    set_attempt(
+        &mut *tx,
+        job.message_id,
+        attempt,
+        AttemptOutcome::Resolved,
+        None,
+        Some("twilio_list"),
+    )
+    .await?;
+    tx.commit().await?;
+    tracing::info!(sid = %m.sid, attempt, "lost send answer settled: Twilio's list has the message; adopted");
+    Ok(Outcome::Accepted { sid: m.sid.clone() })
+}
+
+/// The error code of a message whose last allowed attempt's outcome stayed unknown.
+const UNKNOWN_OUTCOME: &str = "unknown_outcome";
+
+/// Fails a message whose last allowed attempt's outcome stayed unknown, in one transaction.
+async fn give_up(deps: &Deps, job: &SendMessage, attempt: i32) -> anyhow::Result<Outcome> {
+    let mut tx = deps.pool.begin().await?;
+    let why = "no callback within the grace period, and no such message in Twilio's list";
+    set_attempt(
+        &mut *tx,
+        job.message_id,
+        attempt,
+        AttemptOutcome::Abandoned,
+        Some(why),
+        Some("twilio_list_none"),
+    )
+    .await?;
+    let detail =
+        format!("{attempt} attempts, the last with an unknown outcome; not resent automatically");
+    set_status(
+        &mut tx,
+        job.message_id,
+        DeliveryStatus::Failed,
+        Some(UNKNOWN_OUTCOME),
+        Some(&detail),
+    )
+    .await?;
+    tx.commit().await?;
+    deps.metrics
+        .delivery_status(DeliveryStatus::Failed.as_str());
+    deps.metrics.twilio_send("gave_up", Some(UNKNOWN_OUTCOME));
+    tracing::error!(
+        attempt,
+        "send outcome stayed unknown after the last allowed attempt; failed as unknown_outcome"
+    );
+    Ok(Outcome::Failed {
+        code: Some(UNKNOWN_OUTCOME.into()),
+    })
+}
+
 /// The error code of a scheduled message whose recipient opted out before its hand-over.
 const OPTED_OUT: &str = "opted_out";
 
@@ -254,13 +363,14 @@ async fn wait(
 }
 
 async fn abandon_attempt(deps: &Deps, message_id: Uuid, attempt: i32) -> anyhow::Result<()> {
-    let why = "no sign of the message at Twilio within the grace period";
+    let why = "no callback within the grace period, and no such message in Twilio's list";
     set_attempt(
         &deps.pool,
         message_id,
         attempt,
         AttemptOutcome::Abandoned,
         Some(why),
+        Some("twilio_list_none"),
     )
     .await?;
     tracing::warn!(
@@ -292,14 +402,27 @@ pub async fn process(deps: &Deps, job: SendMessage) -> anyhow::Result<Outcome> {
         msg.open.as_ref(),
         Utc::now(),
         cfg.unknown_outcome_grace,
+        &cfg.retry(),
     ) {
         Plan::AlreadySent { close } => return already_sent(deps, &job, close).await,
         Plan::Resolve { attempt, sid } => return resolve(deps, &job, attempt, sid).await,
+        Plan::GiveUp { abandon } => {
+            return match search(twilio, cfg, &msg).await {
+                Found::Message(m) => adopt(deps, &job, abandon, &m).await,
+                Found::Nothing => give_up(deps, &job, abandon).await,
+                Found::CannotTell => wait(deps, job, SEARCH_RETRY, msg.priority).await,
+            };
+        }
         Plan::Wait(after) => return wait(deps, job, after, msg.priority).await,
         Plan::Attempt { abandon } => abandon,
     };
     if let Some(attempt) = abandon {
-        abandon_attempt(deps, job.message_id, attempt).await?;
+        // Evidence first: Twilio's list shows whether the lost attempt created the message.
+        match search(twilio, cfg, &msg).await {
+            Found::Message(m) => return adopt(deps, &job, attempt, &m).await,
+            Found::Nothing => abandon_attempt(deps, job.message_id, attempt).await?,
+            Found::CannotTell => return wait(deps, job, SEARCH_RETRY, msg.priority).await,
+        }
     }
     if msg.scheduled && msg.attempts == 0 && refused_at_hand_over(deps, cfg, &job, &msg).await? {
         return Ok(Outcome::Failed {
@@ -378,6 +501,7 @@ async fn already_sent(
             attempt,
             AttemptOutcome::Resolved,
             None,
+            Some("status"),
         )
         .await?;
     }
@@ -397,6 +521,7 @@ async fn resolve(
         attempt,
         AttemptOutcome::Resolved,
         None,
+        Some("status_callback"),
     )
     .await?;
     let apply = ApplyStatus {
@@ -416,13 +541,17 @@ async fn set_attempt<'c>(
     attempt: i32,
     outcome: AttemptOutcome,
     error: Option<&str>,
+    evidence: Option<&str>,
 ) -> anyhow::Result<()> {
     sqlx::query!(
-        "UPDATE sms_send_attempts SET outcome = $3, finished_at = now(), error_message = COALESCE($4, error_message) WHERE message_id = $1 AND attempt = $2",
+        "UPDATE sms_send_attempts SET outcome = $3, finished_at = now(), error_message = COALESCE($4, error_message),
+             evidence = COALESCE($5, evidence)
+         WHERE message_id = $1 AND attempt = $2",
         message_id,
         attempt,
         outcome.as_str(),
-        error
+        error,
+        evidence
     )
     .execute(conn)
     .await?;
@@ -818,6 +947,7 @@ mod tests {
     #[test]
     fn plan_over_every_state() {
         let grace = Duration::from_secs(60);
+        let policy = RetryPolicy::new(Duration::from_secs(1), Duration::from_secs(300), 10);
         let now = Utc::now();
         let table: &[(bool, Option<OpenAttempt>, &str)] = &[
             (true, None, "already_sent"),
@@ -829,7 +959,7 @@ mod tests {
             (false, Some(open(120, None)), "abandon+attempt"),
         ];
         for (at_twilio, o, want) in table {
-            let got = match plan(*at_twilio, o.as_ref(), now, grace) {
+            let got = match plan(*at_twilio, o.as_ref(), now, grace, &policy) {
                 Plan::AlreadySent { close: None } => "already_sent",
                 Plan::AlreadySent { close: Some(3) } => "already_sent+close",
                 Plan::Resolve { attempt: 3, sid } if sid == "SM1" => "resolve",
@@ -840,10 +970,28 @@ mod tests {
                 }
                 Plan::Attempt { abandon: None } => "attempt",
                 Plan::Attempt { abandon: Some(3) } => "abandon+attempt",
+                Plan::GiveUp { abandon: 3 } => "give_up",
                 other => panic!("unexpected {other:?}"),
             };
             assert_eq!(got, *want, "at_twilio={at_twilio} open={o:?}");
         }
+        // The last allowed attempt: an unknown outcome past the grace is a give-up, not an 11th.
+        let last = |proof: Option<&str>| OpenAttempt {
+            attempt: 10,
+            started_at: now - chrono::Duration::seconds(120),
+            proof: proof.map(str::to_owned),
+        };
+        assert_eq!(
+            plan(false, Some(&last(None)), now, grace, &policy),
+            Plan::GiveUp { abandon: 10 }
+        );
+        assert_eq!(
+            plan(false, Some(&last(Some("SM9"))), now, grace, &policy),
+            Plan::Resolve {
+                attempt: 10,
+                sid: "SM9".into()
+            }
+        );
     }
 
     #[test]
@@ -865,6 +1013,11 @@ mod tests {
             status: "queued".into(),
             error_code: None,
             error_message: None,
+            to: None,
+            from: None,
+            body: None,
+            messaging_service_sid: None,
+            date_created: None,
         });
         let table: Vec<(CreateOutcome, u32, Decision)> = vec![
             (

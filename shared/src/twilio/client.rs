@@ -25,9 +25,54 @@ pub struct MessageResource {
     pub error_code: Option<serde_json::Value>,
     #[serde(default)]
     pub error_message: Option<String>,
+    #[serde(default)]
+    pub to: Option<String>,
+    #[serde(default)]
+    pub from: Option<String>,
+    #[serde(default)]
+    pub body: Option<String>,
+    #[serde(default)]
+    pub messaging_service_sid: Option<String>,
+    /// RFC 2822, as Twilio writes it.
+    #[serde(default)]
+    pub date_created: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct MessagePage {
+    messages: Vec<MessageResource>,
+    next_page_uri: Option<String>,
+}
+
+/// What a search of Twilio's message list is looking for: a message we may have created.
+pub struct SentMessage<'a> {
+    pub to: &'a str,
+    pub from: Option<&'a str>,
+    pub messaging_service_sid: Option<&'a str>,
+    pub body: &'a str,
+    /// Created no earlier than this (the attempt's start, less a margin for clock skew).
+    pub since: chrono::DateTime<chrono::Utc>,
 }
 
 impl MessageResource {
+    fn created(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        let d = self.date_created.as_deref()?;
+        chrono::DateTime::parse_from_rfc2822(d)
+            .or_else(|_| chrono::DateTime::parse_from_rfc3339(d))
+            .ok()
+            .map(|t| t.with_timezone(&chrono::Utc))
+    }
+
+    /// Whether this is the message a search looks for.
+    pub fn matches(&self, want: &SentMessage<'_>) -> bool {
+        self.to.as_deref() == Some(want.to)
+            && self.body.as_deref() == Some(want.body)
+            && match want.messaging_service_sid {
+                Some(service) => self.messaging_service_sid.as_deref() == Some(service),
+                None => want.from.is_none() || self.from.as_deref() == want.from,
+            }
+            && self.created().is_some_and(|t| t >= want.since)
+    }
     pub fn error_code_string(&self) -> Option<String> {
         match &self.error_code {
             Some(serde_json::Value::Number(n)) => Some(n.to_string()),
@@ -210,6 +255,49 @@ impl TwilioClient {
         }
         let resp = resp.error_for_status()?;
         Ok(Some(resp.json().await?))
+    }
+
+    /// Searches Twilio's message list (ListMessage, newest first, by `To`) for a message we may
+    /// have created since `want.since`, following the pages until the messages are older. Err
+    /// when the list cannot be read: the caller then waits, never guesses.
+    #[tracing::instrument(name = "twilio_list_messages", skip_all, fields(otel.kind = "client"))]
+    pub async fn find_sent(
+        &self,
+        want: &SentMessage<'_>,
+    ) -> anyhow::Result<Option<MessageResource>> {
+        let mut url = format!(
+            "{}/2010-04-01/Accounts/{}/Messages.json?{}",
+            self.base,
+            self.account_sid,
+            url::form_urlencoded::Serializer::new(String::new())
+                .append_pair("To", want.to)
+                .append_pair("PageSize", "100")
+                .finish()
+        );
+        for _ in 0..20 {
+            let request = self
+                .http
+                .get(&url)
+                .basic_auth(&self.account_sid, Some(self.auth_token.expose()));
+            let page: MessagePage = crate::telemetry::inject(request, &tracing::Span::current())
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+            if let Some(found) = page.messages.iter().find(|m| m.matches(want)) {
+                return Ok(Some(found.clone()));
+            }
+            // Newest first: once a page reaches before the attempt, nothing older can match.
+            let older = page.messages.last().and_then(MessageResource::created);
+            match page.next_page_uri {
+                Some(next) if older.is_none_or(|t| t >= want.since) => {
+                    url = format!("{}{next}", self.base);
+                }
+                _ => return Ok(None),
+            }
+        }
+        anyhow::bail!("the message list is longer than 20 pages since the attempt")
     }
 }
 

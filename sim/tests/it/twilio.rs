@@ -269,8 +269,9 @@ async fn rest_requests_need_the_accounts_credentials() {
     assert_eq!(other.status(), 404);
     assert_twilio_error(&other.json().await.unwrap(), 404, 20404);
 
+    // GET is ListMessage; DELETE is no method of the list.
     let wrong_method = http
-        .get(sim.messages_url())
+        .delete(sim.messages_url())
         .basic_auth(ACCOUNT, Some(TOKEN))
         .send()
         .await
@@ -1301,4 +1302,64 @@ async fn dropping_the_handle_stops_the_server() {
     }
     assert!(refused, "server still answering after drop");
     assert!(TwilioSim::start(local(), ACCOUNT, "").await.is_err());
+}
+
+/// ListMessage: newest first, filtered by `To`, paged with `PageSize`/`Page` and `next_page_uri`.
+#[tokio::test]
+async fn the_message_list_filters_and_pages_like_twilios() {
+    let sim = twilio().await;
+    let http = reqwest::Client::new();
+    for i in 0..5 {
+        let to = if i % 2 == 0 {
+            "+14155550601"
+        } else {
+            "+14155550602"
+        };
+        let body = format!("m{i}");
+        let form = [("To", to), ("From", FROM), ("Body", body.as_str())];
+        assert_eq!(create(&http, &sim, &form).await.0, 201);
+    }
+    let page = |q: &str| {
+        let http = http.clone();
+        let url = format!("{}?{q}", sim.messages_url());
+        async move {
+            let r = http
+                .get(url)
+                .basic_auth(ACCOUNT, Some(TOKEN))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    let first = page("To=%2B14155550601&PageSize=2").await;
+    let bodies: Vec<&str> = first["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["body"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        bodies,
+        vec!["m4", "m2"],
+        "newest first, only that recipient"
+    );
+    let next = first["next_page_uri"].as_str().expect("a next page");
+    let r = http
+        .get(format!("{}{next}", sim.base_url()))
+        .basic_auth(ACCOUNT, Some(TOKEN))
+        .send()
+        .await
+        .unwrap();
+    let second: Value = r.json().await.unwrap();
+    assert_eq!(second["messages"][0]["body"], "m0");
+    assert!(second["next_page_uri"].is_null());
+    assert_eq!(
+        page("To=%2B14155550602").await["messages"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
 }

@@ -288,7 +288,7 @@ async fn an_api_send_carries_its_callers_trace_to_twilio() {
         .post(format!("{}/sms/send", w.ingress))
         .bearer_auth(&key)
         .header("traceparent", traceparent(&trace_id, "1111111111111111"))
-        .json(&json!({"to": "+15559300002", "body": "Su recibo está listo."}))
+        .json(&json!({"to": "+14159300002", "body": "Su recibo está listo."}))
         .send()
         .await
         .unwrap();

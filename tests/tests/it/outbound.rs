@@ -916,3 +916,175 @@ async fn the_reconciler_deletes_finished_jobs_past_their_retention() {
         0
     );
 }
+
+/// Twilio creates every message but its answer never comes back in time and it posts no
+/// callbacks: after the grace period each message is found in Twilio's message list and its SID
+/// adopted; Twilio holds each message exactly once.
+#[tokio::test]
+async fn lost_answers_are_settled_from_twilios_message_list() {
+    let tw = twilio().await;
+    tw.set_faults(Faults {
+        timeout_next: 1000,
+        timeout_creates: true,
+        no_callbacks: true,
+        ..Faults::default()
+    });
+    let mut app = app_with(
+        &tw,
+        &[
+            ("TWILIO_TIMEOUT_MS", "300"),
+            ("UNKNOWN_OUTCOME_GRACE_SECS", "1"),
+        ],
+    )
+    .await;
+    let key = app.api_key(&["send"], None).await;
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let (_, body) = send(
+            &app,
+            &key,
+            json!({"to": format!("+1415767{i:04}"), "body": format!("notice {i}")}),
+            None,
+        )
+        .await;
+        ids.push(id_of(&body));
+    }
+    start_outbound_workers(&mut app).await;
+    for id in &ids {
+        let ok = wait_until(Duration::from_secs(40), || async {
+            status_of(&app, *id).await.2.is_some()
+        })
+        .await;
+        assert!(ok.is_ok(), "{id}: {:?}", status_of(&app, *id).await);
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        tw.stats().creates,
+        20,
+        "each message reached Twilio exactly once"
+    );
+    let evidence: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT outcome, evidence FROM sms_send_attempts WHERE message_id = $1 ORDER BY attempt",
+    )
+    .bind(ids[0])
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        evidence,
+        vec![("resolved".to_owned(), Some("twilio_list".to_owned()))]
+    );
+}
+
+/// Creates that never reach Twilio and never answer: the list shows nothing, so each attempt is
+/// abandoned and another made, at most SEND_MAX_ATTEMPTS in all; then the message fails as
+/// `unknown_outcome` and is never resent (before, it was resent once per grace period, forever).
+#[tokio::test]
+async fn attempts_with_unknown_outcomes_are_bounded() {
+    let tw = twilio().await;
+    tw.set_faults(Faults {
+        timeout_next: 1000,
+        timeout_creates: false,
+        no_callbacks: true,
+        ..Faults::default()
+    });
+    let mut app = app_with(
+        &tw,
+        &[
+            ("SEND_MAX_ATTEMPTS", "3"),
+            ("TWILIO_TIMEOUT_MS", "300"),
+            ("UNKNOWN_OUTCOME_GRACE_SECS", "1"),
+        ],
+    )
+    .await;
+    let key = app.api_key(&["send"], None).await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let (_, body) = send(
+            &app,
+            &key,
+            json!({"to": format!("+1415766{i:04}"), "body": "hi"}),
+            None,
+        )
+        .await;
+        ids.push(id_of(&body));
+    }
+    start_outbound_workers(&mut app).await;
+    for id in &ids {
+        let ok = wait_until(Duration::from_secs(40), || async {
+            status_of(&app, *id).await.1.as_deref() == Some("unknown_outcome")
+        })
+        .await;
+        assert!(ok.is_ok(), "{id}: {:?}", status_of(&app, *id).await);
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let stats = tw.stats();
+    assert_eq!(
+        (stats.create_attempts, stats.creates),
+        (15, 0),
+        "3 attempts each, no more"
+    );
+    let outcomes: Vec<String> = sqlx::query_scalar(
+        "SELECT outcome FROM sms_send_attempts WHERE message_id = $1 ORDER BY attempt",
+    )
+    .bind(ids[0])
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(outcomes, vec!["abandoned", "abandoned", "abandoned"]);
+    assert_eq!(status_of(&app, ids[0]).await.0, "failed");
+}
+
+/// Messages Twilio answers 404 for (deleted, another account) used to be skipped unrecorded and
+/// filled every batch of 200 forever: now each check is recorded, a 404 is settled and never
+/// polled again, and a normal stuck message behind 200 of them is reconciled in the same pass.
+#[tokio::test]
+async fn the_reconciler_cannot_be_starved_by_messages_twilio_does_not_know() {
+    let tw = twilio().await;
+    tw.set_faults(Faults {
+        no_callbacks: true,
+        ..Faults::default()
+    });
+    let mut app = app_with(&tw, &[("RECONCILE_STUCK_AFTER_SECS", "0")]).await;
+    // 200 stuck messages whose SIDs Twilio does not know, older than everything else.
+    sqlx::query(
+        "INSERT INTO sms_messages (direction, message_content, delivery_status, to_number, twilio_sid, status_updated_at)
+         SELECT 'outbound', 'old', 'sent', '+14155550500', 'SM' || lpad(g::text, 32, '0'), now() - interval '1 day'
+         FROM generate_series(1, 200) g",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let key = app.api_key(&["send"], None).await;
+    let (_, body) = send(&app, &key, json!({"to": TO, "body": "hi"}), None).await;
+    let id = id_of(&body);
+    start_outbound_workers(&mut app).await;
+    wait_status(&app, id, "queued").await;
+    let sid = status_of(&app, id).await.2.unwrap();
+    wait_until(Duration::from_secs(5), || async {
+        tw.message(&sid)
+            .is_some_and(|m| m.status.as_str() == "delivered")
+    })
+    .await
+    .unwrap();
+    let cfg = shared::config::Worker::load(&app.settings.0).unwrap();
+    let deps = worker::Deps::new(&cfg, app.pool.clone());
+    // First pass: the 200 unknown ones fill the batch; each is settled as not found.
+    let first = worker::reconcile::once(&deps).await.unwrap();
+    assert_eq!(first.stuck_checked, 200);
+    let settled = app
+        .count("SELECT count(*) FROM sms_messages WHERE reconcile_stopped = 'not_found'")
+        .await;
+    assert_eq!(settled, 200);
+    // Second pass: only the real one is left to check, and it is brought up to date.
+    let second = worker::reconcile::once(&deps).await.unwrap();
+    assert_eq!((second.stuck_checked, second.stuck_updated), (1, 1));
+    wait_status(&app, id, "delivered").await;
+    let note: Option<String> = sqlx::query_scalar(
+        "SELECT reconcile_note FROM sms_messages WHERE twilio_sid = 'SM' || lpad('1', 32, '0')",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(note.as_deref(), Some("not found at Twilio (404)"));
+}
