@@ -18,7 +18,7 @@ use uuid::Uuid;
 use crate::{
     AppState,
     auth::{self, ApiKey},
-    conversations::{decode_cursor_id, encode_cursor_id, parse_limit},
+    conversations::{decode_cursor, encode_cursor, parse_limit},
     error::ApiError,
     extract::Query,
     usage::parse_time,
@@ -154,7 +154,7 @@ pub async fn list(
     } else {
         parse_limit(p.limit.as_deref())?
     };
-    let cursor = p.cursor.as_deref().map(decode_cursor_id).transpose()?;
+    let cursor = p.cursor.as_deref().map(decode_cursor::<i64>).transpose()?;
     let (after_at, after_id) = cursor.unzip();
     let mut events = sqlx::query_as!(
         OptOutEvent,
@@ -180,7 +180,7 @@ pub async fn list(
     .await?;
     let next_cursor = if events.len() as i64 > limit {
         events.truncate(limit as usize);
-        events.last().map(|e| encode_cursor_id(e.occurred_at, e.id))
+        events.last().map(|e| encode_cursor(e.occurred_at, e.id))
     } else {
         None
     };
