@@ -1,7 +1,7 @@
 //! The periodic reconciler: outbound messages stuck in a non-final status are fetched from Twilio
 //! and brought up to date (through the same ledger and monotonic rule as callbacks), and
 //! conversations still without a tenant are tried against the directory again. Several replicas
-//! may run it; an advisory lock lets one pass run at a time.
+//! may run it; a lease row (`reconciler_lease`) lets one pass run at a time, through any pooler.
 
 use std::sync::Arc;
 
@@ -14,7 +14,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Deps;
 
-const LOCK_KEY: i64 = 0x0073_6d73_5f72_6563; // "sms_rec"
 const BATCH: i64 = 200;
 
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -46,19 +45,35 @@ pub async fn run(deps: Arc<Deps>, shutdown: CancellationToken) {
     }
 }
 
-/// One pass; returns what it did (nothing when another replica holds the lock).
+/// How long a pass may hold the lease before another replica may take over (a holder that died).
+const LEASE: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// This process's name on the lease.
+static HOLDER: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("reconciler-{}", ulid::Ulid::generate()));
+
+/// One pass; returns what it did (nothing when another replica holds the lease).
 pub async fn once(deps: &Deps) -> anyhow::Result<Report> {
-    let mut lock_conn = deps.pool.acquire().await?;
-    let locked: bool = sqlx::query_scalar!(r#"SELECT pg_try_advisory_lock($1) AS "l!""#, LOCK_KEY)
-        .fetch_one(&mut *lock_conn)
-        .await?;
-    if !locked {
+    let leased = sqlx::query_scalar!(
+        r#"INSERT INTO reconciler_lease (id, holder, expires_at) VALUES (true, $1, now() + make_interval(secs => $2::float8))
+           ON CONFLICT (id) DO UPDATE SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at
+           WHERE reconciler_lease.expires_at < now() OR reconciler_lease.holder = EXCLUDED.holder
+           RETURNING holder"#,
+        HOLDER.as_str(),
+        LEASE.as_secs_f64()
+    )
+    .fetch_optional(&deps.pool)
+    .await?;
+    if leased.is_none() {
         return Ok(Report::default());
     }
     let result = pass(deps).await;
-    sqlx::query_scalar!(r#"SELECT pg_advisory_unlock($1) AS "u!""#, LOCK_KEY)
-        .fetch_one(&mut *lock_conn)
-        .await?;
+    sqlx::query!(
+        "UPDATE reconciler_lease SET expires_at = now() WHERE holder = $1",
+        HOLDER.as_str()
+    )
+    .execute(&deps.pool)
+    .await?;
     result
 }
 

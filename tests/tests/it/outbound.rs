@@ -1088,3 +1088,44 @@ async fn the_reconciler_cannot_be_starved_by_messages_twilio_does_not_know() {
     .unwrap();
     assert_eq!(note.as_deref(), Some("not found at Twilio (404)"));
 }
+
+/// One reconciler pass at a time across replicas, through a lease row rather than a session
+/// advisory lock (which a transaction pooler breaks): a live lease held elsewhere skips the pass,
+/// an expired one is taken over.
+#[tokio::test]
+async fn the_reconciler_runs_one_pass_at_a_time_by_lease() {
+    let tw = twilio().await;
+    let app = app_with(&tw, &[("JOB_RETENTION_HOURS", "0")]).await;
+    let cfg = shared::config::Worker::load(&app.settings.0).unwrap();
+    let deps = worker::Deps::new(&cfg, app.pool.clone());
+    sqlx::query("INSERT INTO reconciler_lease (holder, expires_at) VALUES ('another-replica', now() + interval '1 minute')")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let finished = || {
+        sqlx::query("INSERT INTO apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at, priority, metadata, done_at)
+                     VALUES (apalis.generate_ulid(), 'route', '\\x7b7d', 'Done', 1, 25, now(), 0, ''::hstore, now() - interval '1 hour')")
+            .execute(&app.pool)
+    };
+    finished().await.unwrap();
+    assert_eq!(
+        worker::reconcile::once(&deps).await.unwrap(),
+        Default::default(),
+        "skipped: leased elsewhere"
+    );
+    sqlx::query("UPDATE reconciler_lease SET expires_at = now() - interval '1 second'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let report = worker::reconcile::once(&deps).await.unwrap();
+    assert_eq!(
+        report.jobs_deleted, 1,
+        "the expired lease was taken over and the pass ran"
+    );
+    // Released at the end: the next pass runs at once.
+    finished().await.unwrap();
+    assert_eq!(
+        worker::reconcile::once(&deps).await.unwrap().jobs_deleted,
+        1
+    );
+}
