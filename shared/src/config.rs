@@ -267,6 +267,10 @@ pub struct Outbound {
     pub reconcile_stuck_after: Duration,
     /// A message still not final this long after its creation stops being polled.
     pub reconcile_give_up_after: Duration,
+    /// How often the reconciler lists what Twilio received; None = off.
+    pub inbound_backfill_interval: Option<Duration>,
+    /// How far back the first backfill looks.
+    pub inbound_backfill_lookback: Duration,
 }
 
 impl Outbound {
@@ -323,6 +327,9 @@ impl Outbound {
             reconcile_interval: secs(src, "RECONCILE_INTERVAL_SECS", 60)?,
             reconcile_stuck_after: secs(src, "RECONCILE_STUCK_AFTER_SECS", 600)?,
             reconcile_give_up_after: secs(src, "RECONCILE_GIVE_UP_AFTER_SECS", 72 * 3600)?,
+            inbound_backfill_interval: Some(secs(src, "INBOUND_BACKFILL_INTERVAL_SECS", 60)?)
+                .filter(|d| !d.is_zero()),
+            inbound_backfill_lookback: secs(src, "INBOUND_BACKFILL_LOOKBACK_SECS", 86_400)?,
         }))
     }
 

@@ -148,6 +148,8 @@ pub enum MessageStatus {
     Delivered,
     Undelivered,
     Failed,
+    /// An inbound message.
+    Received,
 }
 
 impl MessageStatus {
@@ -160,6 +162,7 @@ impl MessageStatus {
             Self::Delivered => "delivered",
             Self::Undelivered => "undelivered",
             Self::Failed => "failed",
+            Self::Received => "received",
         }
     }
 }
@@ -311,6 +314,8 @@ pub struct Stats {
 #[derive(Default)]
 struct Inner {
     messages: HashMap<String, Message>,
+    /// Every message's SID, outbound and inbound, in the order it reached the account.
+    order: Vec<String>,
     faults: Faults,
     stats: Stats,
 }
@@ -421,6 +426,41 @@ impl TwilioState {
     /// A message as `GET .../Messages/{sid}.json` would return it now.
     pub fn message(&self, sid: &str) -> Option<Message> {
         self.lock().messages.get(sid).cloned()
+    }
+
+    /// An SMS someone sent to one of the account's numbers: kept in the message log (direction
+    /// `inbound`, status `received`) as Twilio keeps it, whether or not its webhook got through.
+    pub fn receive_inbound(&self, sid: &str, from: &str, to: &str, body: &str) -> Message {
+        let now = rfc2822_now();
+        let message = Message {
+            sid: sid.to_owned(),
+            account_sid: self.account_sid.to_string(),
+            to: to.to_owned(),
+            from: Some(from.to_owned()),
+            messaging_service_sid: None,
+            body: body.to_owned(),
+            status: MessageStatus::Received,
+            num_segments: webhook::num_segments(body).to_string(),
+            num_media: "0".into(),
+            direction: "inbound".into(),
+            api_version: API_VERSION.into(),
+            date_created: now.clone(),
+            date_updated: now.clone(),
+            date_sent: Some(now),
+            error_code: None,
+            error_message: None,
+            price: None,
+            price_unit: "USD".into(),
+            uri: format!(
+                "/{API_VERSION}/Accounts/{}/Messages/{sid}.json",
+                self.account_sid
+            ),
+            subresource_uris: BTreeMap::new(),
+        };
+        let mut inner = self.lock();
+        inner.messages.insert(sid.to_owned(), message.clone());
+        inner.order.push(sid.to_owned());
+        message
     }
 
     /// Waits until every status sequence has finished (all callbacks posted); `false` if that
@@ -561,6 +601,7 @@ impl TwilioState {
         let lifecycle = {
             let mut inner = self.lock();
             inner.messages.insert(sid.clone(), message.clone());
+            inner.order.push(sid.clone());
             let stats = &mut inner.stats;
             stats.creates += 1;
             if let Some(id) = callback_id {
@@ -1088,11 +1129,10 @@ async fn list_messages(
     let all: Vec<Message> = {
         let inner = state.lock();
         inner
-            .stats
-            .messages
+            .order
             .iter()
             .rev()
-            .filter_map(|c| inner.messages.get(&c.sid).cloned())
+            .filter_map(|sid| inner.messages.get(sid).cloned())
             .filter(|m| get("To").is_none_or(|to| m.to == to))
             .filter(|m| get("From").is_none_or(|from| m.from.as_deref() == Some(from.as_str())))
             .filter(|m| {
@@ -1243,6 +1283,10 @@ impl TwilioSimHandle {
     }
     pub fn message(&self, sid: &str) -> Option<Message> {
         self.state.message(sid)
+    }
+    /// See [`TwilioState::receive_inbound`].
+    pub fn receive_inbound(&self, sid: &str, from: &str, to: &str, body: &str) -> Message {
+        self.state.receive_inbound(sid, from, to, body)
     }
     /// See [`TwilioState::wait_for_callbacks`].
     pub async fn wait_for_callbacks(&self, timeout: Duration) -> bool {

@@ -33,6 +33,8 @@ impl Settings {
             ("LOG_FORMAT", "pretty"),
             // Quiet hours depend on the time of day a test runs: tests that exercise them opt in.
             ("QUIET_HOURS_WORKFLOWS", "none"),
+            // The backfill reads Twilio's log; the tests that exercise it turn it on.
+            ("INBOUND_BACKFILL_INTERVAL_SECS", "0"),
         ] {
             m.insert(k.to_owned(), v.to_owned());
         }

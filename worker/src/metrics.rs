@@ -52,6 +52,7 @@ pub struct WorkerMetrics {
     routes: IntCounterVec,
     tenant_cache: IntCounterVec,
     reconciler: IntCounterVec,
+    backfilled: IntCounterVec,
 }
 
 impl Default for WorkerMetrics {
@@ -119,6 +120,12 @@ impl WorkerMetrics {
                 "Reconciler checks of stuck messages by result: updated, unchanged, not_found, error, gave_up.",
                 &["result"],
             ),
+            backfilled: m::counter(
+                &r,
+                "sms_inbound_backfilled_total",
+                "Inbound messages stored from Twilio's message log because their webhook never reached us.",
+                &[],
+            ),
             registry: r,
         }
     }
@@ -150,6 +157,10 @@ impl WorkerMetrics {
         self.numbers
             .with_label_values(&[if known { "known" } else { "unknown" }])
             .inc();
+    }
+
+    pub fn backfilled(&self, n: u64) {
+        self.backfilled.with_label_values(&[] as &[&str]).inc_by(n);
     }
 
     pub fn reconcile(&self, result: &str, n: u64) {

@@ -22,6 +22,8 @@ pub struct Report {
     pub stuck_updated: usize,
     pub tenants_attached: usize,
     pub jobs_deleted: u64,
+    /// Inbound messages Twilio had that we did not, stored by the backfill.
+    pub backfilled: usize,
 }
 
 pub async fn run(deps: Arc<Deps>, shutdown: CancellationToken) {
@@ -89,6 +91,13 @@ async fn pass(deps: &Deps) -> anyhow::Result<Report> {
     };
     if let Some((cfg, twilio)) = &deps.outbound {
         (report.stuck_checked, report.stuck_updated) = check_stuck(deps, cfg, twilio).await?;
+        if let Some(every) = cfg.inbound_backfill_interval {
+            // Twilio's list unreadable: the next pass tries again; the rest of this one goes on.
+            match backfill_inbound(deps, cfg, twilio, every).await {
+                Ok(n) => report.backfilled = n,
+                Err(e) => tracing::warn!(error = %e, "inbound backfill failed; next pass"),
+            }
+        }
     }
     if deps.tenants.monitor().is_some() {
         report.tenants_attached = attach_tenants(deps).await?;
@@ -163,6 +172,100 @@ async fn check_stuck(
         }
     }
     Ok((checked, updated))
+}
+
+/// Inbound backfill: the inbound messages Twilio received since the watermark (the first time,
+/// INBOUND_BACKFILL_LOOKBACK_SECS back), every page of them, stored when we do not have them
+/// through the webhook's own statement (idempotent by MessageSid, one processing job), marked
+/// `"Backfilled": "true"` in the raw payload. A message whose webhook arrives later is not stored
+/// twice. The watermark moves to the newest message seen (less a minute, for Twilio's clock), so
+/// the cost follows new messages, not history. Runs every INBOUND_BACKFILL_INTERVAL_SECS.
+async fn backfill_inbound(
+    deps: &Deps,
+    cfg: &shared::config::Outbound,
+    twilio: &shared::twilio::client::TwilioClient,
+    every: std::time::Duration,
+) -> anyhow::Result<usize> {
+    let state = sqlx::query!("SELECT watermark, ran_at FROM inbound_backfill")
+        .fetch_optional(&deps.pool)
+        .await?;
+    let now = chrono::Utc::now();
+    if state
+        .as_ref()
+        .is_some_and(|s| now - s.ran_at < chrono::Duration::from_std(every).unwrap_or_default())
+    {
+        return Ok(0);
+    }
+    let since = state.map_or_else(
+        || now - chrono::Duration::from_std(cfg.inbound_backfill_lookback).unwrap_or_default(),
+        |s| s.watermark,
+    );
+    let received = twilio
+        .list_received(cfg.sender.phone_number.as_deref(), since)
+        .await?;
+    let raws: Vec<serde_json::Value> = received
+        .iter()
+        .map(|m| {
+            serde_json::json!({
+                "MessageSid": m.sid, "SmsSid": m.sid, "SmsMessageSid": m.sid,
+                "AccountSid": cfg.account_sid, "From": m.from, "To": m.to, "Body": m.body,
+                "NumMedia": m.num_media.clone().unwrap_or_else(|| "0".into()),
+                "NumSegments": m.num_segments.clone().unwrap_or_else(|| "1".into()),
+                "SmsStatus": "received", "Backfilled": "true",
+            })
+        })
+        .collect();
+    let text = |v: &Option<String>| v.clone().unwrap_or_default();
+    let (sids, bodies, froms, tos): (Vec<String>, Vec<String>, Vec<String>, Vec<String>) = (
+        received.iter().map(|m| m.sid.clone()).collect(),
+        received.iter().map(|m| text(&m.body)).collect(),
+        received.iter().map(|m| text(&m.from)).collect(),
+        received.iter().map(|m| text(&m.to)).collect(),
+    );
+    let number = |v: &Option<String>| v.as_deref().and_then(|n| n.parse::<i32>().ok());
+    let segments: Vec<Option<i32>> = received.iter().map(|m| number(&m.num_segments)).collect();
+    let media: Vec<Option<i32>> = received.iter().map(|m| number(&m.num_media)).collect();
+    let (sids_r, bodies_r, froms_r, tos_r) = (strs(&sids), strs(&bodies), strs(&froms), strs(&tos));
+    let raws_r: Vec<&serde_json::Value> = raws.iter().collect();
+    let none: Vec<Option<&str>> = vec![None; received.len()];
+    let mut tx = deps.pool.begin().await?;
+    let stored = jobs::store_inbound(
+        &mut tx,
+        &jobs::InboundRows {
+            sids: &sids_r,
+            bodies: &bodies_r,
+            froms: &froms_r,
+            tos: &tos_r,
+            segments: &segments,
+            media: &media,
+            raws: &raws_r,
+            traceparents: &none,
+            tracestates: &none,
+        },
+    )
+    .await?;
+    let newest = received.iter().filter_map(|m| m.sent()).max();
+    let watermark = newest.map_or(since, |t| (t - chrono::Duration::minutes(1)).max(since));
+    sqlx::query!(
+        r#"INSERT INTO inbound_backfill (id, watermark, ran_at) VALUES (true, $1, now())
+           ON CONFLICT (id) DO UPDATE SET watermark = EXCLUDED.watermark, ran_at = EXCLUDED.ran_at"#,
+        watermark
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    if !stored.is_empty() {
+        deps.metrics.backfilled(stored.len() as u64);
+        tracing::warn!(
+            messages = stored.len(),
+            "inbound messages backfilled from Twilio's log (their webhooks never reached us)"
+        );
+    }
+    Ok(stored.len())
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
 }
 
 /// Twilio's current status of a stuck message, stored like a callback when new.

@@ -1018,6 +1018,10 @@ mod tests {
             body: None,
             messaging_service_sid: None,
             date_created: None,
+            date_sent: None,
+            direction: None,
+            num_segments: None,
+            num_media: None,
         });
         let table: Vec<(CreateOutcome, u32, Decision)> = vec![
             (

@@ -36,6 +36,16 @@ pub struct MessageResource {
     /// RFC 2822, as Twilio writes it.
     #[serde(default)]
     pub date_created: Option<String>,
+    /// RFC 2822; null until sent (or received).
+    #[serde(default)]
+    pub date_sent: Option<String>,
+    /// `inbound`, `outbound-api`, `outbound-reply`...
+    #[serde(default)]
+    pub direction: Option<String>,
+    #[serde(default)]
+    pub num_segments: Option<String>,
+    #[serde(default)]
+    pub num_media: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -55,6 +65,15 @@ pub struct SentMessage<'a> {
 }
 
 impl MessageResource {
+    /// When it was sent (inbound: received), for the backfill's watermark.
+    pub fn sent(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        let d = self.date_sent.as_deref()?;
+        chrono::DateTime::parse_from_rfc2822(d)
+            .or_else(|_| chrono::DateTime::parse_from_rfc3339(d))
+            .ok()
+            .map(|t| t.with_timezone(&chrono::Utc))
+    }
+
     fn created(&self) -> Option<chrono::DateTime<chrono::Utc>> {
         let d = self.date_created.as_deref()?;
         chrono::DateTime::parse_from_rfc2822(d)
@@ -90,6 +109,8 @@ struct ErrorBody {
 
 /// The outcome of a create call.
 #[derive(Debug, Clone, PartialEq)]
+// One per call and short-lived: boxing the accepted resource would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum CreateOutcome {
     Accepted(MessageResource),
     /// Not created; worth retrying (429/20429, 5xx, connection refused), after `retry_after` when
@@ -255,6 +276,55 @@ impl TwilioClient {
         }
         let resp = resp.error_for_status()?;
         Ok(Some(resp.json().await?))
+    }
+
+    /// The inbound messages Twilio received at `to` (or at any of our numbers) since `since`
+    /// (`DateSent>`), every page of them: what the backfill compares with what we stored.
+    #[tracing::instrument(name = "twilio_list_inbound", skip_all, fields(otel.kind = "client"))]
+    pub async fn list_received(
+        &self,
+        to: Option<&str>,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> anyhow::Result<Vec<MessageResource>> {
+        // Built before any await: the serializer is not Send.
+        let query = {
+            let mut q = url::form_urlencoded::Serializer::new(String::new());
+            if let Some(to) = to {
+                q.append_pair("To", to);
+            }
+            q.append_pair(
+                "DateSent>",
+                &since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            )
+            .append_pair("PageSize", "1000")
+            .finish()
+        };
+        let mut url = format!(
+            "{}/2010-04-01/Accounts/{}/Messages.json?{query}",
+            self.base, self.account_sid
+        );
+        let mut received = Vec::new();
+        loop {
+            let request = self
+                .http
+                .get(&url)
+                .basic_auth(&self.account_sid, Some(self.auth_token.expose()));
+            let page: MessagePage = crate::telemetry::inject(request, &tracing::Span::current())
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+            received.extend(
+                page.messages
+                    .into_iter()
+                    .filter(|m| m.direction.as_deref() == Some("inbound")),
+            );
+            match page.next_page_uri {
+                Some(next) => url = format!("{}{next}", self.base),
+                None => return Ok(received),
+            }
+        }
     }
 
     /// Searches Twilio's message list (ListMessage, newest first, by `To`) for a message we may

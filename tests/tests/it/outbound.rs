@@ -1129,3 +1129,58 @@ async fn the_reconciler_runs_one_pass_at_a_time_by_lease() {
         1
     );
 }
+
+/// Inbound messages whose webhooks never reached us (the service down longer than Twilio
+/// retries) are still in Twilio's message log: the backfill stores each one we do not have,
+/// exactly once, through the webhook's own path, and they are processed; those whose webhook did
+/// arrive are not stored twice.
+#[tokio::test]
+async fn inbound_messages_missed_while_down_are_backfilled_once() {
+    let tw = twilio().await;
+    let mut app = app_with(&tw, &[("INBOUND_BACKFILL_INTERVAL_SECS", "1")]).await;
+    app.start_worker(&[jobs::INBOUND]).await;
+    let mut delivered = 0;
+    for i in 0..30 {
+        let sms = sim::webhook::InboundSms::new(
+            format!("+1415768{i:04}"),
+            harness::app::OUR_NUMBER,
+            format!("hello {i}"),
+        );
+        tw.receive_inbound(&sms.message_sid, &sms.from, &sms.to, &sms.body);
+        // A third of the webhooks got through before the outage.
+        if i % 3 == 0 {
+            assert_eq!(
+                app.post_webhook(&sms.params(harness::app::ACCOUNT_SID))
+                    .await
+                    .status(),
+                200
+            );
+            delivered += 1;
+        }
+    }
+    let cfg = shared::config::Worker::load(&app.settings.0).unwrap();
+    let deps = worker::Deps::new(&cfg, app.pool.clone());
+    let report = worker::reconcile::once(&deps).await.unwrap();
+    assert_eq!(report.backfilled, 30 - delivered);
+    app.drain(jobs::INBOUND).await;
+    assert_eq!(
+        app.count("SELECT count(*) FROM sms_messages WHERE direction = 'inbound'")
+            .await,
+        30
+    );
+    assert_eq!(
+        app.count("SELECT count(*) FROM sms_messages WHERE direction = 'inbound' AND processed_at IS NOT NULL").await,
+        30,
+        "processed like any other"
+    );
+    assert_eq!(
+        app.count(
+            "SELECT count(*) FROM sms_messages WHERE raw_webhook_data->>'Backfilled' = 'true'"
+        )
+        .await,
+        (30 - delivered) as i64
+    );
+    // The next pass (after the interval) finds nothing new.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(worker::reconcile::once(&deps).await.unwrap().backfilled, 0);
+}
