@@ -42,7 +42,16 @@ async fn health() -> Json<serde_json::Value> {
     Json(json!({"ok": true, "service": "sms-sim"}))
 }
 
-async fn not_found() -> Response {
+/// Under Twilio's API path, Twilio's own error shape (`{code, message, more_info, status}`, code
+/// 20404), as a client of the real API sees for any unknown resource; elsewhere ours.
+async fn not_found(uri: axum::http::Uri) -> Response {
+    if uri.path().starts_with("/2010-04-01/") {
+        return crate::twilio::twilio_error(
+            StatusCode::NOT_FOUND,
+            20404,
+            format!("The requested resource {} was not found", uri.path()),
+        );
+    }
     (
         StatusCode::NOT_FOUND,
         Json(json!({"error": "no_such_route"})),

@@ -316,6 +316,8 @@ struct Inner {
     messages: HashMap<String, Message>,
     /// Every message's SID, outbound and inbound, in the order it reached the account.
     order: Vec<String>,
+    /// Each message's media: (URL, content type), for the Media subresource.
+    media: HashMap<String, Vec<(String, String)>>,
     faults: Faults,
     stats: Stats,
 }
@@ -430,7 +432,14 @@ impl TwilioState {
 
     /// An SMS someone sent to one of the account's numbers: kept in the message log (direction
     /// `inbound`, status `received`) as Twilio keeps it, whether or not its webhook got through.
-    pub fn receive_inbound(&self, sid: &str, from: &str, to: &str, body: &str) -> Message {
+    pub fn receive_inbound(
+        &self,
+        sid: &str,
+        from: &str,
+        to: &str,
+        body: &str,
+        media: &[(&str, &str)],
+    ) -> Message {
         let now = rfc2822_now();
         let message = Message {
             sid: sid.to_owned(),
@@ -441,7 +450,7 @@ impl TwilioState {
             body: body.to_owned(),
             status: MessageStatus::Received,
             num_segments: webhook::num_segments(body).to_string(),
-            num_media: "0".into(),
+            num_media: media.len().to_string(),
             direction: "inbound".into(),
             api_version: API_VERSION.into(),
             date_created: now.clone(),
@@ -455,12 +464,32 @@ impl TwilioState {
                 "/{API_VERSION}/Accounts/{}/Messages/{sid}.json",
                 self.account_sid
             ),
-            subresource_uris: BTreeMap::new(),
+            subresource_uris: BTreeMap::from([(
+                "media".to_owned(),
+                format!(
+                    "/{API_VERSION}/Accounts/{}/Messages/{sid}/Media.json",
+                    self.account_sid
+                ),
+            )]),
         };
         let mut inner = self.lock();
         inner.messages.insert(sid.to_owned(), message.clone());
         inner.order.push(sid.to_owned());
+        let media = media
+            .iter()
+            .map(|(u, t)| ((*u).to_owned(), (*t).to_owned()))
+            .collect();
+        inner.media.insert(sid.to_owned(), media);
         message
+    }
+
+    /// A message's media as (URL, content type); None for an unknown message.
+    fn media_of(&self, sid: &str) -> Option<Vec<(String, String)>> {
+        let inner = self.lock();
+        inner
+            .messages
+            .contains_key(sid)
+            .then(|| inner.media.get(sid).cloned().unwrap_or_default())
     }
 
     /// Waits until every status sequence has finished (all callbacks posted); `false` if that
@@ -561,7 +590,11 @@ impl TwilioState {
 
     /// Stores a validated message, records it, and starts its status sequence.
     fn create(&self, req: CreateRequest) -> Message {
-        let sid = webhook::new_message_sid();
+        // Twilio's SIDs: MM for a message with media, SM otherwise.
+        let sid = match req.media_urls.is_empty() {
+            true => webhook::new_message_sid(),
+            false => format!("MM{}", &webhook::new_message_sid()[2..]),
+        };
         let now = rfc2822_now();
         let uri = format!(
             "/{API_VERSION}/Accounts/{}/Messages/{sid}.json",
@@ -602,6 +635,12 @@ impl TwilioState {
             let mut inner = self.lock();
             inner.messages.insert(sid.clone(), message.clone());
             inner.order.push(sid.clone());
+            let media: Vec<(String, String)> = req
+                .media_urls
+                .iter()
+                .map(|u| (u.clone(), content_type_of(u).to_owned()))
+                .collect();
+            inner.media.insert(sid.clone(), media);
             let stats = &mut inner.stats;
             stats.creates += 1;
             if let Some(id) = callback_id {
@@ -798,7 +837,7 @@ fn rfc2822_now() -> String {
 }
 
 /// Twilio's error body `{code, message, more_info, status}` with `status`.
-fn twilio_error(status: StatusCode, code: u32, message: impl Into<String>) -> Response {
+pub(crate) fn twilio_error(status: StatusCode, code: u32, message: impl Into<String>) -> Response {
     (
         status,
         Json(json!({
@@ -1171,6 +1210,66 @@ async fn list_messages(
     .into_response()
 }
 
+/// A media URL's content type, by its extension (what Twilio reports from the fetched file).
+fn content_type_of(url: &str) -> &'static str {
+    match url
+        .rsplit('.')
+        .next()
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        Some("jpg" | "jpeg") => "image/jpeg",
+        Some("png") => "image/png",
+        Some("gif") => "image/gif",
+        Some("pdf") => "application/pdf",
+        _ => "application/octet-stream",
+    }
+}
+
+/// The Media subresource: `{media_list: [{sid, parent_sid, content_type, uri}], ...}`; each
+/// `uri` without `.json` is the media's own URL (as in an MMS webhook's `MediaUrlN`).
+async fn list_media(
+    State(state): State<TwilioState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    headers: HeaderMap,
+) -> Response {
+    let (account_sid, sid) = match path {
+        Ok(Path(p)) => p,
+        Err(e) => return twilio_error(StatusCode::NOT_FOUND, 20404, e.body_text()),
+    };
+    let resource = format!("/{API_VERSION}/Accounts/{account_sid}/Messages/{sid}/Media.json");
+    if let Some(resp) = state.admit(&headers, &account_sid, &resource) {
+        return resp;
+    }
+    let Some(media) = state.media_of(&sid) else {
+        return not_found(&resource);
+    };
+    let list: Vec<serde_json::Value> = media
+        .iter()
+        .enumerate()
+        .map(|(i, (_, content_type))| {
+            let me = format!("ME{:032x}", i as u128 + 1);
+            json!({
+                "sid": me,
+                "parent_sid": sid,
+                "account_sid": account_sid,
+                "content_type": content_type,
+                "uri": format!("/{API_VERSION}/Accounts/{account_sid}/Messages/{sid}/Media/{me}.json"),
+            })
+        })
+        .collect();
+    Json(json!({
+        "media_list": list,
+        "page": 0,
+        "page_size": 50,
+        "uri": resource,
+        "first_page_uri": format!("{resource}?PageSize=50&Page=0"),
+        "next_page_uri": null,
+        "previous_page_uri": null,
+    }))
+    .into_response()
+}
+
 async fn method_not_allowed() -> Response {
     twilio_error(StatusCode::METHOD_NOT_ALLOWED, 20004, "Method not allowed")
 }
@@ -1208,6 +1307,10 @@ pub fn twilio_router(state: TwilioState) -> Router {
         .route(
             "/2010-04-01/Accounts/{account_sid}/Messages/{file}",
             get(fetch_message).fallback(method_not_allowed),
+        )
+        .route(
+            "/2010-04-01/Accounts/{account_sid}/Messages/{sid}/Media.json",
+            get(list_media).fallback(method_not_allowed),
         )
         .merge(server::control_routes::<TwilioState>("twilio"))
         .with_state(state)
@@ -1285,8 +1388,15 @@ impl TwilioSimHandle {
         self.state.message(sid)
     }
     /// See [`TwilioState::receive_inbound`].
-    pub fn receive_inbound(&self, sid: &str, from: &str, to: &str, body: &str) -> Message {
-        self.state.receive_inbound(sid, from, to, body)
+    pub fn receive_inbound(
+        &self,
+        sid: &str,
+        from: &str,
+        to: &str,
+        body: &str,
+        media: &[(&str, &str)],
+    ) -> Message {
+        self.state.receive_inbound(sid, from, to, body, media)
     }
     /// See [`TwilioState::wait_for_callbacks`].
     pub async fn wait_for_callbacks(&self, timeout: Duration) -> bool {

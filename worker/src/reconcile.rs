@@ -203,18 +203,24 @@ async fn backfill_inbound(
     let received = twilio
         .list_received(cfg.sender.phone_number.as_deref(), since)
         .await?;
-    let raws: Vec<serde_json::Value> = received
-        .iter()
-        .map(|m| {
-            serde_json::json!({
-                "MessageSid": m.sid, "SmsSid": m.sid, "SmsMessageSid": m.sid,
-                "AccountSid": cfg.account_sid, "From": m.from, "To": m.to, "Body": m.body,
-                "NumMedia": m.num_media.clone().unwrap_or_else(|| "0".into()),
-                "NumSegments": m.num_segments.clone().unwrap_or_else(|| "1".into()),
-                "SmsStatus": "received", "Backfilled": "true",
-            })
-        })
-        .collect();
+    let mut raws: Vec<serde_json::Value> = Vec::with_capacity(received.len());
+    for m in &received {
+        let mut raw = serde_json::json!({
+            "MessageSid": m.sid, "SmsSid": m.sid, "SmsMessageSid": m.sid,
+            "AccountSid": cfg.account_sid, "From": m.from, "To": m.to, "Body": m.body,
+            "NumMedia": m.num_media.clone().unwrap_or_else(|| "0".into()),
+            "NumSegments": m.num_segments.clone().unwrap_or_else(|| "1".into()),
+            "SmsStatus": "received", "Backfilled": "true",
+        });
+        // An MMS's media, as its webhook would have listed them (MediaUrlN, MediaContentTypeN).
+        if m.num_media.as_deref().is_some_and(|n| n != "0") {
+            for (i, (url, content_type)) in twilio.media(&m.sid).await?.into_iter().enumerate() {
+                raw[format!("MediaUrl{i}")] = url.into();
+                raw[format!("MediaContentType{i}")] = content_type.into();
+            }
+        }
+        raws.push(raw);
+    }
     let text = |v: &Option<String>| v.clone().unwrap_or_default();
     let (sids, bodies, froms, tos): (Vec<String>, Vec<String>, Vec<String>, Vec<String>) = (
         received.iter().map(|m| m.sid.clone()).collect(),

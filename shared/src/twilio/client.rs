@@ -327,6 +327,43 @@ impl TwilioClient {
         }
     }
 
+    /// A message's media from its Media subresource, as (URL, content type): the URL is the
+    /// media's own (the subresource's `uri` without `.json`), as an MMS webhook's `MediaUrlN`.
+    #[tracing::instrument(name = "twilio_list_media", skip_all, fields(otel.kind = "client"))]
+    pub async fn media(&self, sid: &str) -> anyhow::Result<Vec<(String, String)>> {
+        #[derive(Deserialize)]
+        struct Media {
+            content_type: String,
+            uri: String,
+        }
+        #[derive(Deserialize)]
+        struct MediaPage {
+            media_list: Vec<Media>,
+        }
+        let url = format!(
+            "{}/2010-04-01/Accounts/{}/Messages/{sid}/Media.json",
+            self.base, self.account_sid
+        );
+        let request = self
+            .http
+            .get(url)
+            .basic_auth(&self.account_sid, Some(self.auth_token.expose()));
+        let page: MediaPage = crate::telemetry::inject(request, &tracing::Span::current())
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        Ok(page
+            .media_list
+            .into_iter()
+            .map(|m| {
+                let own = m.uri.strip_suffix(".json").unwrap_or(&m.uri).to_owned();
+                (format!("{}{own}", self.base), m.content_type)
+            })
+            .collect())
+    }
+
     /// Searches Twilio's message list (ListMessage, newest first, by `To`) for a message we may
     /// have created since `want.since`, following the pages until the messages are older. Err
     /// when the list cannot be read: the caller then waits, never guesses.

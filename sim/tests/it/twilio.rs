@@ -1363,3 +1363,64 @@ async fn the_message_list_filters_and_pages_like_twilios() {
         2
     );
 }
+
+/// Any unknown route under Twilio's API answers Twilio's JSON error shape.
+#[tokio::test]
+async fn unknown_api_routes_answer_twilios_error_shape() {
+    let sim = twilio().await;
+    let r = reqwest::Client::new()
+        .get(format!(
+            "{}/2010-04-01/Accounts/{ACCOUNT}/Calls.json",
+            sim.base_url()
+        ))
+        .basic_auth(ACCOUNT, Some(TOKEN))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], 20404);
+    assert_eq!(body["status"], 404);
+    assert!(
+        body["message"].is_string() && body["more_info"].is_string(),
+        "{body}"
+    );
+}
+
+/// A message with media gets an `MM` SID and a Media subresource listing each medium.
+#[tokio::test]
+async fn mms_have_mm_sids_and_a_media_subresource() {
+    let sim = twilio().await;
+    let http = reqwest::Client::new();
+    let form = [
+        ("To", "+14155550701"),
+        ("From", FROM),
+        ("Body", "photo"),
+        ("MediaUrl", "https://media.example/a.jpg"),
+    ];
+    let (status, created) = create(&http, &sim, &form).await;
+    assert_eq!(status, 201);
+    let sid = created["sid"].as_str().unwrap();
+    assert!(sid.starts_with("MM") && sid.len() == 34, "{sid}");
+    let media: Value = http
+        .get(format!(
+            "{}/2010-04-01/Accounts/{ACCOUNT}/Messages/{sid}/Media.json",
+            sim.base_url()
+        ))
+        .basic_auth(ACCOUNT, Some(TOKEN))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(media["media_list"][0]["content_type"], "image/jpeg");
+    assert_eq!(media["media_list"][0]["parent_sid"], sid);
+    let (_, plain) = create(
+        &http,
+        &sim,
+        &[("To", "+14155550701"), ("From", FROM), ("Body", "hi")],
+    )
+    .await;
+    assert!(plain["sid"].as_str().unwrap().starts_with("SM"));
+}

@@ -1146,7 +1146,7 @@ async fn inbound_messages_missed_while_down_are_backfilled_once() {
             harness::app::OUR_NUMBER,
             format!("hello {i}"),
         );
-        tw.receive_inbound(&sms.message_sid, &sms.from, &sms.to, &sms.body);
+        tw.receive_inbound(&sms.message_sid, &sms.from, &sms.to, &sms.body, &[]);
         // A third of the webhooks got through before the outage.
         if i % 3 == 0 {
             assert_eq!(
@@ -1158,19 +1158,39 @@ async fn inbound_messages_missed_while_down_are_backfilled_once() {
             delivered += 1;
         }
     }
+    // And one MMS, whose media come from its Media subresource.
+    let mms_sid = format!("MM{}", &sim::webhook::new_message_sid()[2..]);
+    tw.receive_inbound(
+        &mms_sid,
+        "+14157680099",
+        harness::app::OUR_NUMBER,
+        "the leak",
+        &[("https://media.example/leak.jpg", "image/jpeg")],
+    );
     let cfg = shared::config::Worker::load(&app.settings.0).unwrap();
     let deps = worker::Deps::new(&cfg, app.pool.clone());
     let report = worker::reconcile::once(&deps).await.unwrap();
-    assert_eq!(report.backfilled, 30 - delivered);
+    assert_eq!(report.backfilled, 31 - delivered);
+    let (media_type, num_media): (Option<String>, Option<i32>) = sqlx::query_as(
+        "SELECT raw_webhook_data->>'MediaContentType0', num_media FROM sms_messages WHERE twilio_sid = $1",
+    )
+    .bind(&mms_sid)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (media_type.as_deref(), num_media),
+        (Some("image/jpeg"), Some(1))
+    );
     app.drain(jobs::INBOUND).await;
     assert_eq!(
         app.count("SELECT count(*) FROM sms_messages WHERE direction = 'inbound'")
             .await,
-        30
+        31
     );
     assert_eq!(
         app.count("SELECT count(*) FROM sms_messages WHERE direction = 'inbound' AND processed_at IS NOT NULL").await,
-        30,
+        31,
         "processed like any other"
     );
     assert_eq!(
@@ -1178,7 +1198,7 @@ async fn inbound_messages_missed_while_down_are_backfilled_once() {
             "SELECT count(*) FROM sms_messages WHERE raw_webhook_data->>'Backfilled' = 'true'"
         )
         .await,
-        (30 - delivered) as i64
+        (31 - delivered) as i64
     );
     // The next pass (after the interval) finds nothing new.
     tokio::time::sleep(Duration::from_millis(1100)).await;
