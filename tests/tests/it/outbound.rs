@@ -918,8 +918,8 @@ async fn the_reconciler_deletes_finished_jobs_past_their_retention() {
 }
 
 /// Twilio creates every message but its answer never comes back in time and it posts no
-/// callbacks: after the grace period each message is found in Twilio's message list and its SID
-/// adopted; Twilio holds each message exactly once.
+/// callbacks (200 sends): after the grace period each message is found in Twilio's message list
+/// and its SID adopted; Twilio holds exactly 200 messages.
 #[tokio::test]
 async fn lost_answers_are_settled_from_twilios_message_list() {
     let tw = twilio().await;
@@ -939,7 +939,7 @@ async fn lost_answers_are_settled_from_twilios_message_list() {
     .await;
     let key = app.api_key(&["send"], None).await;
     let mut ids = Vec::new();
-    for i in 0..20 {
+    for i in 0..200 {
         let (_, body) = send(
             &app,
             &key,
@@ -951,7 +951,7 @@ async fn lost_answers_are_settled_from_twilios_message_list() {
     }
     start_outbound_workers(&mut app).await;
     for id in &ids {
-        let ok = wait_until(Duration::from_secs(40), || async {
+        let ok = wait_until(Duration::from_secs(90), || async {
             status_of(&app, *id).await.2.is_some()
         })
         .await;
@@ -960,7 +960,7 @@ async fn lost_answers_are_settled_from_twilios_message_list() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
         tw.stats().creates,
-        20,
+        200,
         "each message reached Twilio exactly once"
     );
     let evidence: Vec<(String, Option<String>)> = sqlx::query_as(
