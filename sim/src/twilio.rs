@@ -1210,6 +1210,89 @@ async fn list_messages(
     .into_response()
 }
 
+/// How Twilio delivers a webhook, from the connection overrides in the URL's fragment
+/// (`#ct=...&rt=...&rc=...`): connect timeout, read timeout (ms) and retry count. Without them,
+/// Twilio's defaults: 5 s to connect, 15 s in all, one retry, then it gives up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Overrides {
+    pub connect: Duration,
+    pub read: Duration,
+    pub retries: u32,
+}
+
+impl Overrides {
+    /// The URL Twilio calls (and signs), without the fragment, and the overrides in it.
+    pub fn from_url(url: &str) -> (String, Overrides) {
+        let mut o = Overrides {
+            connect: Duration::from_secs(5),
+            read: Duration::from_secs(15),
+            retries: 1,
+        };
+        let Some((base, fragment)) = url.split_once('#') else {
+            return (url.to_owned(), o);
+        };
+        for (k, v) in url::form_urlencoded::parse(fragment.as_bytes()) {
+            let Ok(n) = v.parse::<u64>() else { continue };
+            match k.as_ref() {
+                "ct" => o.connect = Duration::from_millis(n),
+                "rt" => o.read = Duration::from_millis(n),
+                "rc" => o.retries = n.min(5) as u32,
+                _ => {}
+            }
+        }
+        (base.to_owned(), o)
+    }
+}
+
+/// What became of one webhook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub attempts: u32,
+    pub delivered: bool,
+    /// The same on every attempt of one webhook (`I-Twilio-Idempotency-Token`).
+    pub idempotency_token: String,
+}
+
+/// Posts a signed webhook as Twilio does: within the URL's connection overrides, retried up to
+/// the retry count on a failed connection, a timeout or a 5xx, each attempt carrying the same
+/// `I-Twilio-Idempotency-Token`; then it gives up (the message stays in the log).
+pub async fn deliver_webhook(url: &str, auth_token: &str, params: &[(String, String)]) -> Delivery {
+    let (target, o) = Overrides::from_url(url);
+    let token = format!("{:032x}", rand::random::<u128>());
+    let client = reqwest::Client::builder()
+        .connect_timeout(o.connect)
+        .timeout(o.read)
+        .build()
+        .expect("TLS backend initialises");
+    let (body, signature) = webhook::signed_request(auth_token, &target, params);
+    let mut attempts = 0;
+    while attempts <= o.retries {
+        attempts += 1;
+        let sent = client
+            .post(&target)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("x-twilio-signature", &signature)
+            .header("i-twilio-idempotency-token", &token)
+            .body(body.clone())
+            .send()
+            .await;
+        if let Ok(r) = &sent
+            && (r.status().is_success() || r.status().is_client_error())
+        {
+            return Delivery {
+                attempts,
+                delivered: r.status().is_success(),
+                idempotency_token: token,
+            };
+        }
+    }
+    Delivery {
+        attempts,
+        delivered: false,
+        idempotency_token: token,
+    }
+}
+
 /// A media URL's content type, by its extension (what Twilio reports from the fetched file).
 fn content_type_of(url: &str) -> &'static str {
     match url
@@ -1387,6 +1470,19 @@ impl TwilioSimHandle {
     pub fn message(&self, sid: &str) -> Option<Message> {
         self.state.message(sid)
     }
+    /// An SMS arrives for the account: kept in the message log, and its webhook delivered to `url`
+    /// as Twilio delivers one. See [`deliver_webhook`].
+    pub async fn deliver_inbound(&self, url: &str, sms: &webhook::InboundSms) -> Delivery {
+        self.state
+            .receive_inbound(&sms.message_sid, &sms.from, &sms.to, &sms.body, &[]);
+        deliver_webhook(
+            url,
+            &self.state.auth_token,
+            &sms.params(&self.state.account_sid),
+        )
+        .await
+    }
+
     /// See [`TwilioState::receive_inbound`].
     pub fn receive_inbound(
         &self,

@@ -1424,3 +1424,21 @@ async fn mms_have_mm_sids_and_a_media_subresource() {
     .await;
     assert!(plain["sid"].as_str().unwrap().starts_with("SM"));
 }
+
+/// Connection overrides in a webhook URL's fragment, and Twilio's defaults without them.
+#[test]
+fn webhook_connection_overrides() {
+    use sim::twilio::Overrides;
+    let (url, o) =
+        Overrides::from_url("https://sms.example.com/webhook/twilio/sms?x=1#ct=800&rt=3000&rc=3");
+    assert_eq!(url, "https://sms.example.com/webhook/twilio/sms?x=1");
+    assert_eq!(
+        (o.connect, o.read, o.retries),
+        (Duration::from_millis(800), Duration::from_millis(3000), 3)
+    );
+    let (_, d) = Overrides::from_url("https://sms.example.com/webhook/twilio/sms");
+    assert_eq!(
+        (d.connect, d.read, d.retries),
+        (Duration::from_secs(5), Duration::from_secs(15), 1)
+    );
+}

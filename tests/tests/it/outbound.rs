@@ -1204,3 +1204,49 @@ async fn inbound_messages_missed_while_down_are_backfilled_once() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(worker::reconcile::once(&deps).await.unwrap().backfilled, 0);
 }
+
+/// Twilio's side of an outage: while nothing answers at the webhook URL, Twilio tries within the
+/// URL's connection overrides (here `#ct=200&rc=1`: 200 ms to connect, one retry), gives up, and
+/// keeps the message in its log; once the service is back, the backfill stores every one of them
+/// exactly once, beside the ones whose webhooks did arrive.
+#[tokio::test]
+async fn webhooks_twilio_gave_up_on_are_recovered_by_the_backfill() {
+    let tw = twilio().await;
+    let mut app = app_with(&tw, &[("INBOUND_BACKFILL_INTERVAL_SECS", "1")]).await;
+    app.start_worker(&[jobs::INBOUND]).await;
+    let down = format!(
+        "http://127.0.0.1:{}/webhook/twilio/sms#ct=200&rc=1",
+        harness::pg::free_port().expect("a free port")
+    );
+    for i in 0..20 {
+        let sms = sim::webhook::InboundSms::new(
+            format!("+1415769{i:04}"),
+            harness::app::OUR_NUMBER,
+            format!("down {i}"),
+        );
+        let d = tw.deliver_inbound(&down, &sms).await;
+        assert_eq!(
+            (d.delivered, d.attempts),
+            (false, 2),
+            "tried, retried once, gave up"
+        );
+    }
+    for i in 0..5 {
+        let sms = sim::webhook::InboundSms::new(
+            format!("+1415769{:04}", 100 + i),
+            harness::app::OUR_NUMBER,
+            format!("up {i}"),
+        );
+        let d = tw.deliver_inbound(&app.webhook_url(), &sms).await;
+        assert_eq!((d.delivered, d.attempts), (true, 1));
+    }
+    let cfg = shared::config::Worker::load(&app.settings.0).unwrap();
+    let deps = worker::Deps::new(&cfg, app.pool.clone());
+    assert_eq!(worker::reconcile::once(&deps).await.unwrap().backfilled, 20);
+    app.drain(jobs::INBOUND).await;
+    assert_eq!(
+        app.count("SELECT count(*) FROM sms_messages WHERE direction = 'inbound' AND processed_at IS NOT NULL").await,
+        25,
+        "every message stored once and processed"
+    );
+}
