@@ -916,3 +916,123 @@ async fn a_twilio_outage_of_429s_and_5xx_delays_sends_without_dropping_or_doubli
     );
     assert_sent_once(&app, &tw, &ids).await;
 }
+
+/// The real ingress and worker binaries all down while Twilio receives inbound SMS: Twilio tries
+/// each webhook within its connection overrides, gives up, and keeps the message in its log.
+/// When the service returns, the worker's backfill stores every one of them exactly once and they
+/// are processed; none of the webhooks that got through before the outage is stored twice. By
+/// default a short outage; `FAULT_INBOUND_OUTAGE_SECS=120` runs the two-minute one.
+#[tokio::test]
+async fn inbound_sms_sent_during_a_whole_service_outage_are_stored_once_when_it_returns() {
+    const BEFORE: usize = 100;
+    const DURING: usize = 500;
+    let outage = std::env::var("FAULT_INBOUND_OUTAGE_SECS")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or(3);
+    let tw = twilio().await;
+    let db = pg::fresh_db().await;
+    let app = TestApp::spawn(
+        Settings::new(&db)
+            .set("TWILIO_API_BASE", tw.base_url())
+            .set("INBOUND_BACKFILL_INTERVAL_SECS", "1")
+            .set("RECONCILE_INTERVAL_SECS", "1"),
+    )
+    .await;
+    // The ingress binary on a port of its own, its public URL the one Twilio calls.
+    let port = pg::free_port().expect("a free port");
+    let public = format!("http://127.0.0.1:{port}");
+    let ingress = || {
+        let mut cmd = std::process::Command::new(harness::app::workspace_binary("sms-ingress"));
+        cmd.arg("serve").env_clear();
+        for (k, v) in &app.settings.0 {
+            cmd.env(k, v);
+        }
+        cmd.env("BIND_ADDR", format!("127.0.0.1:{port}"))
+            .env("PUBLIC_URL", &public)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start sms-ingress")
+    };
+    let up = || async {
+        wait_until(Duration::from_secs(20), || async {
+            reqwest::get(format!("{public}/health")).await.is_ok()
+        })
+        .await
+        .expect("the ingress answers");
+    };
+    let webhook = format!("{public}/webhook/twilio/sms#ct=200&rc=1");
+    let sms = |i: usize| {
+        InboundSms::new(
+            format!("+1415770{i:04}"),
+            OUR_NUMBER,
+            format!("message {i}"),
+        )
+    };
+
+    let (mut ingress_process, mut worker) = (
+        ingress(),
+        app.spawn_worker_process("inbound,reconciler", &[]),
+    );
+    up().await;
+    for i in 0..BEFORE {
+        assert!(
+            tw.deliver_inbound(&webhook, &sms(i)).await.delivered,
+            "before the outage"
+        );
+    }
+    // Everything down: Twilio gives up on every webhook.
+    for p in [&mut ingress_process, &mut worker] {
+        p.kill().unwrap();
+        p.wait().unwrap();
+    }
+    for i in BEFORE..BEFORE + DURING {
+        let d = tw.deliver_inbound(&webhook, &sms(i)).await;
+        assert!(
+            !d.delivered && d.attempts == 2,
+            "Twilio tried, retried once, gave up"
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(outage)).await;
+    let returned = Instant::now();
+    let (mut ingress_process, mut worker) = (
+        ingress(),
+        app.spawn_worker_process("inbound,reconciler", &[]),
+    );
+    up().await;
+    let all = (BEFORE + DURING) as i64;
+    let done = wait_until(Duration::from_secs(60), || async {
+        app.count("SELECT count(*) FROM sms_messages WHERE direction = 'inbound' AND processed_at IS NOT NULL").await == all
+    })
+    .await;
+    let recovered_after = returned.elapsed();
+    for p in [&mut ingress_process, &mut worker] {
+        p.kill().unwrap();
+        p.wait().unwrap();
+    }
+    println!(
+        "inbound outage test: {BEFORE} webhooks delivered, then {DURING} given up on during a {outage} s outage; \
+         all stored and processed {:.1} s after the service returned",
+        recovered_after.as_secs_f64()
+    );
+    assert!(
+        done.is_ok(),
+        "not all processed: {}",
+        app.count("SELECT count(*) FROM sms_messages WHERE direction = 'inbound'")
+            .await
+    );
+    assert_eq!(
+        app.count("SELECT count(*) FROM sms_messages WHERE direction = 'inbound'")
+            .await,
+        all,
+        "each once"
+    );
+    // Every one Twilio gave up on came through the backfill (a backfill pass may also have
+    // stored one of the earlier messages before its own webhook committed: still once).
+    let backfilled = app
+        .count("SELECT count(*) FROM sms_messages WHERE raw_webhook_data->>'Backfilled' = 'true'")
+        .await;
+    assert!(backfilled >= DURING as i64, "{backfilled} backfilled");
+}
