@@ -251,6 +251,9 @@ pub struct Faults {
     pub down: bool,
     /// Answer every create with `429` and `fail_status` in turn until cleared.
     pub outage: bool,
+    /// Fetches of these SIDs answer `500` (code 20500) until cleared.
+    #[serde(default)]
+    pub fetch_fails: std::collections::BTreeSet<String>,
 }
 
 impl Default for Faults {
@@ -271,6 +274,7 @@ impl Default for Faults {
             no_callbacks: false,
             down: false,
             outage: false,
+            fetch_fails: Default::default(),
         }
     }
 }
@@ -1112,6 +1116,15 @@ async fn fetch_message(
     let resource = format!("/{API_VERSION}/Accounts/{account_sid}/Messages/{file}");
     if let Some(resp) = state.admit(&headers, &account_sid, &resource) {
         return resp;
+    }
+    if let Some(sid) = file.strip_suffix(".json")
+        && state.lock().faults.fetch_fails.contains(sid)
+    {
+        return twilio_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            20500,
+            "Internal Server Error",
+        );
     }
     file.strip_suffix(".json")
         .and_then(|sid| state.message(sid))

@@ -47,8 +47,9 @@ pub async fn run(deps: Arc<Deps>, shutdown: CancellationToken) {
     }
 }
 
-/// How long a pass may hold the lease before another replica may take over (a holder that died).
-const LEASE: std::time::Duration = std::time::Duration::from_secs(300);
+/// How long the lease holds between renewals: a replica killed mid-pass blocks the others at most
+/// this long. Each step of a pass renews it.
+const LEASE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// This process's name on the lease.
 static HOLDER: std::sync::LazyLock<String> =
@@ -79,6 +80,18 @@ pub async fn once(deps: &Deps) -> anyhow::Result<Report> {
     result
 }
 
+/// Extends this process's lease for another LEASE.
+async fn renew(deps: &Deps) -> anyhow::Result<()> {
+    sqlx::query!(
+        "UPDATE reconciler_lease SET expires_at = now() + make_interval(secs => $2::float8) WHERE holder = $1",
+        HOLDER.as_str(),
+        LEASE.as_secs_f64()
+    )
+    .execute(&deps.pool)
+    .await?;
+    Ok(())
+}
+
 async fn pass(deps: &Deps) -> anyhow::Result<Report> {
     // apalis keeps finished jobs forever; without this the queue table only grows.
     let jobs_deleted = jobs::delete_finished(&deps.pool, deps.job_retention).await?;
@@ -91,6 +104,7 @@ async fn pass(deps: &Deps) -> anyhow::Result<Report> {
     };
     if let Some((cfg, twilio)) = &deps.outbound {
         (report.stuck_checked, report.stuck_updated) = check_stuck(deps, cfg, twilio).await?;
+        renew(deps).await?;
         if let Some(every) = cfg.inbound_backfill_interval {
             // Twilio's list unreadable: the next pass tries again; the rest of this one goes on.
             match backfill_inbound(deps, cfg, twilio, every).await {
@@ -100,6 +114,7 @@ async fn pass(deps: &Deps) -> anyhow::Result<Report> {
         }
     }
     if deps.tenants.monitor().is_some() {
+        renew(deps).await?;
         report.tenants_attached = attach_tenants(deps).await?;
     }
     Ok(report)

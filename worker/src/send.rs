@@ -235,6 +235,7 @@ async fn search(
         from: cfg.sender.phone_number.as_deref(),
         messaging_service_sid: cfg.sender.messaging_service_sid.as_deref(),
         body: &msg.body,
+        num_media: msg.media.len(),
         since: open.started_at - chrono::Duration::seconds(60),
     };
     match twilio.find_sent(&want).await {

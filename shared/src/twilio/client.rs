@@ -60,6 +60,8 @@ pub struct SentMessage<'a> {
     pub from: Option<&'a str>,
     pub messaging_service_sid: Option<&'a str>,
     pub body: &'a str,
+    /// How many media the message carries (MMS).
+    pub num_media: usize,
     /// Created no earlier than this (the attempt's start, less a margin for clock skew).
     pub since: chrono::DateTime<chrono::Utc>,
 }
@@ -90,6 +92,10 @@ impl MessageResource {
                 Some(service) => self.messaging_service_sid.as_deref() == Some(service),
                 None => want.from.is_none() || self.from.as_deref() == want.from,
             }
+            && self
+                .num_media
+                .as_deref()
+                .is_none_or(|n| n == want.num_media.to_string())
             && self.created().is_some_and(|t| t >= want.since)
     }
     pub fn error_code_string(&self) -> Option<String> {

@@ -1036,3 +1036,165 @@ async fn inbound_sms_sent_during_a_whole_service_outage_are_stored_once_when_it_
         .await;
     assert!(backfilled >= DURING as i64, "{backfilled} backfilled");
 }
+
+/// The real worker binary's reconciler, with 200 stuck messages Twilio answers 404 for and 20
+/// whose fetch keeps failing with 500, all older than a normal stuck message: the 404s are
+/// settled, the failures noted, and the normal message is brought up to date within two passes.
+#[tokio::test]
+async fn messages_twilio_cannot_answer_for_never_starve_the_reconciler() {
+    let tw = twilio().await;
+    let failing: std::collections::BTreeSet<String> =
+        (0..20).map(|i| format!("SMfa{i:030}")).collect();
+    tw.set_faults(sim::twilio::Faults {
+        no_callbacks: true,
+        fetch_fails: failing.clone(),
+        ..Default::default()
+    });
+    let db = pg::fresh_db().await;
+    let app = TestApp::spawn(
+        Settings::new(&db)
+            .set("TWILIO_API_BASE", tw.base_url())
+            .set("SEND_RATE_PER_SENDER", "0")
+            .set("RECONCILE_STUCK_AFTER_SECS", "0")
+            .set("RECONCILE_INTERVAL_SECS", "1"),
+    )
+    .await;
+    sqlx::query(
+        "INSERT INTO sms_messages (direction, message_content, delivery_status, to_number, twilio_sid, status_updated_at)
+         SELECT 'outbound', 'gone', 'sent', '+14155550800', 'SMnf' || lpad(g::text, 30, '0'), now() - interval '1 day'
+         FROM generate_series(1, 200) g",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    for sid in &failing {
+        sqlx::query(
+            "INSERT INTO sms_messages (direction, message_content, delivery_status, to_number, twilio_sid, status_updated_at)
+             VALUES ('outbound', 'flaky', 'sent', '+14155550801', $1, now() - interval '2 days')",
+        )
+        .bind(sid)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    }
+    let key = app.api_key(&["send"], None).await;
+    let r = app
+        .http
+        .post(app.url("/sms/send"))
+        .bearer_auth(&key)
+        .json(&json!({"to": "+14155550802", "body": "your receipt"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let mut worker = app.spawn_worker_process("outbound-send,outbound-status,reconciler", &[]);
+    let normal = || {
+        let pool = app.pool.clone();
+        async move {
+            sqlx::query_as::<_, (String, Option<String>)>(
+                "SELECT delivery_status, twilio_sid FROM sms_messages WHERE to_number = '+14155550802'",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    wait_until(Duration::from_secs(20), || async {
+        normal().await.1.is_some()
+    })
+    .await
+    .expect("handed to Twilio");
+    let sid = normal().await.1.unwrap();
+    wait_until(Duration::from_secs(10), || async {
+        tw.message(&sid)
+            .is_some_and(|m| m.status.as_str() == "delivered")
+    })
+    .await
+    .unwrap();
+    let at_twilio = Instant::now();
+    let caught_up = wait_until(Duration::from_secs(20), || async {
+        normal().await.0 == "delivered"
+    })
+    .await;
+    let after = at_twilio.elapsed();
+    worker.kill().unwrap();
+    worker.wait().unwrap();
+    println!(
+        "reconciler starvation test: the normal message caught up {:.1} s after Twilio delivered it (passes every 1 s)",
+        after.as_secs_f64()
+    );
+    assert!(caught_up.is_ok(), "the normal stuck message was reconciled");
+    assert!(
+        after < Duration::from_secs(5),
+        "within a few passes: {after:?}"
+    );
+    assert_eq!(
+        app.count("SELECT count(*) FROM sms_messages WHERE reconcile_stopped = 'not_found'")
+            .await,
+        200
+    );
+    assert_eq!(
+        app.count("SELECT count(*) FROM sms_messages WHERE reconcile_note LIKE 'fetch failed%' AND reconcile_stopped IS NULL").await,
+        20
+    );
+}
+
+/// The real worker binary against a Twilio that creates every message but whose answers never
+/// arrive in time and which posts no callbacks: after the grace period each of 200 sends is found
+/// in Twilio's message list and adopted; Twilio holds exactly 200 messages.
+#[tokio::test]
+async fn two_hundred_lost_answers_are_adopted_from_the_list_and_none_is_sent_twice() {
+    let tw = twilio().await;
+    tw.set_faults(sim::twilio::Faults {
+        timeout_next: 1000,
+        timeout_creates: true,
+        no_callbacks: true,
+        ..Default::default()
+    });
+    let db = pg::fresh_db().await;
+    let app = TestApp::spawn(
+        Settings::new(&db)
+            .set("TWILIO_API_BASE", tw.base_url())
+            .set("SEND_RATE_PER_SENDER", "0")
+            .set("TWILIO_TIMEOUT_MS", "300")
+            .set("UNKNOWN_OUTCOME_GRACE_SECS", "2"),
+    )
+    .await;
+    let key = app.api_key(&["send"], None).await;
+    for i in 0..200 {
+        let r = app
+            .http
+            .post(app.url("/sms/send"))
+            .bearer_auth(&key)
+            .json(&json!({"to": format!("+1415771{i:04}"), "body": format!("notice {i}")}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+    }
+    let started = Instant::now();
+    let mut worker = app.spawn_worker_process("outbound-send,outbound-status", &[]);
+    let settled = wait_until(Duration::from_secs(90), || async {
+        app.count("SELECT count(*) FROM sms_messages WHERE direction = 'outbound' AND twilio_sid IS NOT NULL").await == 200
+    })
+    .await;
+    let took = started.elapsed();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    worker.kill().unwrap();
+    worker.wait().unwrap();
+    println!(
+        "lost answers test: 200 sends settled from Twilio's list {:.1} s after the worker started",
+        took.as_secs_f64()
+    );
+    assert!(settled.is_ok());
+    assert_eq!(
+        tw.stats().creates,
+        200,
+        "each message reached Twilio exactly once"
+    );
+    assert_eq!(
+        app.count("SELECT count(*) FROM sms_send_attempts WHERE evidence = 'twilio_list'")
+            .await,
+        200
+    );
+}
