@@ -66,22 +66,22 @@ pub struct SentMessage<'a> {
     pub since: chrono::DateTime<chrono::Utc>,
 }
 
+/// A time as Twilio writes it (RFC 2822), or RFC 3339.
+fn twilio_time(d: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    chrono::DateTime::parse_from_rfc2822(d)
+        .or_else(|_| chrono::DateTime::parse_from_rfc3339(d))
+        .ok()
+        .map(|t| t.with_timezone(&chrono::Utc))
+}
+
 impl MessageResource {
     /// When it was sent (inbound: received), for the backfill's watermark.
     pub fn sent(&self) -> Option<chrono::DateTime<chrono::Utc>> {
-        let d = self.date_sent.as_deref()?;
-        chrono::DateTime::parse_from_rfc2822(d)
-            .or_else(|_| chrono::DateTime::parse_from_rfc3339(d))
-            .ok()
-            .map(|t| t.with_timezone(&chrono::Utc))
+        twilio_time(self.date_sent.as_deref()?)
     }
 
     fn created(&self) -> Option<chrono::DateTime<chrono::Utc>> {
-        let d = self.date_created.as_deref()?;
-        chrono::DateTime::parse_from_rfc2822(d)
-            .or_else(|_| chrono::DateTime::parse_from_rfc3339(d))
-            .ok()
-            .map(|t| t.with_timezone(&chrono::Utc))
+        twilio_time(self.date_created.as_deref()?)
     }
 
     /// Whether this is the message a search looks for.
