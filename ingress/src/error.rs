@@ -23,7 +23,7 @@ pub struct ErrorBody {
     /// `unauthorized`, `forbidden`, `not_found`, `recipient_opted_out`, `idempotency_key_in_use`,
     /// `route_exists`, `idempotency_key_reused`, `conversation_mismatch`, `payload_too_large`,
     /// `invalid_path`, `invalid_query`, `invalid_text`, `rate_limited`, `request_timeout`,
-    /// `unavailable`, `internal`.
+    /// `unavailable`, `commit_unknown`, `internal`.
     pub code: &'static str,
     /// For people; may change.
     pub detail: String,
@@ -61,6 +61,12 @@ pub enum ApiError {
     RequestTimeout,
     #[error("database unavailable")]
     Unavailable,
+    /// The connection failed during COMMIT: the change may or may not be stored.
+    #[error(
+        "the database connection was lost while committing, so the request may have been applied: \
+         retry with the same Idempotency-Key to get its answer without applying it twice"
+    )]
+    CommitUnknown,
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -86,6 +92,7 @@ impl ApiError {
             Self::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             Self::RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             Self::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Self::CommitUnknown => (StatusCode::SERVICE_UNAVAILABLE, "commit_unknown"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -108,6 +115,21 @@ impl From<sqlx::Error> for ApiError {
             Self::Unavailable
         } else {
             Self::Internal(err.into())
+        }
+    }
+}
+
+/// Commits `tx`. The server refusing the COMMIT (a constraint checked at commit, a serialisation
+/// failure) means nothing was stored and maps like any database error; any other failure (the
+/// connection lost with the COMMIT sent) leaves the outcome unknown: 503 `commit_unknown`, never a
+/// 500, which promises that nothing was stored.
+pub async fn commit(tx: sqlx::Transaction<'_, sqlx::Postgres>) -> Result<(), ApiError> {
+    match tx.commit().await {
+        Ok(()) => Ok(()),
+        Err(e @ sqlx::Error::Database(_)) => Err(e.into()),
+        Err(e) => {
+            tracing::warn!(error = %e, "commit outcome unknown");
+            Err(ApiError::CommitUnknown)
         }
     }
 }

@@ -6,6 +6,8 @@ use axum::{Json, extract::State, http::StatusCode};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use shared::db::Fault;
+
 use crate::AppState;
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -29,9 +31,19 @@ pub struct Readiness {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ReadinessChecks {
-    /// `ok` or `unreachable`.
+    /// `ok`, `unreachable` (no answer in time, connection failed), `refused` (the server or a
+    /// pooler refused us: credentials, database, a startup parameter, too many clients),
+    /// `transaction_pooler` (statements fail as behind a transaction pooler while
+    /// `DATABASE_POOL_MODE` says session) or `error`.
     #[schema(example = "ok")]
     pub database: &'static str,
+    /// What the database or the connection said, when not `ok`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = json!(null))]
+    pub database_reason: Option<String>,
+    /// `DATABASE_POOL_MODE` in effect: `session` or `transaction`.
+    #[schema(example = "session")]
+    pub database_pool_mode: &'static str,
     /// `ok`, `unreachable` or `not_configured` (no `MONITOR_API_URL`); never makes the ingress
     /// unready.
     #[schema(example = "not_configured")]
@@ -74,9 +86,7 @@ pub async fn health() -> Json<Health> {
     )
 )]
 pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
-    let db = tokio::time::timeout(PROBE_TIMEOUT, sqlx::query("SELECT 1").execute(&state.pool))
-        .await
-        .is_ok_and(|r| r.is_ok());
+    let db = probe_database(&state).await;
     // The Monitor is optional for the ingress (workers treat its absence as "unknown tenant"), so
     // it is reported but does not make the ingress unready.
     let monitor = match &state.cfg.monitor.api_url {
@@ -88,7 +98,7 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Readiness
             if reachable { "ok" } else { "unreachable" }
         }
     };
-    let status = if db {
+    let status = if db.is_ok() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -96,12 +106,32 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Readiness
     (
         status,
         Json(Readiness {
-            ok: db,
+            ok: db.is_ok(),
             version: env!("CARGO_PKG_VERSION"),
             checks: ReadinessChecks {
-                database: if db { "ok" } else { "unreachable" },
+                database: db.as_ref().map_or_else(Fault::kind, |()| "ok"),
+                database_reason: db.err().map(|f| f.reason().to_owned()),
+                database_pool_mode: state.cfg.common.database_pool_mode.as_str(),
                 monitor,
             },
         }),
     )
+}
+
+/// A statement with a parameter, so it goes through the extended protocol as every query does
+/// (a pooler that splits prepared statements fails here, not only later).
+async fn probe_database(state: &AppState) -> Result<(), Fault> {
+    match tokio::time::timeout(
+        PROBE_TIMEOUT,
+        sqlx::query_scalar!(r#"SELECT $1::int AS "one!""#, 1).fetch_one(&state.pool),
+    )
+    .await
+    {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(Fault::of(&e)),
+        Err(_) => Err(Fault::Unreachable(format!(
+            "no answer within {} ms",
+            PROBE_TIMEOUT.as_millis()
+        ))),
+    }
 }

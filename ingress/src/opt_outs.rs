@@ -339,7 +339,7 @@ pub async fn record(
     )
     .fetch_one(&mut *tx)
     .await?;
-    tx.commit().await?;
+    crate::error::commit(tx).await?;
     tracing::info!(their = %number.masked(), change = change.as_str(), key = %key.name, "opt change recorded through the API");
     Ok((StatusCode::CREATED, Json(event)))
 }

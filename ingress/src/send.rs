@@ -286,7 +286,7 @@ pub async fn send(
         .execute(&mut *tx)
         .await?;
     }
-    tx.commit().await?;
+    crate::error::commit(tx).await?;
     tracing::info!(message_id = %created.message_id, %conversation_id, to = %phone::mask(&valid.to),
         segments = created.segments, reply = created.is_reply, key = %key.name, "outbound message accepted");
     Ok((StatusCode::ACCEPTED, Json(response)))
@@ -481,7 +481,7 @@ pub async fn cancel(
     )
     .execute(&mut *tx)
     .await?;
-    tx.commit().await?;
+    crate::error::commit(tx).await?;
     tracing::info!(%message_id, key = %key.name, "outbound message canceled before hand-over");
     Ok((
         StatusCode::OK,

@@ -122,7 +122,7 @@ pub async fn status_callback(
         };
         jobs::schedule(&mut tx, &[apply], When::NOW).await?;
     }
-    tx.commit().await?;
+    crate::error::commit(tx).await?;
     state.metrics.status_callback(inserted.is_none());
     if inserted.is_some() {
         tracing::info!("status callback stored");

@@ -147,7 +147,7 @@ pub async fn replay(
         return Err(ApiError::NotFound("no such unroutable message"));
     }
     shared::routing::replay(&mut tx, message_id).await?;
-    tx.commit().await?;
+    crate::error::commit(tx).await?;
     tracing::info!(%message_id, "unroutable message replayed");
     Ok((
         StatusCode::ACCEPTED,

@@ -104,10 +104,79 @@ fn url_setting(src: &dyn Source, key: &'static str) -> Result<Option<String>, Co
 pub struct Common {
     /// May hold a password: never printed.
     pub database_url: Secret,
+    /// What is at `database_url`: Postgres itself or a session pooler, or a transaction pooler.
+    pub database_pool_mode: PoolMode,
+    /// A connection that keeps its session (Supabase's direct or session-pooler string), for
+    /// LISTEN; without one behind a transaction pooler, workers poll.
+    pub database_session_url: Option<Secret>,
     pub database_max_connections: u32,
     pub database_acquire_timeout: Duration,
     pub default_region: Id,
     pub log_format: LogFormat,
+}
+
+/// Whether each client connection keeps one server session (`Session`: Postgres itself, PgBouncer
+/// in session mode, Supabase's session pooler on 5432) or shares server connections between
+/// transactions (`Transaction`: PgBouncer in transaction mode, Supabase's pooler on 6543), which
+/// allows no prepared statement, LISTEN or session lock to outlive a transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolMode {
+    Session,
+    Transaction,
+}
+
+impl PoolMode {
+    /// `DATABASE_POOL_MODE`, else what the URL says: Supabase's pooler on port 6543 is its
+    /// transaction mode.
+    fn load(src: &dyn Source, database_url: &str) -> Result<Self, ConfigError> {
+        match src
+            .get("DATABASE_POOL_MODE")
+            .map(|v| v.trim().to_ascii_lowercase())
+        {
+            Some(v) if v == "session" => Ok(Self::Session),
+            Some(v) if v == "transaction" => Ok(Self::Transaction),
+            Some(v) => Err(ConfigError::new(
+                "DATABASE_POOL_MODE",
+                format!("expected session or transaction, got {v:?}"),
+            )),
+            None => Ok(Self::from_url(database_url)),
+        }
+    }
+
+    fn from_url(database_url: &str) -> Self {
+        let supabase_transaction_pooler = url::Url::parse(database_url).is_ok_and(|u| {
+            u.port() == Some(6543)
+                && u.host_str()
+                    .is_some_and(|h| h.ends_with(".pooler.supabase.com"))
+        });
+        if supabase_transaction_pooler {
+            Self::Transaction
+        } else {
+            Self::Session
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Session => "session",
+            Self::Transaction => "transaction",
+        }
+    }
+}
+
+fn postgres_url(src: &dyn Source, key: &'static str) -> Result<Option<String>, ConfigError> {
+    let Some(url) = src.get(key) else {
+        return Ok(None);
+    };
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(ConfigError::new(
+            key,
+            "must start with postgres:// or postgresql://",
+        ));
+    }
+    sqlx::postgres::PgConnectOptions::from_str(&url)
+        .map_err(|e| ConfigError::new(key, format!("not a usable connection string: {e}")))?;
+    Ok(Some(url))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,13 +187,10 @@ pub enum LogFormat {
 
 impl Common {
     pub fn load(src: &dyn Source, default_connections: u32) -> Result<Self, ConfigError> {
-        let database_url = required(src, "DATABASE_URL")?;
-        if !(database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {
-            return Err(ConfigError::new(
-                "DATABASE_URL",
-                "must start with postgres:// or postgresql://",
-            ));
-        }
+        let database_url = postgres_url(src, "DATABASE_URL")?
+            .ok_or_else(|| ConfigError::new("DATABASE_URL", "is required but not set"))?;
+        let database_pool_mode = PoolMode::load(src, &database_url)?;
+        let database_session_url = postgres_url(src, "DATABASE_SESSION_URL")?.map(Secret::new);
         let region = src.get("DEFAULT_REGION").unwrap_or_else(|| "US".into());
         let default_region = phone::parse_region(&region).ok_or_else(|| {
             ConfigError::new(
@@ -152,6 +218,8 @@ impl Common {
         }
         Ok(Self {
             database_url: Secret::new(database_url),
+            database_pool_mode,
+            database_session_url,
             database_max_connections,
             database_acquire_timeout: millis(src, "DATABASE_ACQUIRE_TIMEOUT_MS", 3000)?,
             default_region,

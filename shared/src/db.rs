@@ -1,32 +1,103 @@
-//! Connection pool and migrations.
+//! Connection pools and migrations, direct or through a pooler.
 
-use std::time::Duration;
+use std::{str::FromStr, time::Duration};
 
-use sqlx::{PgPool, postgres::PgPoolOptions};
+use sqlx::{
+    PgPool,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
 
-use crate::config::Common;
+use crate::config::{Common, PoolMode};
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+/// Serialises migration runs across replicas (any constant; "sms-migrate" in ASCII).
+const MIGRATION_LOCK: i64 = 0x0073_6d73_2d6d_6967;
 
 /// A pool that connects lazily, so a process starts (and answers health checks and 503s) while the
 /// database is down, and recovers by itself when it returns.
 pub fn lazy_pool(common: &Common) -> Result<PgPool, sqlx::Error> {
-    PgPoolOptions::new()
+    Ok(PgPoolOptions::new()
         .max_connections(common.database_max_connections)
         .acquire_timeout(common.database_acquire_timeout)
         .idle_timeout(Duration::from_secs(300))
-        .connect_lazy(common.database_url.expose())
+        .connect_lazy_with(connect_options(
+            common.database_url.expose(),
+            common.database_pool_mode,
+        )?))
+}
+
+/// A pool whose connections keep their session, for LISTEN: over `DATABASE_SESSION_URL`, else
+/// the main pool when that is not behind a transaction pooler. `None`: nothing may listen (the
+/// workers poll).
+pub fn session_pool(
+    common: &Common,
+    main: &PgPool,
+    connections: u32,
+) -> Result<Option<PgPool>, sqlx::Error> {
+    match (&common.database_session_url, common.database_pool_mode) {
+        (Some(url), _) => Ok(Some(
+            PgPoolOptions::new()
+                .max_connections(connections.max(1))
+                .acquire_timeout(common.database_acquire_timeout)
+                .connect_lazy_with(connect_options(url.expose(), PoolMode::Session)?),
+        )),
+        (None, PoolMode::Session) => Ok(Some(main.clone())),
+        (None, PoolMode::Transaction) => Ok(None),
+    }
+}
+
+/// The options every connection of ours uses.
+///
+/// - No `extra_float_digits` startup parameter: PgBouncer refuses unknown startup parameters
+///   unless told to ignore them (`ignore_startup_parameters`), and we read floats in binary.
+/// - Behind a transaction pooler, no statement cache: our patched sqlx-postgres
+///   (vendor/README.md) then sends each statement unnamed, parsed and executed in one
+///   extended-query sequence, which no pooler splits between server connections.
+pub fn connect_options(url: &str, mode: PoolMode) -> Result<PgConnectOptions, sqlx::Error> {
+    let options = PgConnectOptions::from_str(url)?.extra_float_digits(None);
+    Ok(match mode {
+        PoolMode::Session => options,
+        PoolMode::Transaction => options.statement_cache_capacity(0),
+    })
 }
 
 /// Applies our migrations and apalis-postgres's (kept in its own `apalis` schema and history
-/// table). Both take an advisory lock, so concurrent runs are safe, and applied ones are skipped.
+/// table); applied ones are skipped.
+///
+/// Concurrent runs (several replicas starting) are serialised by a transaction-scoped advisory
+/// lock held by an open transaction for the whole run, not by sqlx's session lock: behind a
+/// transaction pooler a session lock's unlock lands on another server connection and the lock
+/// stays held. A replica that finds the lock taken gives its connection back and tries again, so
+/// waiting replicas do not hold the pooler's server connections the migrating one needs. Needs
+/// two connections from `pool`.
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
-    MIGRATOR.run(pool).await?;
-    apalis_postgres::PostgresStorage::setup(pool).await?;
+    let guard = loop {
+        let mut tx = pool.begin().await?;
+        let locked = sqlx::query_scalar!(
+            r#"SELECT pg_try_advisory_xact_lock($1) AS "locked!""#,
+            MIGRATION_LOCK
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        if locked {
+            break tx;
+        }
+        tx.rollback().await?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let mut ours = sqlx::migrate!("../migrations");
+    ours.set_locking(false);
+    ours.run(pool).await?;
+    let mut apalis = apalis_postgres::PostgresStorage::migrations();
+    apalis.set_locking(false);
+    apalis.run(pool).await?;
+    guard.commit().await?;
     Ok(())
 }
 
-/// Whether an error means the database could not be reached (as opposed to a query problem).
+/// Whether an error means the database could not be reached or the connection broke (as opposed
+/// to a query problem the server reported). A protocol error is a broken connection too (an
+/// unexpected message, as a pooler's mixed-up notification): whether a statement took effect is
+/// unknown, so it is never answered as a definite failure.
 pub fn is_unavailable(err: &sqlx::Error) -> bool {
     matches!(
         err,
@@ -34,6 +105,72 @@ pub fn is_unavailable(err: &sqlx::Error) -> bool {
             | sqlx::Error::PoolClosed
             | sqlx::Error::Io(_)
             | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
             | sqlx::Error::WorkerCrashed
     ) || matches!(err, sqlx::Error::Database(db) if db.code().is_some_and(|c| c.starts_with("57P") || c.starts_with("08")))
+}
+
+/// Why the database cannot be used, for readiness checks: an operator reads this first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// Nothing answered in time, or the connection failed.
+    Unreachable(String),
+    /// The server (or a pooler) answered and refused us: credentials, database name, a startup
+    /// parameter, too many clients.
+    Refused(String),
+    /// Statements behave as behind a transaction pooler while `DATABASE_POOL_MODE` says session.
+    TransactionPooler(String),
+    /// Any other error from a query.
+    Error(String),
+}
+
+impl Fault {
+    pub fn of(err: &sqlx::Error) -> Self {
+        match err {
+            sqlx::Error::Database(db) => {
+                let code = db.code().unwrap_or_default();
+                let message = db.message().to_owned();
+                // 26000 "prepared statement does not exist", 42P05 "already exists": a named
+                // statement met another client's server connection.
+                if code == "26000" || code == "42P05" {
+                    Self::TransactionPooler(format!(
+                        "{message}: the database is behind a transaction pooler; set DATABASE_POOL_MODE=transaction"
+                    ))
+                } else if code.starts_with("08")
+                    || code.starts_with("28")
+                    || code == "3D000"
+                    || code == "53300"
+                {
+                    Self::Refused(message)
+                } else if code.starts_with("57P") {
+                    Self::Unreachable(message)
+                } else {
+                    Self::Error(message)
+                }
+            }
+            sqlx::Error::PoolTimedOut => {
+                Self::Unreachable("no connection within DATABASE_ACQUIRE_TIMEOUT_MS".into())
+            }
+            other => Self::Unreachable(other.to_string()),
+        }
+    }
+
+    /// The stable word reported in `checks.database`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Unreachable(_) => "unreachable",
+            Self::Refused(_) => "refused",
+            Self::TransactionPooler(_) => "transaction_pooler",
+            Self::Error(_) => "error",
+        }
+    }
+
+    pub fn reason(&self) -> &str {
+        match self {
+            Self::Unreachable(r)
+            | Self::Refused(r)
+            | Self::TransactionPooler(r)
+            | Self::Error(r) => r,
+        }
+    }
 }

@@ -2,4 +2,7 @@
 //! sockets (`app`).
 pub mod app;
 pub mod pg;
+pub mod pgbouncer;
+pub mod proxy;
 pub mod sims;
+pub mod traffic;

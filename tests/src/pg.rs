@@ -413,7 +413,7 @@ fn bin_dir() -> Result<PathBuf, String> {
     )
 }
 
-fn find_in_path(program: &str) -> Option<PathBuf> {
+pub(crate) fn find_in_path(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
@@ -422,7 +422,7 @@ fn find_in_path(program: &str) -> Option<PathBuf> {
 }
 
 /// Whether the effective user is root (`initdb` and `pg_ctl` refuse to run as root).
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     static ROOT: OnceLock<bool> = OnceLock::new();
     *ROOT.get_or_init(|| {
         let from_proc = std::fs::read_to_string("/proc/self/status")
@@ -442,7 +442,7 @@ fn is_root() -> bool {
 }
 
 /// Quotes `s` for `sh`.
-fn sh_quote(s: &OsStr) -> String {
+pub(crate) fn sh_quote(s: &OsStr) -> String {
     format!("'{}'", s.to_string_lossy().replace('\'', r"'\''"))
 }
 
@@ -454,7 +454,7 @@ fn sh_join(args: &[OsString]) -> String {
 }
 
 /// A command running `args` (program first), as the `postgres` user when we are root.
-fn pg_command(args: &[OsString]) -> Command {
+pub(crate) fn pg_command(args: &[OsString]) -> Command {
     if !is_root() {
         let mut c = Command::new(&args[0]);
         c.args(&args[1..]);
@@ -473,7 +473,7 @@ fn pg_command(args: &[OsString]) -> Command {
 }
 
 /// The same as a shell command line (for the reaper).
-fn pg_shell_command(args: &[OsString]) -> String {
+pub(crate) fn pg_shell_command(args: &[OsString]) -> String {
     if !is_root() {
         sh_join(args)
     } else if let Some(runuser) = find_in_path("runuser") {
@@ -490,7 +490,7 @@ fn pg_shell_command(args: &[OsString]) -> String {
     }
 }
 
-fn os(parts: &[&dyn AsRef<OsStr>]) -> Vec<OsString> {
+pub(crate) fn os(parts: &[&dyn AsRef<OsStr>]) -> Vec<OsString> {
     parts.iter().map(|p| p.as_ref().to_owned()).collect()
 }
 
@@ -505,7 +505,7 @@ pub fn free_port() -> Option<u16> {
     )
 }
 
-fn run(mut cmd: Command, what: &str) -> Result<(), String> {
+pub(crate) fn run(mut cmd: Command, what: &str) -> Result<(), String> {
     match cmd.stdin(Stdio::null()).output() {
         Ok(out) if out.status.success() => Ok(()),
         Ok(out) => Err(format!(

@@ -28,6 +28,9 @@ use sqlx::PgPool;
 /// What every handler needs, shared by all of a process's workers.
 pub struct Deps {
     pub pool: PgPool,
+    /// Connections that keep their session, for LISTEN; None behind a transaction pooler without
+    /// `DATABASE_SESSION_URL` (the queues then poll).
+    pub listen_pool: Option<PgPool>,
     pub tenants: TenantResolver,
     pub region: Id,
     pub language_notify_retry: RetryPolicy,
@@ -48,6 +51,9 @@ pub struct Deps {
     pub metrics: metrics::WorkerMetrics,
 }
 
+/// One listening connection per queue a worker can run.
+const LISTENERS: u32 = 8;
+
 impl Deps {
     pub fn new(cfg: &config::Worker, pool: PgPool) -> Arc<Self> {
         let monitor = MonitorClient::from_config(&cfg.monitor);
@@ -58,6 +64,8 @@ impl Deps {
                 &cfg.tenant_cache,
                 cfg.common.default_region,
             ),
+            listen_pool: shared::db::session_pool(&cfg.common, &pool, LISTENERS)
+                .expect("DATABASE_SESSION_URL validated with the configuration"),
             pool,
             region: cfg.common.default_region,
             language_notify_retry: cfg.language_notify_retry,

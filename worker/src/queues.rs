@@ -200,9 +200,12 @@ async fn supervise<J, F, Fut>(
             .batch_size(settings.batch_size)
             .heartbeat_interval(settings.heartbeat_interval)
             .missed_heartbeats(settings.missed_heartbeats);
-        // NOTIFY wakes the worker at once; the interval is the safety net (see wakeups.rs).
+        // NOTIFY wakes the worker at once; the interval is the safety net (see wakeups.rs), and
+        // the only wake-up behind a transaction pooler with no session connection.
         let strategy = Wakeups::new(
-            apalis_postgres::Pubsub::new(deps.pool.clone(), queue.to_owned()),
+            deps.listen_pool
+                .as_ref()
+                .map(|pool| apalis_postgres::Pubsub::new(pool.clone(), queue.to_owned())),
             settings.poll_interval,
         );
         let backend = PostgresStorage::<J>::new(&deps.pool)

@@ -1,5 +1,6 @@
 //! When an idle apalis worker fetches again: on a NOTIFY of a new job in its queue, or on a
-//! fallback interval.
+//! fallback interval (alone when nothing may LISTEN: behind a transaction pooler without a
+//! session connection).
 //!
 //! apalis's own combination (`Strategy::new().stream(pubsub).interval(..)`) takes one
 //! notification per poll and stops at the first ready strategy, so after a wake-up nothing may be
@@ -18,7 +19,8 @@ use futures::StreamExt;
 use tokio::time::{Interval, MissedTickBehavior};
 
 pub struct Wakeups {
-    pubsub: Pubsub,
+    /// None: poll on the interval alone.
+    pubsub: Option<Pubsub>,
     /// Pubsub ended (its connection failed): fetch on the interval alone until the supervisor
     /// restarts the worker.
     pubsub_closed: bool,
@@ -27,10 +29,10 @@ pub struct Wakeups {
 }
 
 impl Wakeups {
-    pub fn new(pubsub: Pubsub, period: Duration) -> Self {
+    pub fn new(pubsub: Option<Pubsub>, period: Duration) -> Self {
         Self {
+            pubsub_closed: pubsub.is_none(),
             pubsub,
-            pubsub_closed: false,
             // tokio intervals panic on zero.
             period: period.max(Duration::from_millis(1)),
             interval: None,
@@ -48,8 +50,8 @@ impl PollStrategy for Wakeups {
     fn poll_drive(&mut self, cx: &mut Context<'_>, _: &PollSnapshot) -> Poll<Option<()>> {
         let mut wake = false;
         // Until Pending, which leaves the listener's waker armed for the next notification.
-        while !self.pubsub_closed {
-            match self.pubsub.poll_next_unpin(cx) {
+        while let Some(pubsub) = self.pubsub.as_mut().filter(|_| !self.pubsub_closed) {
+            match pubsub.poll_next_unpin(cx) {
                 Poll::Ready(Some(_)) => wake = true,
                 Poll::Ready(None) => self.pubsub_closed = true,
                 Poll::Pending => break,

@@ -14,6 +14,7 @@ mod openapi;
 mod opt_outs;
 mod otel;
 mod outbound;
+mod poolers;
 mod quiet_hours;
 mod routing;
 mod scheduled;

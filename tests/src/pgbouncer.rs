@@ -1,0 +1,212 @@
+//! A real PgBouncer (Debian's `pgbouncer` package) in front of the tests' PostgreSQL server, for
+//! the tests that run the service through a transaction pooler as Supabase and many operators do.
+//!
+//! Started as the `postgres` user when we are root (PgBouncer refuses to run as root), daemonised
+//! with a pid file, and stopped on drop, or by a small reaper once the test process has exited.
+
+use std::{
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use crate::pg;
+
+/// How a PgBouncer pools server connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// A server connection per transaction, no prepared statements kept (PgBouncer before 1.21,
+    /// or `max_prepared_statements = 0`; Supabase's transaction pooler behaves the same way).
+    Transaction,
+    /// A server connection per transaction, protocol-level prepared statements tracked
+    /// (`max_prepared_statements = 200`, PgBouncer 1.21 and later only).
+    TransactionWithPreparedStatements,
+}
+
+pub struct PgBouncer {
+    dir: PathBuf,
+    port: u16,
+    user: String,
+}
+
+/// The installed PgBouncer binary, or why there is none.
+pub fn binary() -> Result<PathBuf, String> {
+    pg::find_in_path("pgbouncer")
+        .or_else(|| Some(PathBuf::from("/usr/sbin/pgbouncer")).filter(|p| p.is_file()))
+        .ok_or_else(|| {
+            "pgbouncer is not installed: `apt-get install pgbouncer` (Debian's package; \
+             .ci/run installs it)"
+                .to_owned()
+        })
+}
+
+/// `(major, minor)` of the installed PgBouncer.
+pub fn version() -> Result<(u32, u32), String> {
+    let out = Command::new(binary()?)
+        .arg("--version")
+        .output()
+        .map_err(|e| format!("pgbouncer --version: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "PgBouncer 1.18.0"
+    let v = text
+        .split_whitespace()
+        .nth(1)
+        .ok_or_else(|| format!("unexpected pgbouncer --version: {text}"))?;
+    let mut parts = v.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    Ok((parts.next().unwrap_or(0), parts.next().unwrap_or(0)))
+}
+
+impl PgBouncer {
+    /// Starts a PgBouncer in `mode` in front of the server of `server_url` (any database URL on
+    /// it), with `pool_size` server connections per database: fewer than the service's clients,
+    /// so that every client's transactions move between server connections.
+    ///
+    /// Blocking (it waits for the port): call it from `spawn_blocking` in async code.
+    pub fn start(server_url: &str, mode: Mode, pool_size: u32) -> Result<Self, String> {
+        let bin = binary()?;
+        let server = url::Url::parse(server_url).map_err(|e| format!("server URL: {e}"))?;
+        let user = match server.username() {
+            "" => "postgres".to_owned(),
+            u => u.to_owned(),
+        };
+        let dir = std::env::temp_dir().join(format!(
+            "sms-test-pgbouncer-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+        spawn_reaper(&dir);
+        let prepared = match mode {
+            Mode::Transaction => "",
+            Mode::TransactionWithPreparedStatements => "max_prepared_statements = 200\n",
+        };
+        let password = server
+            .password()
+            .map(|p| format!(" password={p}"))
+            .unwrap_or_default();
+        std::fs::write(dir.join("userlist.txt"), format!("\"{user}\" \"\"\n"))
+            .map_err(|e| e.to_string())?;
+        if pg::is_root() {
+            let mut chown = Command::new("chown");
+            chown.args(["-R", "postgres:"]).arg(&dir);
+            pg::run(chown, "chown of the PgBouncer folder to postgres")?;
+        }
+        let mut last_err = String::new();
+        for _ in 0..5 {
+            let Some(port) = pg::free_port() else {
+                continue;
+            };
+            // No ignore_startup_parameters: PgBouncer as installed, which refuses a startup
+            // parameter it does not know (sqlx's default extra_float_digits among them).
+            let ini = format!(
+                "[databases]\n\
+                 * = host={host} port={server_port} user={user}{password}\n\
+                 [pgbouncer]\n\
+                 listen_addr = 127.0.0.1\n\
+                 listen_port = {port}\n\
+                 unix_socket_dir =\n\
+                 auth_type = trust\n\
+                 auth_file = {dir}/userlist.txt\n\
+                 pool_mode = transaction\n\
+                 default_pool_size = {pool_size}\n\
+                 max_client_conn = 2000\n\
+                 logfile = {dir}/pgbouncer.log\n\
+                 pidfile = {dir}/pgbouncer.pid\n\
+                 {prepared}",
+                host = server.host_str().unwrap_or("127.0.0.1"),
+                server_port = server.port().unwrap_or(5432),
+                dir = dir.display(),
+            );
+            std::fs::write(dir.join("pgbouncer.ini"), ini).map_err(|e| e.to_string())?;
+            let start = pg::pg_command(&pg::os(&[&bin, &"-d", &dir.join("pgbouncer.ini")]));
+            if let Err(e) = pg::run(start, "pgbouncer -d") {
+                last_err = e;
+                continue;
+            }
+            let bouncer = Self {
+                dir: dir.clone(),
+                port,
+                user: user.clone(),
+            };
+            if bouncer.wait_listening(Duration::from_secs(10)) {
+                return Ok(bouncer);
+            }
+            last_err = format!("not listening on {port}: {}", bouncer.log_tail());
+            bouncer.stop();
+        }
+        Err(format!("could not start PgBouncer: {last_err}"))
+    }
+
+    /// A URL of database `db` through this PgBouncer.
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://{}@127.0.0.1:{}/{db}", self.user, self.port)
+    }
+
+    /// The last lines of PgBouncer's log.
+    pub fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.join("pgbouncer.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    /// Lines of PgBouncer's log that report a problem (`WARNING`, `ERROR`, `FATAL`).
+    pub fn problems(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.join("pgbouncer.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(" WARNING ") || l.contains(" ERROR ") || l.contains(" FATAL "))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn wait_listening(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    fn stop(&self) {
+        if let Some(pid) = pid(&self.dir) {
+            let _ = Command::new("kill").arg(pid.to_string()).status();
+        }
+    }
+}
+
+impl Drop for PgBouncer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn pid(dir: &Path) -> Option<u32> {
+    std::fs::read_to_string(dir.join("pgbouncer.pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Stops PgBouncer and removes its folder once this test process has exited (detached, like the
+/// cluster's reaper).
+fn spawn_reaper(dir: &Path) {
+    let pid = std::process::id();
+    let dir = pg::sh_quote(dir.as_os_str());
+    let script = format!(
+        "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; \
+         p=$(cat {dir}/pgbouncer.pid 2>/dev/null) && kill \"$p\"; sleep 1; rm -rf {dir}"
+    );
+    let _ = Command::new("sh")
+        .args(["-c", &script])
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn();
+}
