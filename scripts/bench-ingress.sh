@@ -3,20 +3,30 @@
 # fresh database each run (the project-local cluster unless DATABASE_URL names a server), and the
 # median of RUNS runs. Every 200 is sent only after its rows committed (synchronous_commit on).
 # Usage: scripts/bench-ingress.sh [COUNT=60000] [RUNS=5] [CONCURRENCY=32]
+# BENCH_VIA=pgbouncer: the service connects through a local PgBouncer in transaction mode
+# (scripts/pgbouncer-local.sh, DATABASE_POOL_MODE=transaction); migrations and checks go direct.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd); cd "$root"
 count=${1:-60000}; runs=${2:-5}; conc=${3:-32}
 cargo build --release --quiet -p sms-ingress -p sms-sim
 server=${DATABASE_URL:-$(scripts/pg-local.sh start)}
 admin=${server%/*}/postgres
+via=${BENCH_VIA:-direct}
+case "$via" in
+  direct) service_base=${server%/*}; export DATABASE_POOL_MODE=session ;;
+  pgbouncer) service_base=$(scripts/pgbouncer-local.sh start "$server"); export DATABASE_POOL_MODE=transaction
+    trap 'scripts/pgbouncer-local.sh stop' EXIT ;;
+  *) echo "BENCH_VIA must be direct or pgbouncer" >&2; exit 2 ;;
+esac
+echo "service database connections: $via" >&2
 port=${BENCH_PORT:-18081}
 export TWILIO_AUTH_TOKEN=bench-token PUBLIC_URL=http://127.0.0.1:$port BIND_ADDR=127.0.0.1:$port RUST_LOG=warn
 results=()
 for i in $(seq 1 "$runs"); do
-  psql -q "$admin" -c "DROP DATABASE IF EXISTS sms_bench_ingress" -c "CREATE DATABASE sms_bench_ingress" 2>/dev/null
+  psql -q "$admin" -c "DROP DATABASE IF EXISTS sms_bench_ingress WITH (FORCE)" -c "CREATE DATABASE sms_bench_ingress" 2>/dev/null
   export DATABASE_URL=${server%/*}/sms_bench_ingress
   target/release/sms-ingress migrate 2>/dev/null
-  target/release/sms-ingress serve >/dev/null 2>&1 & ip=$!
+  DATABASE_URL=$service_base/sms_bench_ingress target/release/sms-ingress serve >/dev/null 2>&1 & ip=$!
   sleep 0.5
   target/release/sms-sim webhooks --url "$PUBLIC_URL/webhook/twilio/sms" --count 5000 --concurrency "$conc" >/dev/null
   out=$(target/release/sms-sim webhooks --url "$PUBLIC_URL/webhook/twilio/sms" --count "$count" --concurrency "$conc")

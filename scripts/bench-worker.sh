@@ -3,28 +3,38 @@
 # (cached after first sight), then one `sms-worker --queues inbound` drains them; the rate is
 # messages over the span between the first and last processed_at. Median of RUNS runs.
 # Usage: scripts/bench-worker.sh [COUNT=30000] [RUNS=3]
+# BENCH_VIA=pgbouncer: the service connects through a local PgBouncer in transaction mode
+# (scripts/pgbouncer-local.sh, DATABASE_POOL_MODE=transaction); migrations and checks go direct.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd); cd "$root"
 count=${1:-30000}; runs=${2:-3}
 cargo build --release --quiet -p sms-ingress -p sms-worker -p sms-sim
 server=${DATABASE_URL:-$(scripts/pg-local.sh start)}
 admin=${server%/*}/postgres
+via=${BENCH_VIA:-direct}
+case "$via" in
+  direct) service_base=${server%/*}; export DATABASE_POOL_MODE=session ;;
+  pgbouncer) service_base=$(scripts/pgbouncer-local.sh start "$server"); export DATABASE_POOL_MODE=transaction
+    trap 'scripts/pgbouncer-local.sh stop' EXIT ;;
+  *) echo "BENCH_VIA must be direct or pgbouncer" >&2; exit 2 ;;
+esac
+echo "service database connections: $via" >&2
 port=${BENCH_PORT:-18082}
 export TWILIO_AUTH_TOKEN=bench-token PUBLIC_URL=http://127.0.0.1:$port BIND_ADDR=127.0.0.1:$port RUST_LOG=warn WORKER_METRICS_ADDR=off
 results=()
 for i in $(seq 1 "$runs"); do
-  psql -q "$admin" -c "DROP DATABASE IF EXISTS sms_bench_worker" -c "CREATE DATABASE sms_bench_worker" 2>/dev/null
+  psql -q "$admin" -c "DROP DATABASE IF EXISTS sms_bench_worker WITH (FORCE)" -c "CREATE DATABASE sms_bench_worker" 2>/dev/null
   export DATABASE_URL=${server%/*}/sms_bench_worker
   target/release/sms-ingress migrate 2>/dev/null
   # 1,000 tenants with two numbers each; the load generator's senders are +15552000001...
   psql -q "$DATABASE_URL" -c "INSERT INTO tenant_profiles (tenant_id, phone_numbers)
     SELECT 't-' || g, jsonb_build_array('+1555200' || lpad(g::text, 4, '0'), '+1555300' || lpad(g::text, 4, '0'))
     FROM generate_series(1, 1000) g"
-  target/release/sms-ingress serve >/dev/null 2>&1 & ip=$!
+  DATABASE_URL=$service_base/sms_bench_worker target/release/sms-ingress serve >/dev/null 2>&1 & ip=$!
   sleep 0.5
   target/release/sms-sim webhooks --url "$PUBLIC_URL/webhook/twilio/sms" --count "$count" --concurrency 32 --numbers 1000 >/dev/null
   kill $ip; wait $ip 2>/dev/null || true
-  target/release/sms-worker --queues inbound >/dev/null 2>/tmp/sms-bench-worker.err & wp=$!
+  DATABASE_URL=$service_base/sms_bench_worker target/release/sms-worker --queues inbound >/dev/null 2>/tmp/sms-bench-worker.err & wp=$!
   while [ "$(psql -tA "$DATABASE_URL" -c "SELECT count(*) FROM sms_messages WHERE processed_at IS NULL")" != 0 ]; do
     kill -0 $wp 2>/dev/null || { echo "sms-worker exited early (exit $(wait $wp; echo $?))" >&2; exit 1; }
     sleep 0.5

@@ -1,6 +1,8 @@
 //! Test support: a real PostgreSQL per test process (`pg`) and the service started on real
 //! sockets (`app`).
 pub mod app;
+pub mod balancer;
+pub mod fleet;
 pub mod pg;
 pub mod pgbouncer;
 pub mod proxy;

@@ -46,7 +46,12 @@ impl Client {
     }
 
     pub async fn webhook(&self, from: &str, body: &str) -> Answer {
-        let sms = InboundSms::new(from, OUR_NUMBER, body);
+        self.post_sms(&InboundSms::new(from, OUR_NUMBER, body))
+            .await
+    }
+
+    /// Posts this SMS's webhook once (a retry posts the same MessageSid again).
+    pub async fn post_sms(&self, sms: &InboundSms) -> Answer {
         let started = Instant::now();
         let resp = sim::webhook::send_to(
             &self.http,
@@ -65,19 +70,31 @@ impl Client {
             retry_after,
             started,
             finished: Instant::now(),
-            id: sms.message_sid,
+            id: sms.message_sid.clone(),
         }
     }
 
     pub async fn send(&self, to: &str, body: &str) -> Answer {
+        self.send_with_key(to, body, None).await
+    }
+
+    /// A send with an `Idempotency-Key`, so that it may be retried.
+    pub async fn send_with_key(
+        &self,
+        to: &str,
+        body: &str,
+        idempotency_key: Option<&str>,
+    ) -> Answer {
         let started = Instant::now();
-        let resp = self
+        let mut req = self
             .http
             .post(format!("{}/sms/send", self.base_url))
             .bearer_auth(&self.key)
-            .json(&json!({"to": to, "body": body}))
-            .send()
-            .await;
+            .json(&json!({"to": to, "body": body}));
+        if let Some(k) = idempotency_key {
+            req = req.header("idempotency-key", k);
+        }
+        let resp = req.send().await;
         let (status, retry_after, id) = match resp {
             Ok(r) => {
                 let status = r.status().as_u16();
@@ -111,6 +128,11 @@ pub async fn route_jobs(app: &TestApp) -> (i64, i64) {
 
 /// Asserts that Twilio received each of these message ids exactly once, and nothing else.
 pub async fn assert_sent_once(app: &TestApp, tw: &TwilioSimHandle, ids: &[String]) {
+    assert_sent_once_all(&app.pool, tw, ids).await
+}
+
+/// [`assert_sent_once`] with the database's pool.
+pub async fn assert_sent_once_all(pool: &sqlx::PgPool, tw: &TwilioSimHandle, ids: &[String]) {
     let stats = tw.stats();
     let twice: Vec<_> = stats
         .by_callback_id
@@ -124,7 +146,7 @@ pub async fn assert_sent_once(app: &TestApp, tw: &TwilioSimHandle, ids: &[String
              FROM sms_send_attempts WHERE message_id = ANY($1) ORDER BY message_id, attempt",
         )
         .bind(&ids)
-        .fetch_all(&app.pool)
+        .fetch_all(pool)
         .await
         .unwrap_or_default();
         panic!("sent more than once: {twice:?}; their attempts: {ledger:?}");
@@ -142,4 +164,3 @@ pub async fn assert_sent_once(app: &TestApp, tw: &TwilioSimHandle, ids: &[String
     );
     assert_eq!(stats.creates as usize, ids.len(), "nothing else was sent");
 }
-

@@ -3,6 +3,7 @@
 
 mod abuse;
 mod conversations;
+mod deployment;
 mod directory;
 mod errors;
 mod faults;

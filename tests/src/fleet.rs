@@ -1,0 +1,132 @@
+//! The service as operations run it: `sms-ingress` and `sms-worker` processes (the built
+//! binaries), several of each on one database, with their logs kept so a test can check that
+//! normal operation logged no error.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use crate::app::{Settings, wait_until, workspace_binary};
+
+pub struct Service {
+    pub name: String,
+    child: Option<Child>,
+    log: PathBuf,
+    /// Error lines of earlier lives (before a restart).
+    earlier_errors: Vec<String>,
+    spawn: Box<dyn Fn(&Path) -> Child + Send + Sync>,
+}
+
+impl Service {
+    /// An `sms-ingress serve` on `port`; webhooks are signed for `public_url` (one URL in front
+    /// of every replica, as behind a load balancer).
+    pub async fn ingress(
+        name: &str,
+        settings: &Settings,
+        port: u16,
+        public_url: &str,
+        log_dir: &Path,
+    ) -> Self {
+        let settings = settings
+            .clone()
+            .set("BIND_ADDR", format!("127.0.0.1:{port}"))
+            .set("PUBLIC_URL", public_url);
+        let s = Self::start(name, log_dir, move |log| {
+            let mut cmd = Command::new(workspace_binary("sms-ingress"));
+            cmd.arg("serve");
+            spawn(cmd, &settings, log)
+        });
+        let health = format!("http://127.0.0.1:{port}/health");
+        wait_until(Duration::from_secs(20), || async {
+            reqwest::get(&health).await.is_ok()
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{name} answers /health"));
+        s
+    }
+
+    /// An `sms-worker --queues <queues>`.
+    pub fn worker(name: &str, settings: &Settings, queues: &str, log_dir: &Path) -> Self {
+        let settings = settings.clone().set("WORKER_METRICS_ADDR", "127.0.0.1:0");
+        let queues = queues.to_owned();
+        Self::start(name, log_dir, move |log| {
+            let mut cmd = Command::new(workspace_binary("sms-worker"));
+            cmd.arg("--queues").arg(&queues);
+            spawn(cmd, &settings, log)
+        })
+    }
+
+    fn start(
+        name: &str,
+        log_dir: &Path,
+        spawn: impl Fn(&Path) -> Child + Send + Sync + 'static,
+    ) -> Self {
+        let log = log_dir.join(format!("{name}.log"));
+        let child = spawn(&log);
+        Self {
+            name: name.to_owned(),
+            child: Some(child),
+            log,
+            earlier_errors: Vec::new(),
+            spawn: Box::new(spawn),
+        }
+    }
+
+    /// SIGKILL: no shutdown, jobs in flight abandoned.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.earlier_errors.extend(self.errors_of_this_life());
+    }
+
+    /// Starts it again (after [`kill`](Self::kill)), with the same settings.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.child = Some((self.spawn)(&self.log));
+    }
+
+    /// Lines logged at ERROR level, every life included.
+    pub fn errors(&self) -> Vec<String> {
+        let mut all = self.earlier_errors.clone();
+        all.extend(self.errors_of_this_life());
+        all
+    }
+
+    fn errors_of_this_life(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(r#""level":"ERROR""#))
+            .map(|l| format!("{}: {l}", self.name))
+            .collect()
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs `cmd` with exactly these settings, JSON logs at WARN and above into `log` (truncated).
+fn spawn(mut cmd: Command, settings: &Settings, log: &Path) -> Child {
+    cmd.env_clear();
+    cmd.env("PATH", std::env::var("PATH").unwrap_or_default());
+    for (k, v) in &settings.0 {
+        cmd.env(k, v);
+    }
+    cmd.env("LOG_FORMAT", "json").env("RUST_LOG", "warn");
+    let file = std::fs::File::create(log).expect("create the service log");
+    cmd.stdout(file.try_clone().expect("log file handle"))
+        .stderr(file)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start the service binary")
+}

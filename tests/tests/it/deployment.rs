@@ -1,0 +1,459 @@
+//! The service deployed as operators deploy it: the real `sms-ingress` and `sms-worker`
+//! binaries, through a real PgBouncer in transaction mode (as behind Supabase's transaction
+//! pooler), and as several replicas on one database with workers killed and restarted under
+//! load. External services are `sms-sim` over HTTP. Each test prints its figures
+//! (`-- --nocapture`); the README's "Supabase and poolers" and "Fault tests" sections report them.
+
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use futures::StreamExt;
+use harness::{
+    app::{Settings, wait_until},
+    fleet::Service,
+    pg::{self, TestDb},
+    pgbouncer::{Mode, PgBouncer},
+    sims,
+    traffic::{Answer, Client, assert_sent_once_all},
+};
+use serde_json::json;
+use sim::{agent::AgentSimHandle, twilio::TwilioSimHandle};
+
+const SECRET: &str = "agent-signing-secret";
+/// Tenants' residents who text in: 25 numbers per tenant.
+const RESIDENTS: usize = 50;
+
+/// The database, the simulators, and settings for every process of the service.
+struct World {
+    db: TestDb,
+    tw: TwilioSimHandle,
+    agent: AgentSimHandle,
+    settings: Settings,
+    /// Where the processes' logs go (kept after the test for inspection).
+    logs: PathBuf,
+    /// The URL in front of every ingress replica (webhooks are signed for it).
+    public_url: String,
+    ports: Vec<u16>,
+}
+
+fn resident(i: usize) -> String {
+    format!("+1415770{:04}", i % RESIDENTS)
+}
+
+async fn world(name: &str, ingresses: usize) -> World {
+    let db = pg::fresh_db().await;
+    let numbers = |t: usize| {
+        json!(
+            (0..RESIDENTS)
+                .filter(|i| i % 2 == t)
+                .map(resident)
+                .collect::<Vec<_>>()
+        )
+    };
+    sqlx::query(
+        "INSERT INTO tenant_profiles (tenant_id, name, phone_numbers) VALUES ('t-a', 'Ana', $1), ('t-b', 'Bo', $2)",
+    )
+    .bind(numbers(0))
+    .bind(numbers(1))
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let tw = sims::twilio().await;
+    let agent = sims::agent(SECRET).await;
+    let ports: Vec<u16> = (0..ingresses).map(|_| pg::free_port().unwrap()).collect();
+    // Several replicas: one address in front of them, as a load balancer.
+    let public_url = if ingresses == 1 {
+        format!("http://127.0.0.1:{}", ports[0])
+    } else {
+        let front = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", front.local_addr().unwrap());
+        let backends = ports.iter().map(|p| ([127, 0, 0, 1], *p).into()).collect();
+        harness::balancer::spawn(front, backends);
+        url
+    };
+    let settings = Settings::new(&db)
+        .set("TWILIO_API_BASE", tw.base_url())
+        .set("PUBLIC_URL", public_url.clone())
+        .set("SEND_RATE_PER_SENDER", "0")
+        .set("WORKER_CONCURRENCY", "32")
+        .set("WORKER_HEARTBEAT_SECS", "2")
+        .set("WORKER_MISSED_HEARTBEATS", "3")
+        .set("UNKNOWN_OUTCOME_GRACE_SECS", "3")
+        .set("RECONCILE_INTERVAL_SECS", "1")
+        // Callbacks answered 503 under a burst are not retried by Twilio: the reconciler fetches
+        // those messages once this old (600 s in production).
+        .set("RECONCILE_STUCK_AFTER_SECS", "5")
+        .set("INBOUND_BACKFILL_INTERVAL_SECS", "1")
+        .set("ROUTE_TIMEOUT_MS", "2000")
+        .set("ROUTE_BACKOFF_BASE_MS", "200");
+    let logs = std::env::temp_dir().join(format!("sms-{name}-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&logs).unwrap();
+    World {
+        db,
+        tw,
+        agent,
+        settings,
+        logs,
+        public_url,
+        ports,
+    }
+}
+
+impl World {
+    async fn ingress(&self, i: usize) -> Service {
+        Service::ingress(
+            &format!("ingress-{i}"),
+            &self.settings,
+            self.ports[i],
+            &self.public_url,
+            &self.logs,
+        )
+        .await
+    }
+
+    fn worker(&self, i: usize) -> Service {
+        Service::worker(
+            &format!("worker-{i}"),
+            &self.settings,
+            &shared::jobs::ALL_QUEUES.join(","),
+            &self.logs,
+        )
+    }
+
+    /// The default route to the echo agent, and an API key for sends; through replica 0.
+    async fn prepare(&self) -> String {
+        let admin = ingress::auth::create_key(&self.db.pool, "admin", &["admin".into()], None)
+            .await
+            .unwrap();
+        let resp = reqwest::Client::new()
+            .post(format!("{}/routes", self.public_url))
+            .bearer_auth(&admin)
+            .json(&json!({"default": true, "agent_url": self.agent.url("echo"), "signing_secret": SECRET}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 201, "{}", resp.text().await.unwrap());
+        ingress::auth::create_key(&self.db.pool, "collections", &["send".into()], None)
+            .await
+            .unwrap()
+    }
+
+    /// A client of the public URL (every replica behind it).
+    fn client(&self, key: &str) -> Client {
+        Client {
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+            base_url: self.public_url.clone(),
+            signed_url: format!("{}/webhook/twilio/sms", self.public_url),
+            key: key.to_owned(),
+        }
+    }
+
+    async fn count(&self, sql: &'static str) -> i64 {
+        sqlx::query_scalar::<_, i64>(sql)
+            .fetch_one(&self.db.pool)
+            .await
+            .unwrap()
+    }
+}
+
+/// Answers after retries, and how many `503`s (or lost answers) were retried.
+struct Load {
+    hooks: Vec<Answer>,
+    sends: Vec<Answer>,
+    retried: usize,
+}
+
+/// `webhooks` inbound SMS from residents and `sends` API sends, interleaved, 16 in flight. A `503`
+/// or a lost answer is retried as the real clients do: Twilio posts the same MessageSid again
+/// (the `rc` override), an API client resends with the same Idempotency-Key.
+async fn mixed_load(client: &Client, webhooks: usize, sends: usize) -> Load {
+    let total = webhooks + sends;
+    let every = (total / sends.max(1)).max(1);
+    let answers: Vec<(bool, Answer, usize)> = futures::stream::iter(0..total)
+        .map(|i| {
+            let c = client.clone();
+            let is_send = sends > 0 && i % every == 0 && i / every < sends;
+            async move {
+                let sms = sim::webhook::InboundSms::new(
+                    resident(i),
+                    harness::app::OUR_NUMBER,
+                    format!("Question {i}"),
+                );
+                let key = format!("load-{i}");
+                let mut retried = 0;
+                loop {
+                    let a = if is_send {
+                        c.send_with_key(
+                            &format!("+1415780{i:04}"),
+                            &format!("Notice {i}"),
+                            Some(&key),
+                        )
+                        .await
+                    } else {
+                        c.post_sms(&sms).await
+                    };
+                    if matches!(a.status, 0 | 503) && retried < 20 {
+                        retried += 1;
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                        continue;
+                    }
+                    return (!is_send, a, retried);
+                }
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    let mut load = Load {
+        hooks: Vec::new(),
+        sends: Vec::new(),
+        retried: 0,
+    };
+    for (is_hook, a, retried) in answers {
+        load.retried += retried;
+        if is_hook {
+            load.hooks.push(a)
+        } else {
+            load.sends.push(a)
+        }
+    }
+    load
+}
+
+/// What every deployment test checks once the load is done: each webhook stored once and
+/// processed, routed once (one agent reply each), every accepted send and reply at Twilio exactly
+/// once and delivered, no job left unfinished, one conversation per number.
+async fn assert_everything_once(w: &World, load: &Load) -> Duration {
+    let (hooks, sends) = (&load.hooks, &load.sends);
+    let started = Instant::now();
+    let bad: Vec<_> = hooks
+        .iter()
+        .chain(sends)
+        .filter(|a| !matches!(a.status, 200 | 202))
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "{} requests not accepted, e.g. {:?}",
+        bad.len(),
+        bad.first()
+    );
+    let inbound = hooks.len() as i64;
+    let outbound = (sends.len() + hooks.len()) as i64;
+    let done = wait_until(Duration::from_secs(180), || async {
+        w.count("SELECT count(*) FROM sms_messages WHERE direction = 'inbound' AND processed_at IS NOT NULL AND route_status = 'routed'").await == inbound
+            && w.count("SELECT count(*) FROM sms_messages WHERE direction = 'outbound' AND delivery_status = 'delivered'").await == outbound
+    })
+    .await;
+    let drained = started.elapsed();
+    assert!(
+        done.is_ok(),
+        "not done after 180 s: {} inbound routed of {inbound}, {} outbound delivered of {outbound}; route statuses {:?}; not delivered: {:?}",
+        w.count("SELECT count(*) FROM sms_messages WHERE direction = 'inbound' AND route_status = 'routed'").await,
+        w.count("SELECT count(*) FROM sms_messages WHERE direction = 'outbound' AND delivery_status = 'delivered'").await,
+        sqlx::query_as::<_, (Option<String>, i64)>("SELECT route_status, count(*) FROM sms_messages WHERE direction = 'inbound' GROUP BY 1")
+            .fetch_all(&w.db.pool).await.unwrap(),
+        sqlx::query_as::<_, (String,)>(
+            "SELECT concat_ws(' ', m.id, m.delivery_status, m.twilio_sid, m.send_attempts, m.error_code, m.reconcile_note,
+                    (SELECT string_agg(concat_ws('/', a.attempt, a.outcome, a.evidence, a.http_status, a.error_message), '; ' ORDER BY a.attempt)
+                     FROM sms_send_attempts a WHERE a.message_id = m.id),
+                    (SELECT string_agg(concat_ws('/', j.status, j.attempts, j.last_result::text), '; ') FROM apalis.jobs j
+                     WHERE convert_from(j.job, 'UTF8')::jsonb->>'message_id' = m.id::text))
+             FROM sms_messages m WHERE m.direction = 'outbound' AND m.delivery_status IS DISTINCT FROM 'delivered' LIMIT 5"
+        )
+            .fetch_all(&w.db.pool).await.unwrap(),
+    );
+    assert_eq!(
+        w.count("SELECT count(*) FROM sms_messages WHERE direction = 'inbound'")
+            .await,
+        inbound,
+        "each webhook stored once"
+    );
+    // Routed once: one decision that reached the agent per message, one agent reply each.
+    let (decided, messages): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(DISTINCT message_id) FROM sms_routing_decisions WHERE outcome IN ('delivered', 'replied')",
+    )
+    .fetch_one(&w.db.pool)
+    .await
+    .unwrap();
+    assert_eq!((decided, messages), (inbound, inbound), "routed once each");
+    let replies: Vec<String> = sqlx::query_scalar::<_, uuid::Uuid>(
+        "SELECT id FROM sms_messages WHERE direction = 'outbound' AND message_content LIKE 'Echo: %'",
+    )
+    .fetch_all(&w.db.pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|id| id.to_string())
+    .collect();
+    assert_eq!(replies.len() as i64, inbound, "one reply each");
+    // Every send and reply at Twilio exactly once.
+    let mut ids: Vec<String> = sends.iter().map(|a| a.id.clone()).collect();
+    ids.extend(replies);
+    assert_sent_once_all(&w.db.pool, &w.tw, &ids).await;
+    // A job's effect commits before apalis marks it done: give the last acknowledgements a moment.
+    let finished = wait_until(Duration::from_secs(30), || async {
+        w.count("SELECT count(*) FROM apalis.jobs WHERE status <> 'Done'")
+            .await
+            == 0
+    })
+    .await;
+    assert!(
+        finished.is_ok(),
+        "jobs left unfinished: {:?}",
+        sqlx::query_as::<_, (String, String, i64)>(
+            "SELECT job_type, status, count(*) FROM apalis.jobs WHERE status <> 'Done' GROUP BY 1, 2"
+        )
+        .fetch_all(&w.db.pool)
+        .await
+        .unwrap()
+    );
+    assert_eq!(
+        w.count("SELECT count(*) FROM (SELECT phone_number FROM sms_conversations GROUP BY 1 HAVING count(*) > 1) d").await,
+        0,
+        "one conversation per number"
+    );
+    drained
+}
+
+/// The whole pipeline through PgBouncer 1.18 in transaction mode (no prepared statements kept):
+/// webhooks, sends, status callbacks, routing to an agent and its replies, the reconciler and the
+/// inbound backfill, with the real binaries. With `session_url`, workers LISTEN on a direct
+/// connection; without, they poll.
+async fn pipeline_through_pgbouncer(session_url: bool) {
+    const WEBHOOKS: usize = 300;
+    const SENDS: usize = 100;
+    let mut w = world("pgbouncer", 1).await;
+    let server = tokio::task::spawn_blocking(pg::server_url).await.unwrap();
+    // Six server connections for the ingress's, the worker's and the test's 30 clients.
+    let pgb = tokio::task::spawn_blocking(move || PgBouncer::start(&server, Mode::Transaction, 6))
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{e}"));
+    w.settings = w
+        .settings
+        .clone()
+        .set("DATABASE_URL", pgb.url(&w.db.name))
+        .set("DATABASE_POOL_MODE", "transaction");
+    if session_url {
+        w.settings = w
+            .settings
+            .clone()
+            .set("DATABASE_SESSION_URL", w.db.url.clone());
+    }
+    let ingress = w.ingress(0).await;
+    let (status, ready) = {
+        let r = reqwest::get(format!("{}/health/ready", w.public_url))
+            .await
+            .unwrap();
+        (r.status(), r.json::<serde_json::Value>().await.unwrap())
+    };
+    assert_eq!(status, 200, "{ready}");
+    assert_eq!(ready["checks"]["database_pool_mode"], "transaction");
+    let worker = w.worker(0);
+    let key = w.prepare().await;
+    let started = Instant::now();
+    let load = mixed_load(&w.client(&key), WEBHOOKS, SENDS).await;
+    let load_time = started.elapsed();
+    let drained = assert_everything_once(&w, &load).await;
+    let errors: Vec<String> = [&ingress, &worker]
+        .iter()
+        .flat_map(|s| s.errors())
+        .collect();
+    println!(
+        "pipeline through PgBouncer {:?} (transaction mode, 6 server connections, {}): {WEBHOOKS} webhooks and {SENDS} sends in {:.1} s, \
+         all routed, replied, sent once and delivered {:.1} s later; {} agent calls; PgBouncer problems: {}",
+        pgbouncer_version(),
+        if session_url {
+            "LISTEN on DATABASE_SESSION_URL"
+        } else {
+            "polling"
+        },
+        load_time.as_secs_f64(),
+        drained.as_secs_f64(),
+        w.agent.stats().requests,
+        pgb.problems().len(),
+    );
+    assert_eq!(load.retried, 0, "no 503 in normal operation");
+    assert!(
+        errors.is_empty(),
+        "{} error lines, e.g. {:?}",
+        errors.len(),
+        &errors[..errors.len().min(5)]
+    );
+    assert!(pgb.problems().is_empty(), "{:?}", pgb.problems());
+    let _ = std::fs::remove_dir_all(&w.logs);
+}
+
+fn pgbouncer_version() -> String {
+    harness::pgbouncer::version().map_or_else(|e| e, |(a, b)| format!("{a}.{b}"))
+}
+
+#[tokio::test]
+async fn the_whole_pipeline_runs_through_pgbouncer_in_transaction_mode_polling() {
+    pipeline_through_pgbouncer(false).await;
+}
+
+#[tokio::test]
+async fn the_whole_pipeline_runs_through_pgbouncer_with_a_session_connection_for_listen() {
+    pipeline_through_pgbouncer(true).await;
+}
+
+/// The normal deployment: two ingress replicas behind one URL and three workers on one database,
+/// under mixed load while workers are SIGKILLed and restarted one after another (a rolling crash),
+/// and the same checks: every webhook stored once and processed, routed once, every send and
+/// reply at Twilio exactly once and delivered, no job left, one conversation per number, no error
+/// logged.
+#[tokio::test]
+async fn two_ingresses_and_three_workers_lose_and_double_nothing_while_workers_are_killed() {
+    let webhooks: usize = env_or("REPLICAS_WEBHOOKS", 1_500);
+    let sends: usize = env_or("REPLICAS_SENDS", 500);
+    let w = world("replicas", 2).await;
+    let ingresses = [w.ingress(0).await, w.ingress(1).await];
+    let mut workers: Vec<Service> = (0..3).map(|i| w.worker(i)).collect();
+    let key = w.prepare().await;
+    let client = w.client(&key);
+    let started = Instant::now();
+    let load = tokio::spawn(async move { mixed_load(&client, webhooks, sends).await });
+    // Kill one worker every 1.5 s, restart it 0.5 s later, until the load is done.
+    let mut kills = 0;
+    while !load.is_finished() {
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        let victim = &mut workers[kills % 3];
+        victim.kill();
+        kills += 1;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        victim.restart();
+    }
+    let load = load.await.unwrap();
+    let load_time = started.elapsed();
+    let drained = assert_everything_once(&w, &load).await;
+    let errors = ingresses
+        .iter()
+        .chain(&workers)
+        .map(|s| s.errors().len())
+        .sum::<usize>();
+    let agent_calls = w.agent.stats().requests;
+    println!(
+        "replicas: 2 ingresses, 3 workers; {webhooks} webhooks and {sends} sends in {:.1} s over both \
+         ingresses while {kills} worker SIGKILLs (each restarted 0.5 s later); all stored once, routed \
+         once ({agent_calls} agent calls for {webhooks} messages), sent once and delivered {:.1} s \
+         after the load ended; {} requests retried after a 503, {errors} error lines logged",
+        load_time.as_secs_f64(),
+        drained.as_secs_f64(),
+        load.retried,
+    );
+    assert!(kills >= 2, "workers were killed mid-load ({kills})");
+    let _ = std::fs::remove_dir_all(&w.logs);
+}
+
+fn env_or(key: &str, default: usize) -> usize {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
