@@ -207,3 +207,50 @@ async fn a_commit_whose_answer_is_lost_is_503_and_the_retry_applies_it_once() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(tw.stats().creates, 1, "sent once");
 }
+
+/// `/health/ready` says why the database cannot be used: nothing listening is `unreachable`, a
+/// database the server does not have is `refused` with the server's words, and a PgBouncer as
+/// installed accepts our connections (no startup parameter it refuses).
+#[tokio::test]
+async fn readiness_names_why_the_database_cannot_be_used() {
+    let db = pg::fresh_db().await;
+    let ready = |url: String, mode: &str| {
+        let settings = Settings::new(&db)
+            .set("DATABASE_URL", url)
+            .set("DATABASE_POOL_MODE", mode)
+            .set("DATABASE_ACQUIRE_TIMEOUT_MS", "500");
+        async move {
+            let app = TestApp::spawn(settings).await;
+            let resp = app.http.get(app.url("/health/ready")).send().await.unwrap();
+            let status = resp.status().as_u16();
+            (status, resp.json::<Value>().await.unwrap())
+        }
+    };
+    let closed = pg::free_port().unwrap();
+    let (status, body) = ready(
+        format!("postgres://postgres@127.0.0.1:{closed}/sms"),
+        "session",
+    )
+    .await;
+    assert_eq!(status, 503);
+    assert_eq!(body["checks"]["database"], "unreachable", "{body}");
+
+    let mut missing = url::Url::parse(&db.url).unwrap();
+    missing.set_path("no_such_database");
+    let (status, body) = ready(missing.to_string(), "session").await;
+    assert_eq!(status, 503);
+    assert_eq!(body["checks"]["database"], "refused", "{body}");
+    assert!(
+        body["checks"]["database_reason"]
+            .as_str()
+            .unwrap()
+            .contains("does not exist"),
+        "{body}"
+    );
+
+    let pgb = bouncer(Mode::Transaction, 2).await;
+    let (status, body) = ready(pgb.url(&db.name), "transaction").await;
+    assert_eq!(status, 200, "{body}\n{}", pgb.log_tail());
+    assert_eq!(body["checks"]["database"], "ok");
+    assert_eq!(body["checks"]["database_pool_mode"], "transaction");
+}
