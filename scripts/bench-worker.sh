@@ -5,6 +5,7 @@
 # Usage: scripts/bench-worker.sh [COUNT=30000] [RUNS=3]
 # BENCH_VIA=pgbouncer: the service connects through a local PgBouncer in transaction mode
 # (scripts/pgbouncer-local.sh, DATABASE_POOL_MODE=transaction); migrations and checks go direct.
+# BENCH_POOL_MODE=transaction with a direct connection measures the unnamed statements alone.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd); cd "$root"
 count=${1:-30000}; runs=${2:-3}
@@ -13,7 +14,7 @@ server=${DATABASE_URL:-$(scripts/pg-local.sh start)}
 admin=${server%/*}/postgres
 via=${BENCH_VIA:-direct}
 case "$via" in
-  direct) service_base=${server%/*}; export DATABASE_POOL_MODE=session ;;
+  direct) service_base=${server%/*}; export DATABASE_POOL_MODE=${BENCH_POOL_MODE:-session} ;;
   pgbouncer) service_base=$(scripts/pgbouncer-local.sh start "$server"); export DATABASE_POOL_MODE=transaction
     trap 'scripts/pgbouncer-local.sh stop' EXIT ;;
   *) echo "BENCH_VIA must be direct or pgbouncer" >&2; exit 2 ;;

@@ -253,6 +253,9 @@ impl PgConnection {
         self.wait_until_ready().await?;
 
         let mut metadata: Arc<PgStatementMetadata>;
+        // Some: a one-round-trip statement whose ParseComplete (and description, when no metadata
+        // was given) comes first in the answer.
+        let mut one_trip_metadata: Option<Option<Arc<PgStatementMetadata>>> = None;
 
         let format = if let Some(mut arguments) = arguments {
             // Check this before we write anything to the stream.
@@ -268,19 +271,49 @@ impl PgConnection {
                 )
             })?;
 
-            // prepare the statement if this our first time executing it
-            // always return the statement ID here
-            let (statement, metadata_) = self
-                .get_or_prepare(sql, &arguments.types, persistent, metadata_opt, false, true)
-                .await?;
+            // sms-foundation patch (vendor/README.md): with the statement cache off, the unnamed
+            // statement is parsed, described, bound and executed in one round trip when every
+            // parameter type is known here (the server then reports exactly these types).
+            let one_trip = if self.inner.cache_statement.is_enabled() {
+                None
+            } else {
+                let oids = self.resolve_types(&arguments.types).await?;
+                oids.iter().all(|oid| oid.0 != 0).then_some(oids)
+            };
 
-            metadata = metadata_;
+            let statement = if let Some(param_types) = one_trip {
+                let types = arguments.types.clone();
+                arguments.apply_patches(self, &types).await?;
+                self.wait_until_ready().await?;
+                self.inner.stream.write_msg(Parse {
+                    param_types: &param_types,
+                    query: sql,
+                    statement: StatementId::UNNAMED,
+                })?;
+                if metadata_opt.is_none() {
+                    self.inner
+                        .stream
+                        .write_msg(message::Describe::Statement(StatementId::UNNAMED))?;
+                }
+                metadata = Arc::new(PgStatementMetadata::default());
+                one_trip_metadata = Some(metadata_opt);
+                StatementId::UNNAMED
+            } else {
+                // prepare the statement if this our first time executing it
+                // always return the statement ID here
+                let (statement, metadata_) = self
+                    .get_or_prepare(sql, &arguments.types, persistent, metadata_opt, false, true)
+                    .await?;
 
-            // patch holes created during encoding
-            arguments.apply_patches(self, &metadata.parameters).await?;
+                metadata = metadata_;
 
-            // consume messages till `ReadyForQuery` before bind and execute
-            self.wait_until_ready().await?;
+                // patch holes created during encoding
+                arguments.apply_patches(self, &metadata.parameters).await?;
+
+                // consume messages till `ReadyForQuery` before bind and execute
+                self.wait_until_ready().await?;
+                statement
+            };
 
             // bind to attach the arguments to the statement and create a portal
             self.inner.stream.write_msg(Bind {
@@ -334,6 +367,20 @@ impl PgConnection {
         };
 
         self.inner.stream.flush().await?;
+
+        if let Some(given) = one_trip_metadata {
+            // On an error the server skips to our Sync; its ReadyForQuery is still pending and
+            // the next query's `wait_until_ready` consumes it.
+            let described = recv_parsed(self, given.is_none()).await?;
+            metadata = match (given, described) {
+                (Some(given), _) => given,
+                (None, Some((parameters, row_desc))) => {
+                    self.resolve_statement_metadata::<false>(Some(parameters), row_desc, false)
+                        .await?
+                }
+                (None, None) => unreachable!("a description was asked for"),
+            };
+        }
 
         Ok(try_stream! {
             loop {
