@@ -52,35 +52,61 @@ pub fn hash_key(key: &str) -> String {
     hex::encode(Sha256::digest(key.as_bytes()))
 }
 
-/// Creates a key and stores its hash; the key itself is returned once and never kept.
+/// A problem with these scopes, if any.
+pub fn scope_problem(scopes: &[String]) -> Option<String> {
+    if scopes.is_empty() {
+        return Some(format!("give at least one of {}", SCOPES.join(", ")));
+    }
+    scopes
+        .iter()
+        .find(|s| !SCOPES.contains(&s.as_str()))
+        .map(|s| format!("unknown scope {s:?}; scopes are {}", SCOPES.join(", ")))
+}
+
+/// A key just made: the key itself exists only here (only its hash is stored).
+pub struct Issued {
+    pub id: uuid::Uuid,
+    pub key: String,
+    pub prefix: String,
+}
+
+/// Creates a key that never expires; the key itself is returned once and never kept.
 pub async fn create_key(
     pool: &PgPool,
     name: &str,
     scopes: &[String],
     tenant_id: Option<&str>,
 ) -> anyhow::Result<String> {
-    for scope in scopes {
-        anyhow::ensure!(
-            SCOPES.contains(&scope.as_str()),
-            "unknown scope {scope:?}; scopes are {}",
-            SCOPES.join(", ")
-        );
+    Ok(issue(pool, name, scopes, tenant_id, None).await?.key)
+}
+
+/// Creates a key, optionally expiring at `expires_at`, and stores its hash.
+pub async fn issue(
+    pool: &PgPool,
+    name: &str,
+    scopes: &[String],
+    tenant_id: Option<&str>,
+    expires_at: Option<chrono::DateTime<chrono::Utc>>,
+) -> anyhow::Result<Issued> {
+    if let Some(problem) = scope_problem(scopes) {
+        anyhow::bail!("{problem}");
     }
     let mut secret = [0u8; 24];
     rand::rng().fill_bytes(&mut secret);
     let key = format!("sk_{}", hex::encode(secret));
     let prefix = key[..10].to_owned();
-    sqlx::query!(
-        "INSERT INTO api_keys (name, key_hash, prefix, scopes, tenant_id) VALUES ($1, $2, $3, $4, $5)",
+    let id = sqlx::query_scalar!(
+        "INSERT INTO api_keys (name, key_hash, prefix, scopes, tenant_id, expires_at) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
         name,
         hash_key(&key),
         prefix,
         scopes,
-        tenant_id
+        tenant_id,
+        expires_at
     )
-    .execute(pool)
+    .fetch_one(pool)
     .await?;
-    Ok(key)
+    Ok(Issued { id, key, prefix })
 }
 
 impl FromRequestParts<AppState> for ApiKey {
@@ -99,13 +125,30 @@ impl FromRequestParts<AppState> for ApiKey {
             .ok_or(ApiError::Unauthorized)?;
         // Looking up by hash needs no secret comparison of our own: the index does an exact match
         // on a digest the caller cannot steer.
+        // Revocation and expiry are read on every request: refused at once on every replica.
         let row = sqlx::query!(
-            "SELECT id, name, scopes, tenant_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
+            r#"SELECT id, name, scopes, tenant_id,
+                      last_used_at IS NULL OR last_used_at < now() - interval '1 minute' AS "stale!"
+               FROM api_keys
+               WHERE key_hash = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())"#,
             hash_key(key)
         )
         .fetch_optional(&state.pool)
         .await?
         .ok_or(ApiError::Unauthorized)?;
+        if row.stale {
+            // At most one write a minute per key, off the request's path.
+            let (pool, id) = (state.pool.clone(), row.id);
+            tokio::spawn(async move {
+                let touched =
+                    sqlx::query!("UPDATE api_keys SET last_used_at = now() WHERE id = $1", id)
+                        .execute(&pool)
+                        .await;
+                if let Err(e) = touched {
+                    tracing::debug!(error = %e, "last_used_at not recorded");
+                }
+            });
+        }
         Ok(ApiKey {
             id: row.id,
             name: row.name,

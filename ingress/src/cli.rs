@@ -5,7 +5,7 @@ use clap::{Parser, Subcommand};
 use shared::{config, telemetry};
 use tokio_util::sync::CancellationToken;
 
-use crate::{AppState, agent_routes, auth};
+use crate::{AppState, agent_routes, api_keys, auth};
 
 #[derive(Parser)]
 #[command(
@@ -72,7 +72,14 @@ pub enum ApiKeyCommand {
         /// Confine the key to one tenant's data.
         #[arg(long)]
         tenant: Option<String>,
+        /// Refuse the key after this many days (default: never expires).
+        #[arg(long)]
+        expires_in_days: Option<u32>,
     },
+    /// List keys: id, prefix, name, scopes, tenant, state, created, last used, expiry.
+    List,
+    /// Revoke a key by id: refused from the next request on, on every replica.
+    Revoke { id: uuid::Uuid },
 }
 
 /// The runtime's size is a setting: the ingress is thin, and on a machine it shares with Postgres
@@ -95,22 +102,54 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Route { command } => route(command).await,
-        Command::ApiKey {
-            command:
-                ApiKeyCommand::Create {
-                    name,
-                    scopes,
-                    tenant,
-                },
+        Command::ApiKey { command } => api_key(command).await,
+    }
+}
+
+async fn api_key(command: ApiKeyCommand) -> anyhow::Result<()> {
+    let pool = shared::db::lazy_pool(&load_common())?;
+    match command {
+        ApiKeyCommand::Create {
+            name,
+            scopes,
+            tenant,
+            expires_in_days,
         } => {
-            let pool = shared::db::lazy_pool(&load_common())?;
-            println!(
-                "{}",
-                auth::create_key(&pool, &name, &scopes, tenant.as_deref()).await?
-            );
-            Ok(())
+            let expires_at =
+                expires_in_days.map(|d| chrono::Utc::now() + chrono::Duration::days(i64::from(d)));
+            let issued = auth::issue(&pool, &name, &scopes, tenant.as_deref(), expires_at).await?;
+            println!("{}", issued.key);
+        }
+        ApiKeyCommand::List => {
+            println!("id\tprefix\tname\tscopes\ttenant\tstate\tcreated\tlast_used\texpires");
+            let time = |t: Option<chrono::DateTime<chrono::Utc>>| {
+                t.map_or("-".to_owned(), |t| {
+                    t.format("%Y-%m-%dT%H:%M:%SZ").to_string()
+                })
+            };
+            for k in api_keys::all(&pool, None).await? {
+                println!(
+                    "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                    k.id,
+                    k.prefix,
+                    k.name,
+                    k.scopes.join(","),
+                    k.tenant_id.as_deref().unwrap_or("-"),
+                    k.state,
+                    time(Some(k.created_at)),
+                    time(k.last_used_at),
+                    time(k.expires_at),
+                );
+            }
+        }
+        ApiKeyCommand::Revoke { id } => {
+            let k = api_keys::revoke(&pool, id, None)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no key {id}"))?;
+            println!("revoked {} ({})", k.id, k.prefix);
         }
     }
+    Ok(())
 }
 
 async fn serve() -> anyhow::Result<()> {

@@ -1,6 +1,7 @@
 //! `sms-ingress`: Twilio webhooks and the HTTP API. Thin by design: verify, store, enqueue, answer.
 
 pub mod agent_routes;
+pub mod api_keys;
 pub mod auth;
 pub mod cli;
 pub mod conversations;
@@ -114,6 +115,8 @@ pub fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(opt_outs::list, opt_outs::record))
         .routes(routes!(tenants::list, tenants::add))
         .routes(routes!(tenants::remove))
+        .routes(routes!(api_keys::list, api_keys::create))
+        .routes(routes!(api_keys::delete))
         .routes(routes!(health::health))
         .routes(routes!(health::ready))
         .routes(routes!(metrics::metrics))

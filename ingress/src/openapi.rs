@@ -46,6 +46,7 @@ pub const TWILIO_SIGNATURE: &str = "twilio_signature";
         (name = "routing", description = "Which agent receives a tenant's messages, and the quarantine of those that could not be routed."),
         (name = "tenants", description = "Tenants' phone numbers and usage."),
         (name = "opt-outs", description = "The opt-out ledger: every opt-out and opt-in received, and ones recorded by hand."),
+        (name = "keys", description = "API keys: list, create (optionally expiring), revoke."),
         (name = "operations", description = "Health, metrics and this documentation; no key needed."),
     )
 )]

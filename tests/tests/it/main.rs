@@ -10,6 +10,7 @@ mod faults;
 mod identity;
 mod inbound_worker;
 mod isolation;
+mod keys;
 mod metrics;
 mod openapi;
 mod opt_outs;
