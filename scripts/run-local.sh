@@ -51,7 +51,13 @@ if [ "$run_sim" = 1 ]; then
 fi
 "$bin/sms-ingress" serve & pids+=($!)
 "$bin/sms-worker" & pids+=($!)
-key=$("$bin/sms-ingress" api-key create --name local-dev --scope read --scope send)
+key=$("$bin/sms-ingress" api-key create --name local-dev --scope read --scope send --scope admin)
+route_note="a default route already exists; messages go where it says"
+if [ "$run_sim" = 1 ] && ! "$bin/sms-ingress" route list | grep -q $'\tdefault\t'; then
+  # No route yet: inbound messages go to the simulator's echo agent, which answers each one.
+  AGENT_SIGNING_SECRET=local-agent-secret "$bin/sms-ingress" route add --default --url "http://$sim_addr/agent/echo" >/dev/null
+  route_note="default route -> the simulator's echo agent (http://$sim_addr/agent/echo)"
+fi
 sleep 1
 
 cat <<MSG
@@ -63,8 +69,12 @@ SMS Foundation is running.
   database       $DATABASE_URL
   monitor (sim)  $MONITOR_API_URL
   API key        $key
+  agent route    $route_note
+  console        $PUBLIC_URL/console   (sign in with the API key above)
 
-Send a signed test SMS (a demo tenant's number) and read the conversation:
+Send a signed test SMS from a demo tenant's number. The echo agent answers it; the answer is sent
+through the simulated Twilio and reaches "delivered". Watch it in the console (Numbers, search
+(415) 555-0101) or read the conversation:
   $bin/sms-sim send-one --url $PUBLIC_URL/webhook/twilio/sms --auth-token $TWILIO_AUTH_TOKEN --from +14155550101 --body "Sí, gracias"
   curl -s -H "Authorization: Bearer $key" $PUBLIC_URL/conversations/+14155550101
 

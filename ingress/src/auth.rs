@@ -125,35 +125,47 @@ impl FromRequestParts<AppState> for ApiKey {
             .ok_or(ApiError::Unauthorized)?;
         // Looking up by hash needs no secret comparison of our own: the index does an exact match
         // on a digest the caller cannot steer.
-        // Revocation and expiry are read on every request: refused at once on every replica.
-        let row = sqlx::query!(
-            r#"SELECT id, name, scopes, tenant_id,
-                      last_used_at IS NULL OR last_used_at < now() - interval '1 minute' AS "stale!"
-               FROM api_keys
-               WHERE key_hash = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())"#,
-            hash_key(key)
-        )
-        .fetch_optional(&state.pool)
-        .await?
-        .ok_or(ApiError::Unauthorized)?;
-        if row.stale {
-            // At most one write a minute per key, off the request's path.
-            let (pool, id) = (state.pool.clone(), row.id);
-            tokio::spawn(async move {
-                let touched =
-                    sqlx::query!("UPDATE api_keys SET last_used_at = now() WHERE id = $1", id)
-                        .execute(&pool)
-                        .await;
-                if let Err(e) = touched {
-                    tracing::debug!(error = %e, "last_used_at not recorded");
-                }
-            });
-        }
-        Ok(ApiKey {
-            id: row.id,
-            name: row.name,
-            scopes: row.scopes,
-            tenant_id: row.tenant_id,
-        })
+        lookup(&state.pool, key)
+            .await?
+            .ok_or(ApiError::Unauthorized)
     }
+}
+
+/// The caller behind `key`, if it is a live key: not revoked, not expired. Revocation and expiry
+/// are read on every call, so they take effect at once on every replica. Records the use (at most
+/// once a minute per key, off the caller's path).
+pub async fn lookup(pool: &PgPool, key: &str) -> Result<Option<ApiKey>, sqlx::Error> {
+    let Some(row) = sqlx::query!(
+        r#"SELECT id, name, scopes, tenant_id,
+                  last_used_at IS NULL OR last_used_at < now() - interval '1 minute' AS "stale!"
+           FROM api_keys
+           WHERE key_hash = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())"#,
+        hash_key(key)
+    )
+    .fetch_optional(pool)
+    .await?
+    else {
+        return Ok(None);
+    };
+    if row.stale {
+        touch(pool.clone(), row.id);
+    }
+    Ok(Some(ApiKey {
+        id: row.id,
+        name: row.name,
+        scopes: row.scopes,
+        tenant_id: row.tenant_id,
+    }))
+}
+
+/// Records that key `id` was used now, in the background.
+pub fn touch(pool: PgPool, id: uuid::Uuid) {
+    tokio::spawn(async move {
+        let touched = sqlx::query!("UPDATE api_keys SET last_used_at = now() WHERE id = $1", id)
+            .execute(&pool)
+            .await;
+        if let Err(e) = touched {
+            tracing::debug!(error = %e, "last_used_at not recorded");
+        }
+    });
 }

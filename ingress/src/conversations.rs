@@ -224,7 +224,7 @@ struct Row {
 
 /// One page of a conversation's messages, newest first, each with its routing decisions, and the
 /// cursor of the next page.
-async fn messages_page(
+pub(crate) async fn messages_page(
     pool: &sqlx::PgPool,
     conversation_id: Uuid,
     tenant: Option<&str>,
@@ -300,7 +300,7 @@ async fn messages_page(
 }
 
 /// The routing decisions of these messages, in the order they were made.
-async fn decisions(
+pub(crate) async fn decisions(
     pool: &sqlx::PgPool,
     ids: &[Uuid],
 ) -> Result<std::collections::HashMap<Uuid, Vec<RoutingDecision>>, ApiError> {

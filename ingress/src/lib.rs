@@ -4,6 +4,7 @@ pub mod agent_routes;
 pub mod api_keys;
 pub mod auth;
 pub mod cli;
+pub mod console;
 pub mod conversations;
 pub mod error;
 pub mod extract;
@@ -134,6 +135,7 @@ pub fn router(state: AppState) -> Router {
         .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(request_span))
         .layer(tower_http::request_id::PropagateRequestIdLayer::x_request_id());
     Router::from(api())
+        .merge(console::router())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             metrics::track,

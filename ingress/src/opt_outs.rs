@@ -155,7 +155,45 @@ pub async fn list(
         parse_limit(p.limit.as_deref())?
     };
     let cursor = p.cursor.as_deref().map(decode_cursor::<i64>).transpose()?;
-    let (after_at, after_id) = cursor.unzip();
+    let (events, next_cursor) = ledger(
+        &state.pool,
+        &LedgerFilter {
+            number,
+            tenant,
+            from,
+            to,
+            cursor,
+        },
+        limit,
+    )
+    .await?;
+    if csv {
+        return Ok(csv_response(&events));
+    }
+    Ok(Json(Ledger {
+        events,
+        next_cursor,
+    })
+    .into_response())
+}
+
+/// Which ledger events: of a number, of a tenant, in a time range, after a cursor.
+#[derive(Debug, Default)]
+pub struct LedgerFilter {
+    pub number: Option<String>,
+    pub tenant: Option<String>,
+    pub from: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
+    pub cursor: Option<(DateTime<Utc>, i64)>,
+}
+
+/// One page of the ledger, newest first, and the cursor of the next.
+pub async fn ledger(
+    pool: &sqlx::PgPool,
+    f: &LedgerFilter,
+    limit: i64,
+) -> Result<(Vec<OptOutEvent>, Option<String>), sqlx::Error> {
+    let (after_at, after_id) = f.cursor.unzip();
     let mut events = sqlx::query_as!(
         OptOutEvent,
         r#"SELECT id, our_number, their_number, change, source, method, keyword, rule, message_id,
@@ -168,15 +206,15 @@ pub async fn list(
              AND ($5::timestamptz IS NULL OR (occurred_at, id) < ($5, $6::bigint))
            ORDER BY occurred_at DESC, id DESC
            LIMIT $7"#,
-        number,
-        tenant,
-        from,
-        to,
+        f.number,
+        f.tenant,
+        f.from,
+        f.to,
         after_at,
         after_id,
         limit + 1
     )
-    .fetch_all(&state.pool)
+    .fetch_all(pool)
     .await?;
     let next_cursor = if events.len() as i64 > limit {
         events.truncate(limit as usize);
@@ -184,14 +222,7 @@ pub async fn list(
     } else {
         None
     };
-    if csv {
-        return Ok(csv_response(&events));
-    }
-    Ok(Json(Ledger {
-        events,
-        next_cursor,
-    })
-    .into_response())
+    Ok((events, next_cursor))
 }
 
 fn csv_field(v: &str) -> String {

@@ -20,6 +20,133 @@ pub struct ListParams {
     /// Also list messages already replayed (default false).
     #[serde(default)]
     pub include_replayed: bool,
+    /// Only this reason: `unknown_number`, `no_route`, `agent_rejected`, `agent_unavailable`.
+    pub reason: Option<String>,
+}
+
+/// The quarantine's reasons.
+pub const REASONS: &[&str] = &[
+    "unknown_number",
+    "no_route",
+    "agent_rejected",
+    "agent_unavailable",
+];
+
+/// Which quarantined messages: of a tenant, for a reason, replayed ones too.
+#[derive(Debug, Default, Clone)]
+pub struct Filter {
+    pub tenant: Option<String>,
+    pub reason: Option<String>,
+    pub include_replayed: bool,
+}
+
+impl Filter {
+    fn check(&self) -> Result<(), ApiError> {
+        match &self.reason {
+            Some(r) if !REASONS.contains(&r.as_str()) => Err(ApiError::Validation(vec![(
+                "reason",
+                format!("one of {}", REASONS.join(", ")),
+            )])),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The quarantined messages matching `f`, newest first.
+pub async fn quarantined(
+    pool: &sqlx::PgPool,
+    f: &Filter,
+    limit: i64,
+) -> Result<Vec<Unroutable>, ApiError> {
+    f.check()?;
+    let rows = sqlx::query!(
+        r#"SELECT u.message_id, u.tenant_id, u.reason, u.detail, u.created_at, u.replayed_at,
+                  m.from_number, m.message_content
+           FROM sms_unroutable u JOIN sms_messages m ON m.id = u.message_id
+           WHERE ($1 OR u.replayed_at IS NULL) AND ($2::text IS NULL OR u.tenant_id = $2)
+             AND ($3::text IS NULL OR u.reason = $3)
+           ORDER BY u.created_at DESC LIMIT $4"#,
+        f.include_replayed,
+        f.tenant,
+        f.reason,
+        limit
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| Unroutable {
+            message_id: r.message_id,
+            tenant_id: r.tenant_id,
+            reason: r.reason,
+            detail: r.detail,
+            from: r.from_number,
+            content: r.message_content,
+            created_at: r.created_at,
+            replayed_at: r.replayed_at,
+        })
+        .collect())
+}
+
+/// How many messages `f` matches (what "replay all" would replay, replayed ones aside).
+pub async fn count(pool: &sqlx::PgPool, f: &Filter) -> Result<i64, ApiError> {
+    f.check()?;
+    Ok(sqlx::query_scalar!(
+        r#"SELECT count(*) AS "n!" FROM sms_unroutable
+           WHERE replayed_at IS NULL AND ($1::text IS NULL OR tenant_id = $1) AND ($2::text IS NULL OR reason = $2)"#,
+        f.tenant,
+        f.reason
+    )
+    .fetch_one(pool)
+    .await?)
+}
+
+/// Routes one quarantined message again (of `tenant` only, when given); false when it is not in
+/// the quarantine (or already replayed, or another tenant's).
+pub async fn replay_one(
+    pool: &sqlx::PgPool,
+    tenant: Option<&str>,
+    message_id: Uuid,
+) -> Result<bool, ApiError> {
+    let mut tx = pool.begin().await?;
+    let found = sqlx::query!(
+        r#"UPDATE sms_unroutable SET replayed_at = now()
+           WHERE message_id = $1 AND replayed_at IS NULL AND ($2::text IS NULL OR tenant_id = $2)
+           RETURNING message_id"#,
+        message_id,
+        tenant
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    if found.is_none() {
+        return Ok(false);
+    }
+    shared::routing::replay(&mut tx, message_id).await?;
+    crate::error::commit(tx).await?;
+    tracing::info!(%message_id, "unroutable message replayed");
+    Ok(true)
+}
+
+/// Routes again every quarantined message `f` matches (not yet replayed), in one transaction;
+/// returns how many.
+pub async fn replay_matching(pool: &sqlx::PgPool, f: &Filter) -> Result<u64, ApiError> {
+    f.check()?;
+    let mut tx = pool.begin().await?;
+    let ids = sqlx::query_scalar!(
+        r#"UPDATE sms_unroutable SET replayed_at = now()
+           WHERE replayed_at IS NULL AND ($1::text IS NULL OR tenant_id = $1) AND ($2::text IS NULL OR reason = $2)
+           RETURNING message_id"#,
+        f.tenant,
+        f.reason
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    for id in &ids {
+        shared::routing::replay(&mut tx, *id).await?;
+    }
+    crate::error::commit(tx).await?;
+    tracing::info!(replayed = ids.len(), reason = ?f.reason, tenant = ?f.tenant, "unroutable messages replayed");
+    Ok(ids.len() as u64)
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -48,8 +175,9 @@ pub struct Unroutable {
     params(ListParams),
     responses(
         (status = 200, description = "The quarantined messages.", body = Vec<Unroutable>),
-        (status = 400, description = "`invalid_limit`, or `invalid_query`: a `limit` or \
-            `include_replayed` that does not parse.", body = crate::error::ErrorBody),
+        (status = 400, description = "`invalid_limit`; `invalid_request` with `errors.reason` \
+            for an unknown reason; `invalid_query`: a `limit` or `include_replayed` that does not \
+            parse.", body = crate::error::ErrorBody),
         (status = 401, response = crate::openapi::Unauthorized),
         (status = 403, response = crate::openapi::MissingScope),
         (status = 500, response = crate::openapi::Internal),
@@ -69,32 +197,12 @@ pub async fn list(
             "limit must be from 1 to 1000",
         ));
     }
-    let rows = sqlx::query!(
-        r#"SELECT u.message_id, u.tenant_id, u.reason, u.detail, u.created_at, u.replayed_at,
-                  m.from_number, m.message_content
-           FROM sms_unroutable u JOIN sms_messages m ON m.id = u.message_id
-           WHERE ($1 OR u.replayed_at IS NULL) AND ($2::text IS NULL OR u.tenant_id = $2)
-           ORDER BY u.created_at DESC LIMIT $3"#,
-        p.include_replayed,
-        key.tenant_id,
-        limit
-    )
-    .fetch_all(&state.pool)
-    .await?;
-    Ok(Json(
-        rows.into_iter()
-            .map(|r| Unroutable {
-                message_id: r.message_id,
-                tenant_id: r.tenant_id,
-                reason: r.reason,
-                detail: r.detail,
-                from: r.from_number,
-                content: r.message_content,
-                created_at: r.created_at,
-                replayed_at: r.replayed_at,
-            })
-            .collect(),
-    ))
+    let filter = Filter {
+        tenant: key.tenant_id.clone(),
+        reason: p.reason,
+        include_replayed: p.include_replayed,
+    };
+    Ok(Json(quarantined(&state.pool, &filter, limit).await?))
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -133,22 +241,9 @@ pub async fn replay(
     Path(message_id): Path<Uuid>,
 ) -> Result<(StatusCode, Json<Replayed>), ApiError> {
     key.require("admin")?;
-    let mut tx = state.pool.begin().await?;
-    let found = sqlx::query!(
-        r#"UPDATE sms_unroutable SET replayed_at = now()
-           WHERE message_id = $1 AND replayed_at IS NULL AND ($2::text IS NULL OR tenant_id = $2)
-           RETURNING message_id"#,
-        message_id,
-        key.tenant_id
-    )
-    .fetch_optional(&mut *tx)
-    .await?;
-    if found.is_none() {
+    if !replay_one(&state.pool, key.tenant_id.as_deref(), message_id).await? {
         return Err(ApiError::NotFound("no such unroutable message"));
     }
-    shared::routing::replay(&mut tx, message_id).await?;
-    crate::error::commit(tx).await?;
-    tracing::info!(%message_id, "unroutable message replayed");
     Ok((
         StatusCode::ACCEPTED,
         Json(Replayed {

@@ -220,6 +220,23 @@ pub async fn depths(pool: &sqlx::PgPool) -> Result<Vec<QueueDepth>, sqlx::Error>
         .collect())
 }
 
+/// Jobs that ended failed or killed within the last `window`, per queue.
+pub async fn failures_within(
+    pool: &sqlx::PgPool,
+    window: Duration,
+) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    let secs = window.as_secs_f64();
+    let rows = sqlx::query!(
+        r#"SELECT job_type AS "queue!", count(*) AS "n!" FROM apalis.jobs
+           WHERE status IN ('Failed', 'Killed') AND done_at > now() - make_interval(secs => $1)
+           GROUP BY job_type"#,
+        secs
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.queue, r.n)).collect())
+}
+
 /// Jobs of `queue` not finished yet (pending, queued or running).
 pub async fn unfinished(pool: &sqlx::PgPool, queue: &str) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar!(

@@ -2,6 +2,7 @@
 //! sockets (`app`).
 pub mod app;
 pub mod balancer;
+pub mod browser;
 pub mod fleet;
 pub mod pg;
 pub mod pgbouncer;

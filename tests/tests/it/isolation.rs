@@ -286,6 +286,37 @@ async fn a_tenant_scoped_key_sees_nothing_of_another_tenant_on_any_endpoint() {
     )
     .await;
 
+    // B's API keys: not listed, not revocable, none created for B.
+    let b_key = app.api_key(&["read"], Some("t-b")).await;
+    let b_key_id = one(
+        &app,
+        "SELECT to_jsonb(id::text) FROM api_keys WHERE tenant_id = 't-b'",
+    )
+    .await;
+    let keys = s.call("GET", "/api-keys", "/api-keys", None, 200).await;
+    assert!(!keys.as_array().unwrap().is_empty(), "control: {keys}");
+    s.call(
+        "POST",
+        "/api-keys",
+        "/api-keys",
+        Some(json!({"name": "for-b", "tenant_id": "t-b"})),
+        404,
+    )
+    .await;
+    s.call(
+        "DELETE",
+        "/api-keys/{id}",
+        &format!("/api-keys/{}", b_key_id.as_str().unwrap()),
+        None,
+        404,
+    )
+    .await;
+    assert_eq!(
+        app.get_json("/routes", Some(&b_key)).await.0,
+        200,
+        "B's key still works"
+    );
+
     // Public, key-less endpoints carry no tenant data; still, nothing of B in them.
     for path in ["/health", "/health/ready", "/metrics"] {
         s.not_tenant_data("get", path);

@@ -2,7 +2,9 @@
 //! services played by `sms-sim` over HTTP.
 
 mod abuse;
+mod console;
 mod conversations;
+mod deploy;
 mod deployment;
 mod directory;
 mod errors;
