@@ -48,6 +48,32 @@ pub fn badge(word: &str) -> String {
     format!(r#"<span class="badge b-{class}">{}</span>"#, esc(word))
 }
 
+/// A titled table of already-escaped cells; nothing when there are no rows.
+pub fn table(class: &str, title: &str, headers: &[&str], rows: &[Vec<String>]) -> String {
+    if rows.is_empty() {
+        return String::new();
+    }
+    let head: String = headers
+        .iter()
+        .map(|h| format!("<th>{}</th>", esc(h)))
+        .collect();
+    let body: String = rows
+        .iter()
+        .map(|r| {
+            format!(
+                "<tr>{}</tr>",
+                r.iter()
+                    .map(|c| format!("<td>{c}</td>"))
+                    .collect::<String>()
+            )
+        })
+        .collect();
+    format!(
+        r#"<h4>{}</h4><table class="{class}"><tr>{head}</tr>{body}</table>"#,
+        esc(title)
+    )
+}
+
 /// The hidden CSRF field every form carries.
 pub fn csrf_field(token: &str) -> String {
     format!(

@@ -23,11 +23,10 @@ pub struct Params {
 
 /// A table of ledger events.
 pub fn events_table(title: &str, events: &[OptOutEvent]) -> String {
-    let rows: String = events
+    let rows: Vec<Vec<String>> = events
         .iter()
         .map(|e| {
-            format!(
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            vec![
                 html::time(e.occurred_at),
                 html::badge(&e.change),
                 html::esc(&e.their_number),
@@ -36,12 +35,23 @@ pub fn events_table(title: &str, events: &[OptOutEvent]) -> String {
                 html::opt(e.keyword.as_deref().or(e.method.as_deref())),
                 html::opt(e.tenant_id.as_deref()),
                 html::opt(e.note.as_deref()),
-            )
+            ]
         })
         .collect();
-    format!(
-        r#"<h3>{}</h3><table class="ledger"><tr><th>When</th><th>Change</th><th>Their number</th><th>Our number</th><th>Source</th><th>Keyword or method</th><th>Tenant</th><th>Note</th></tr>{rows}</table>"#,
-        html::esc(title)
+    html::table(
+        "ledger",
+        title,
+        &[
+            "When",
+            "Change",
+            "Their number",
+            "Our number",
+            "Source",
+            "Keyword or method",
+            "Tenant",
+            "Note",
+        ],
+        &rows,
     )
 }
 

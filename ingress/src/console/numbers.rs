@@ -98,69 +98,74 @@ async fn attempts(
 }
 
 fn callbacks_html(list: &[Callback]) -> String {
-    if list.is_empty() {
-        return String::new();
-    }
-    let rows: String = list
+    let rows: Vec<Vec<String>> = list
         .iter()
         .map(|c| {
-            format!(
-                "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+            vec![
                 html::time(c.received_at),
                 html::badge(&c.status),
-                html::opt(c.error_code.as_deref())
-            )
+                html::opt(c.error_code.as_deref()),
+            ]
         })
         .collect();
-    format!(
-        r#"<h4>Delivery callbacks, in the order received</h4><table class="mini"><tr><th>Received</th><th>Status</th><th>Error code</th></tr>{rows}</table>"#
+    html::table(
+        "mini",
+        "Delivery callbacks, in the order received",
+        &["Received", "Status", "Error code"],
+        &rows,
     )
 }
 
 fn attempts_html(list: &[Attempt]) -> String {
-    if list.is_empty() {
-        return String::new();
-    }
-    let rows: String = list
+    let rows: Vec<Vec<String>> = list
         .iter()
         .map(|a| {
-            format!(
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                a.attempt,
+            vec![
+                a.attempt.to_string(),
                 html::time(a.started_at),
                 html::badge(&a.outcome),
                 a.http_status.map_or("–".into(), |s| s.to_string()),
                 html::opt(a.error_code.as_deref()),
-                html::opt(a.error_message.as_deref())
-            )
+                html::opt(a.error_message.as_deref()),
+            ]
         })
         .collect();
-    format!(
-        r#"<h4>Send attempts</h4><table class="mini"><tr><th>#</th><th>Started</th><th>Outcome</th><th>HTTP</th><th>Twilio code</th><th>Message</th></tr>{rows}</table>"#
+    html::table(
+        "mini",
+        "Send attempts",
+        &["#", "Started", "Outcome", "HTTP", "Twilio code", "Message"],
+        &rows,
     )
 }
 
 fn decisions_html(list: &[RoutingDecision]) -> String {
-    if list.is_empty() {
-        return String::new();
-    }
-    let rows: String = list
+    let rows: Vec<Vec<String>> = list
         .iter()
         .map(|d| {
-            format!(
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                d.attempt,
+            vec![
+                d.attempt.to_string(),
                 html::time(d.decided_at),
                 html::esc(&d.reason),
                 html::opt(d.agent_url.as_deref()),
                 d.agent_status.map_or("–".into(), |s| s.to_string()),
                 html::badge(&d.outcome),
-                html::opt(d.detail.as_deref())
-            )
+                html::opt(d.detail.as_deref()),
+            ]
         })
         .collect();
-    format!(
-        r#"<h4>Routing decisions</h4><table class="mini"><tr><th>#</th><th>Decided</th><th>Route</th><th>Agent</th><th>Agent status</th><th>Outcome</th><th>Detail</th></tr>{rows}</table>"#
+    html::table(
+        "mini",
+        "Routing decisions",
+        &[
+            "#",
+            "Decided",
+            "Route",
+            "Agent",
+            "Agent status",
+            "Outcome",
+            "Detail",
+        ],
+        &rows,
     )
 }
 
