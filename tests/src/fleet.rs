@@ -3,6 +3,7 @@
 //! normal operation logged no error.
 
 use std::{
+    os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::Duration,
@@ -64,6 +65,11 @@ impl Service {
         spawn: impl Fn(&Path) -> Child + Send + Sync + 'static,
     ) -> Self {
         let log = log_dir.join(format!("{name}.log"));
+        let spawn = move |log: &Path| {
+            let child = spawn(log);
+            reap_with_us(child.id());
+            child
+        };
         let child = spawn(&log);
         Self {
             name: name.to_owned(),
@@ -129,4 +135,21 @@ fn spawn(mut cmd: Command, settings: &Settings, log: &Path) -> Child {
         .stdin(Stdio::null())
         .spawn()
         .expect("start the service binary")
+}
+
+/// Kills process `pid` once this test process has exited, even when it was killed itself and no
+/// `Drop` ran (a detached watcher in its own process group); the watcher ends with `pid`.
+fn reap_with_us(pid: u32) {
+    let us = std::process::id();
+    let script = format!(
+        "while kill -0 {us} 2>/dev/null && kill -0 {pid} 2>/dev/null; do sleep 1; done; \
+         kill -0 {us} 2>/dev/null || kill -9 {pid} 2>/dev/null"
+    );
+    let _ = Command::new("sh")
+        .args(["-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn();
 }
