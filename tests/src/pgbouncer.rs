@@ -30,8 +30,12 @@ pub struct PgBouncer {
     user: String,
 }
 
-/// The installed PgBouncer binary, or why there is none.
+/// The PgBouncer binary: `PGBOUNCER_BIN` (another build, e.g. 1.21+ for
+/// `max_prepared_statements`), else the installed one, or why there is none.
 pub fn binary() -> Result<PathBuf, String> {
+    if let Some(bin) = std::env::var_os("PGBOUNCER_BIN").filter(|b| !b.is_empty()) {
+        return Ok(PathBuf::from(bin));
+    }
     pg::find_in_path("pgbouncer")
         .or_else(|| Some(PathBuf::from("/usr/sbin/pgbouncer")).filter(|p| p.is_file()))
         .ok_or_else(|| {
@@ -77,9 +81,14 @@ impl PgBouncer {
         ));
         std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
         spawn_reaper(&dir);
-        let prepared = match mode {
-            Mode::Transaction => "",
-            Mode::TransactionWithPreparedStatements => "max_prepared_statements = 200\n",
+        // PGBOUNCER_MAX_PREPARED_STATEMENTS runs every transaction-mode test with PgBouncer
+        // tracking prepared statements (1.21+).
+        let prepared = match (mode, std::env::var("PGBOUNCER_MAX_PREPARED_STATEMENTS")) {
+            (Mode::TransactionWithPreparedStatements, _) => "max_prepared_statements = 200\n".to_owned(),
+            (Mode::Transaction, Ok(n)) if !n.trim().is_empty() => {
+                format!("max_prepared_statements = {}\n", n.trim())
+            }
+            (Mode::Transaction, _) => String::new(),
         };
         let password = server
             .password()
