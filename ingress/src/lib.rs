@@ -132,7 +132,11 @@ pub fn router(state: AppState) -> Router {
         .layer(tower_http::request_id::SetRequestIdLayer::x_request_id(
             tower_http::request_id::MakeRequestUuid,
         ))
-        .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(request_span))
+        .layer(
+            tower_http::trace::TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                .on_failure(log_failure),
+        )
         .layer(tower_http::request_id::PropagateRequestIdLayer::x_request_id());
     Router::from(api())
         .merge(console::router())
@@ -147,6 +151,28 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(request_ids)
         .with_state(state)
+}
+
+/// A 503 is the service saying "not now, retry" (database down, pool exhausted, a commit whose
+/// outcome is unknown), already logged with its cause: a warning. Any other server error is an
+/// error.
+fn log_failure(
+    class: tower_http::classify::ServerErrorsFailureClass,
+    latency: std::time::Duration,
+    _span: &tracing::Span,
+) {
+    use tower_http::classify::ServerErrorsFailureClass::StatusCode as Status;
+    let latency_ms = latency.as_millis() as u64;
+    match class {
+        Status(code) if code == axum::http::StatusCode::SERVICE_UNAVAILABLE => {
+            tracing::warn!(
+                status = 503,
+                latency_ms,
+                "response failed: service unavailable"
+            )
+        }
+        other => tracing::error!(classification = %other, latency_ms, "response failed"),
+    }
 }
 
 #[cfg(test)]

@@ -84,7 +84,9 @@ impl PgBouncer {
         // PGBOUNCER_MAX_PREPARED_STATEMENTS runs every transaction-mode test with PgBouncer
         // tracking prepared statements (1.21+).
         let prepared = match (mode, std::env::var("PGBOUNCER_MAX_PREPARED_STATEMENTS")) {
-            (Mode::TransactionWithPreparedStatements, _) => "max_prepared_statements = 200\n".to_owned(),
+            (Mode::TransactionWithPreparedStatements, _) => {
+                "max_prepared_statements = 200\n".to_owned()
+            }
             (Mode::Transaction, Ok(n)) if !n.trim().is_empty() => {
                 format!("max_prepared_statements = {}\n", n.trim())
             }

@@ -432,11 +432,28 @@ async fn two_ingresses_and_three_workers_lose_and_double_nothing_while_workers_a
     let load = load.await.unwrap();
     let load_time = started.elapsed();
     let drained = assert_everything_once(&w, &load).await;
-    let errors = ingresses
+    let error_lines: Vec<String> = ingresses
         .iter()
         .chain(&workers)
-        .map(|s| s.errors().len())
-        .sum::<usize>();
+        .flat_map(|s| s.errors())
+        .collect();
+    let errors = error_lines.len();
+    // What they said, each kind once (a line is "<service>: <JSON log line>").
+    let mut kinds: Vec<String> = error_lines
+        .iter()
+        .map(|l| {
+            let json = l.split_once(": ").map_or(l.as_str(), |(_, j)| j);
+            let v: serde_json::Value = serde_json::from_str(json).unwrap_or_default();
+            format!(
+                "{} {}",
+                v["message"].as_str().unwrap_or("?"),
+                v["classification"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    kinds.sort();
+    kinds.dedup();
+    println!("replicas: the error lines were: {kinds:?}");
     let agent_calls = w.agent.stats().requests;
     println!(
         "replicas: 2 ingresses, 3 workers; {webhooks} webhooks and {sends} sends in {:.1} s over both \
