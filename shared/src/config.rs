@@ -585,6 +585,9 @@ pub struct Worker {
     pub heartbeat_interval: Duration,
     pub missed_heartbeats: usize,
     pub poll_interval: Duration,
+    /// Connections of the job queue's own pool (fetch, acknowledge, heartbeat), apart from the
+    /// handlers' so that busy handlers never starve the queue.
+    pub queue_connections: u32,
     /// Telling the Monitor of a language change: 2 s, 4 s, 8 s ... up to 10 minutes apart.
     pub language_notify_retry: RetryPolicy,
     /// Loaded only for a worker whose queues send (outbound-send, reconciler); None when
@@ -622,6 +625,13 @@ impl Worker {
         if batch_size == 0 {
             return Err(ConfigError::new("WORKER_BATCH_SIZE", "must be at least 1"));
         }
+        let queue_connections = parsed(src, "WORKER_QUEUE_CONNECTIONS", 8u32)?;
+        if queue_connections == 0 {
+            return Err(ConfigError::new(
+                "WORKER_QUEUE_CONNECTIONS",
+                "must be at least 1",
+            ));
+        }
         let missed_heartbeats = parsed(src, "WORKER_MISSED_HEARTBEATS", 3usize)?;
         if missed_heartbeats == 0 {
             return Err(ConfigError::new(
@@ -638,6 +648,7 @@ impl Worker {
             heartbeat_interval: secs(src, "WORKER_HEARTBEAT_SECS", 5)?,
             missed_heartbeats,
             poll_interval: millis(src, "WORKER_POLL_INTERVAL_MS", 100)?,
+            queue_connections,
             language_notify_retry: RetryPolicy::new(
                 Duration::from_secs(2),
                 Duration::from_secs(600),

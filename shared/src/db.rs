@@ -15,8 +15,13 @@ const MIGRATION_LOCK: i64 = 0x0073_6d73_2d6d_6967;
 /// A pool that connects lazily, so a process starts (and answers health checks and 503s) while the
 /// database is down, and recovers by itself when it returns.
 pub fn lazy_pool(common: &Common) -> Result<PgPool, sqlx::Error> {
+    lazy_pool_of(common, common.database_max_connections)
+}
+
+/// [`lazy_pool`] with `connections` connections at most.
+pub fn lazy_pool_of(common: &Common, connections: u32) -> Result<PgPool, sqlx::Error> {
     Ok(PgPoolOptions::new()
-        .max_connections(common.database_max_connections)
+        .max_connections(connections.max(1))
         .acquire_timeout(common.database_acquire_timeout)
         .idle_timeout(Duration::from_secs(300))
         .connect_lazy_with(connect_options(

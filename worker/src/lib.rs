@@ -27,7 +27,11 @@ use sqlx::PgPool;
 
 /// What every handler needs, shared by all of a process's workers.
 pub struct Deps {
+    /// The handlers' connections.
     pub pool: PgPool,
+    /// The job queue's own connections (apalis: fetch, acknowledge, heartbeat), so that handlers
+    /// holding every connection of `pool` never make a fetch time out.
+    pub queue_pool: PgPool,
     /// Connections that keep their session, for LISTEN; None behind a transaction pooler without
     /// `DATABASE_SESSION_URL` (the queues then poll).
     pub listen_pool: Option<PgPool>,
@@ -66,6 +70,8 @@ impl Deps {
             ),
             listen_pool: shared::db::session_pool(&cfg.common, &pool, LISTENERS)
                 .expect("DATABASE_SESSION_URL validated with the configuration"),
+            queue_pool: shared::db::lazy_pool_of(&cfg.common, cfg.queue_connections)
+                .expect("DATABASE_URL validated with the configuration"),
             pool,
             region: cfg.common.default_region,
             language_notify_retry: cfg.language_notify_retry,

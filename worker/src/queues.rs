@@ -208,7 +208,7 @@ async fn supervise<J, F, Fut>(
                 .map(|pool| apalis_postgres::Pubsub::new(pool.clone(), queue.to_owned())),
             settings.poll_interval,
         );
-        let backend = PostgresStorage::<J>::new(&deps.pool)
+        let backend = PostgresStorage::<J>::new(&deps.queue_pool)
             .with_config(config)
             .poll_with_strategy(strategy);
         let worker = WorkerBuilder::new(name.as_str())

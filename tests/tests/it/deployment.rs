@@ -444,11 +444,10 @@ async fn two_ingresses_and_three_workers_lose_and_double_nothing_while_workers_a
         .map(|l| {
             let json = l.split_once(": ").map_or(l.as_str(), |(_, j)| j);
             let v: serde_json::Value = serde_json::from_str(json).unwrap_or_default();
-            format!(
-                "{} {}",
-                v["message"].as_str().unwrap_or("?"),
-                v["classification"].as_str().unwrap_or("")
-            )
+            match v["message"].as_str() {
+                Some(m) => format!("{m} {}", v["classification"].as_str().unwrap_or("")),
+                None => json.chars().take(300).collect(),
+            }
         })
         .collect();
     kinds.sort();
