@@ -24,9 +24,9 @@ port=${BENCH_PORT:-18081}
 export TWILIO_AUTH_TOKEN=bench-token PUBLIC_URL=http://127.0.0.1:$port BIND_ADDR=127.0.0.1:$port RUST_LOG=warn
 results=()
 for i in $(seq 1 "$runs"); do
-  psql -q "$admin" -c "DROP DATABASE IF EXISTS sms_bench_ingress WITH (FORCE)" -c "CREATE DATABASE sms_bench_ingress" 2>/dev/null
+  PGOPTIONS=--client-min-messages=warning psql -q "$admin" -c "DROP DATABASE IF EXISTS sms_bench_ingress WITH (FORCE)" -c "CREATE DATABASE sms_bench_ingress"
   export DATABASE_URL=${server%/*}/sms_bench_ingress
-  target/release/sms-ingress migrate 2>/dev/null
+  RUST_LOG=warn target/release/sms-ingress migrate
   DATABASE_URL=$service_base/sms_bench_ingress target/release/sms-ingress serve >/dev/null 2>&1 & ip=$!
   sleep 0.5
   target/release/sms-sim webhooks --url "$PUBLIC_URL/webhook/twilio/sms" --count 5000 --concurrency "$conc" >/dev/null

@@ -24,9 +24,9 @@ port=${BENCH_PORT:-18082}
 export TWILIO_AUTH_TOKEN=bench-token PUBLIC_URL=http://127.0.0.1:$port BIND_ADDR=127.0.0.1:$port RUST_LOG=warn WORKER_METRICS_ADDR=off
 results=()
 for i in $(seq 1 "$runs"); do
-  psql -q "$admin" -c "DROP DATABASE IF EXISTS sms_bench_worker WITH (FORCE)" -c "CREATE DATABASE sms_bench_worker" 2>/dev/null
+  PGOPTIONS=--client-min-messages=warning psql -q "$admin" -c "DROP DATABASE IF EXISTS sms_bench_worker WITH (FORCE)" -c "CREATE DATABASE sms_bench_worker"
   export DATABASE_URL=${server%/*}/sms_bench_worker
-  target/release/sms-ingress migrate 2>/dev/null
+  RUST_LOG=warn target/release/sms-ingress migrate
   # 1,000 tenants with two numbers each; the load generator's senders are +15552000001...
   psql -q "$DATABASE_URL" -c "INSERT INTO tenant_profiles (tenant_id, phone_numbers)
     SELECT 't-' || g, jsonb_build_array('+1555200' || lpad(g::text, 4, '0'), '+1555300' || lpad(g::text, 4, '0'))
