@@ -49,10 +49,29 @@ pub fn state_of(
 
 /// Every key, or only a tenant's, newest first.
 pub async fn all(pool: &sqlx::PgPool, tenant: Option<&str>) -> Result<Vec<KeyView>, sqlx::Error> {
+    views(pool, tenant, None).await
+}
+
+/// One key (of `tenant` only, when given).
+async fn one(
+    pool: &sqlx::PgPool,
+    tenant: Option<&str>,
+    id: Uuid,
+) -> Result<Option<KeyView>, sqlx::Error> {
+    Ok(views(pool, tenant, Some(id)).await?.pop())
+}
+
+async fn views(
+    pool: &sqlx::PgPool,
+    tenant: Option<&str>,
+    id: Option<Uuid>,
+) -> Result<Vec<KeyView>, sqlx::Error> {
     let rows = sqlx::query!(
         r#"SELECT id, name, prefix, scopes, tenant_id, created_at, last_used_at, expires_at, revoked_at, now() AS "now!"
-           FROM api_keys WHERE $1::text IS NULL OR tenant_id = $1 ORDER BY created_at DESC, id"#,
-        tenant
+           FROM api_keys WHERE ($1::text IS NULL OR tenant_id = $1) AND ($2::uuid IS NULL OR id = $2)
+           ORDER BY created_at DESC, id"#,
+        tenant,
+        id
     )
     .fetch_all(pool)
     .await?;
@@ -90,7 +109,7 @@ pub async fn revoke(
     if done.is_none() {
         return Ok(None);
     }
-    Ok(all(pool, tenant).await?.into_iter().find(|k| k.id == id))
+    one(pool, tenant, id).await
 }
 
 /// List API keys
@@ -201,10 +220,8 @@ pub async fn create(
     .await
     .map_err(ApiError::Internal)?;
     tracing::info!(key_id = %issued.id, prefix = %issued.prefix, by = %key.name, "API key created");
-    let view = all(&state.pool, tenant.as_deref())
+    let view = one(&state.pool, tenant.as_deref(), issued.id)
         .await?
-        .into_iter()
-        .find(|k| k.id == issued.id)
         .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("created key not found")))?;
     Ok((
         StatusCode::CREATED,
