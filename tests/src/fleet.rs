@@ -3,13 +3,15 @@
 //! normal operation logged no error.
 
 use std::{
-    os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::Duration,
 };
 
-use crate::app::{Settings, wait_until, workspace_binary};
+use crate::{
+    app::{Settings, wait_until, workspace_binary},
+    pg,
+};
 
 pub struct Service {
     pub name: String,
@@ -145,11 +147,5 @@ fn reap_with_us(pid: u32) {
         "while kill -0 {us} 2>/dev/null && kill -0 {pid} 2>/dev/null; do sleep 1; done; \
          kill -0 {us} 2>/dev/null || kill -9 {pid} 2>/dev/null"
     );
-    let _ = Command::new("sh")
-        .args(["-c", &script])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .spawn();
+    pg::spawn_detached(&script);
 }

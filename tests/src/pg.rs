@@ -773,8 +773,15 @@ fn spawn_reaper(bin: &Path, dir: &Path, data: &Path) {
          rm -rf {}",
         sh_quote(dir.as_os_str())
     );
+    spawn_detached(&script);
+}
+
+/// Runs a shell script detached from this test process: its own process group (a Ctrl-C of the
+/// tests does not kill it) and no inherited stdio (it must not hold the test's output pipe open),
+/// so it outlives the process it watches.
+pub fn spawn_detached(script: &str) {
     let _ = Command::new("sh")
-        .args(["-c", &script])
+        .args(["-c", script])
         .current_dir("/")
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -5,9 +5,8 @@
 //! with a pid file, and stopped on drop, or by a small reaper once the test process has exited.
 
 use std::{
-    os::unix::process::CommandExt,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -212,12 +211,5 @@ fn spawn_reaper(dir: &Path) {
         "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; \
          p=$(cat {dir}/pgbouncer.pid 2>/dev/null) && kill \"$p\"; sleep 1; rm -rf {dir}"
     );
-    let _ = Command::new("sh")
-        .args(["-c", &script])
-        .current_dir("/")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .spawn();
+    pg::spawn_detached(&script);
 }
