@@ -12,17 +12,6 @@ use std::{
 
 use crate::pg;
 
-/// How a PgBouncer pools server connections.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// A server connection per transaction, no prepared statements kept (PgBouncer before 1.21,
-    /// or `max_prepared_statements = 0`; Supabase's transaction pooler behaves the same way).
-    Transaction,
-    /// A server connection per transaction, protocol-level prepared statements tracked
-    /// (`max_prepared_statements = 200`, PgBouncer 1.21 and later only).
-    TransactionWithPreparedStatements,
-}
-
 pub struct PgBouncer {
     dir: PathBuf,
     port: u16,
@@ -61,12 +50,12 @@ pub fn version() -> Result<(u32, u32), String> {
 }
 
 impl PgBouncer {
-    /// Starts a PgBouncer in `mode` in front of the server of `server_url` (any database URL on
+    /// Starts a PgBouncer in transaction mode in front of the server of `server_url` (any database URL on
     /// it), with `pool_size` server connections per database: fewer than the service's clients,
     /// so that every client's transactions move between server connections.
     ///
     /// Blocking (it waits for the port): call it from `spawn_blocking` in async code.
-    pub fn start(server_url: &str, mode: Mode, pool_size: u32) -> Result<Self, String> {
+    pub fn start(server_url: &str, pool_size: u32) -> Result<Self, String> {
         let bin = binary()?;
         let server = url::Url::parse(server_url).map_err(|e| format!("server URL: {e}"))?;
         let user = match server.username() {
@@ -80,21 +69,6 @@ impl PgBouncer {
         ));
         std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
         spawn_reaper(&dir);
-        // PGBOUNCER_MAX_PREPARED_STATEMENTS runs every transaction-mode test with PgBouncer
-        // tracking prepared statements (1.21+).
-        let prepared = match (mode, std::env::var("PGBOUNCER_MAX_PREPARED_STATEMENTS")) {
-            (Mode::TransactionWithPreparedStatements, _) => {
-                "max_prepared_statements = 200\n".to_owned()
-            }
-            (Mode::Transaction, Ok(n)) if !n.trim().is_empty() => {
-                format!("max_prepared_statements = {}\n", n.trim())
-            }
-            (Mode::Transaction, _) => String::new(),
-        };
-        let password = server
-            .password()
-            .map(|p| format!(" password={p}"))
-            .unwrap_or_default();
         std::fs::write(dir.join("userlist.txt"), format!("\"{user}\" \"\"\n"))
             .map_err(|e| e.to_string())?;
         if pg::is_root() {
@@ -107,27 +81,7 @@ impl PgBouncer {
             let Some(port) = pg::free_port() else {
                 continue;
             };
-            // No ignore_startup_parameters: PgBouncer as installed, which refuses a startup
-            // parameter it does not know (sqlx's default extra_float_digits among them).
-            let ini = format!(
-                "[databases]\n\
-                 * = host={host} port={server_port} user={user}{password}\n\
-                 [pgbouncer]\n\
-                 listen_addr = 127.0.0.1\n\
-                 listen_port = {port}\n\
-                 unix_socket_dir =\n\
-                 auth_type = trust\n\
-                 auth_file = {dir}/userlist.txt\n\
-                 pool_mode = transaction\n\
-                 default_pool_size = {pool_size}\n\
-                 max_client_conn = 2000\n\
-                 logfile = {dir}/pgbouncer.log\n\
-                 pidfile = {dir}/pgbouncer.pid\n\
-                 {prepared}",
-                host = server.host_str().unwrap_or("127.0.0.1"),
-                server_port = server.port().unwrap_or(5432),
-                dir = dir.display(),
-            );
+            let ini = config(&server, &user, port, pool_size, &dir);
             std::fs::write(dir.join("pgbouncer.ini"), ini).map_err(|e| e.to_string())?;
             let start = pg::pg_command(&pg::os(&[&bin, &"-d", &dir.join("pgbouncer.ini")]));
             if let Err(e) = pg::run(start, "pgbouncer -d") {
@@ -186,6 +140,42 @@ impl PgBouncer {
             let _ = Command::new("kill").arg(pid.to_string()).status();
         }
     }
+}
+
+/// `pgbouncer.ini`: transaction mode in front of `server`, listening on `port`, `pool_size` server
+/// connections per database, files in `dir`. No `ignore_startup_parameters`: PgBouncer as
+/// installed, which refuses a startup parameter it does not know (sqlx's default
+/// `extra_float_digits` among them). `PGBOUNCER_MAX_PREPARED_STATEMENTS` makes it track prepared
+/// statements (1.21+); unset, it keeps none, as 1.18 and Supabase's transaction pooler.
+fn config(server: &url::Url, user: &str, port: u16, pool_size: u32, dir: &Path) -> String {
+    let prepared = std::env::var("PGBOUNCER_MAX_PREPARED_STATEMENTS")
+        .ok()
+        .filter(|n| !n.trim().is_empty())
+        .map(|n| format!("max_prepared_statements = {}\n", n.trim()))
+        .unwrap_or_default();
+    let password = server
+        .password()
+        .map(|p| format!(" password={p}"))
+        .unwrap_or_default();
+    format!(
+        "[databases]\n\
+         * = host={host} port={server_port} user={user}{password}\n\
+         [pgbouncer]\n\
+         listen_addr = 127.0.0.1\n\
+         listen_port = {port}\n\
+         unix_socket_dir =\n\
+         auth_type = trust\n\
+         auth_file = {dir}/userlist.txt\n\
+         pool_mode = transaction\n\
+         default_pool_size = {pool_size}\n\
+         max_client_conn = 2000\n\
+         logfile = {dir}/pgbouncer.log\n\
+         pidfile = {dir}/pgbouncer.pid\n\
+         {prepared}",
+        host = server.host_str().unwrap_or("127.0.0.1"),
+        server_port = server.port().unwrap_or(5432),
+        dir = dir.display(),
+    )
 }
 
 impl Drop for PgBouncer {

@@ -14,7 +14,7 @@ use harness::{
     app::{Settings, wait_until},
     fleet::Service,
     pg::{self, TestDb},
-    pgbouncer::{Mode, PgBouncer},
+    pgbouncer::PgBouncer,
     sims,
     traffic::{Answer, Client, assert_sent_once_all},
 };
@@ -330,7 +330,7 @@ async fn pipeline_through_pgbouncer(session_url: bool) {
     let mut w = world("pgbouncer", 1).await;
     let server = tokio::task::spawn_blocking(pg::server_url).await.unwrap();
     // Six server connections for the ingress's, the worker's and the test's 30 clients.
-    let pgb = tokio::task::spawn_blocking(move || PgBouncer::start(&server, Mode::Transaction, 6))
+    let pgb = tokio::task::spawn_blocking(move || PgBouncer::start(&server, 6))
         .await
         .unwrap()
         .unwrap_or_else(|e| panic!("{e}"));

@@ -7,7 +7,7 @@ use std::{collections::HashMap, time::Duration};
 use harness::{
     app::{Settings, TestApp, wait_until},
     pg,
-    pgbouncer::{Mode, PgBouncer},
+    pgbouncer::PgBouncer,
     proxy::CommitCutter,
     sims,
 };
@@ -15,10 +15,11 @@ use serde_json::{Value, json};
 use shared::jobs;
 use sqlx::{AssertSqlSafe, Connection, Executor, PgConnection};
 
-/// A PgBouncer in front of the per-process cluster, with `pool_size` server connections.
-async fn bouncer(mode: Mode, pool_size: u32) -> PgBouncer {
+/// A PgBouncer in transaction mode in front of the per-process cluster, with `pool_size` server
+/// connections.
+async fn bouncer(pool_size: u32) -> PgBouncer {
     let server = tokio::task::spawn_blocking(pg::server_url).await.unwrap();
-    tokio::task::spawn_blocking(move || PgBouncer::start(&server, mode, pool_size))
+    tokio::task::spawn_blocking(move || PgBouncer::start(&server, pool_size))
         .await
         .unwrap()
         .unwrap_or_else(|e| panic!("{e}"))
@@ -48,7 +49,7 @@ async fn replicas_migrate_an_empty_database_at_once_through_a_transaction_pooler
         .execute(AssertSqlSafe(format!(r#"CREATE DATABASE "{name}""#)))
         .await
         .unwrap();
-    let pgb = bouncer(Mode::Transaction, 2).await;
+    let pgb = bouncer(2).await;
     let cfg = common(&pgb.url(&name), "transaction");
     let runs = (0..3).map(|_| {
         let pool = shared::db::lazy_pool(&cfg).unwrap();
@@ -97,7 +98,7 @@ async fn replicas_migrate_an_empty_database_at_once_through_a_transaction_pooler
 #[tokio::test]
 async fn many_clients_share_few_server_connections_without_statement_errors() {
     let db = pg::fresh_db().await;
-    let pgb = bouncer(Mode::Transaction, 2).await;
+    let pgb = bouncer(2).await;
     let mut cfg = common(&pgb.url(&db.name), "transaction");
     cfg.database_max_connections = 16;
     let pool = shared::db::lazy_pool(&cfg).unwrap();
@@ -248,7 +249,7 @@ async fn readiness_names_why_the_database_cannot_be_used() {
         "{body}"
     );
 
-    let pgb = bouncer(Mode::Transaction, 2).await;
+    let pgb = bouncer(2).await;
     let (status, body) = ready(pgb.url(&db.name), "transaction").await;
     assert_eq!(status, 200, "{body}\n{}", pgb.log_tail());
     assert_eq!(body["checks"]["database"], "ok");
