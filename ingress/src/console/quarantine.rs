@@ -15,7 +15,7 @@ use crate::{
     AppState, auth,
     error::ApiError,
     extract::Path,
-    unroutable::{self, Filter, REASONS},
+    unroutable::{self, Filter, REASONS, Unroutable},
 };
 
 const PAGE: i64 = 200;
@@ -51,14 +51,8 @@ fn query_of(f: &Filter) -> String {
     )
 }
 
-pub async fn page(
-    State(state): State<AppState>,
-    operator: Operator,
-    Query(p): Query<Params>,
-) -> Result<Response, ConsoleError> {
-    let f = filter(&operator, p.reason, p.tenant, p.include_replayed.is_some())?;
-    let list = unroutable::quarantined(&state.pool, &f, PAGE).await?;
-    let admin = operator.key.require("admin").is_ok();
+/// The filter form, showing `f`; a tenant-scoped key has no tenant field.
+fn filter_form(operator: &Operator, f: &Filter) -> String {
     let options: String = std::iter::once("")
         .chain(REASONS.iter().copied())
         .map(|r| {
@@ -79,29 +73,17 @@ pub async fn page(
             html::esc(f.tenant.as_deref().unwrap_or_default())
         )
     };
-    let mut body = String::new();
-    if let Some(n) = p.done {
-        body.push_str(&format!(
-            r#"<p class="notice">Replayed {n} message(s): they are routed again.</p>"#
-        ));
-    }
-    body.push_str(&format!(
+    format!(
         r#"<form method="get" action="/console/quarantine" class="search">
 <label for="reason">Reason</label><select id="reason" name="reason">{options}</select>{tenant_input}
 <label class="check"><input type="checkbox" name="include_replayed" value="1"{checked}> replayed ones too</label>
 <button type="submit">Filter</button></form>"#,
         checked = if f.include_replayed { " checked" } else { "" },
-    ));
-    if list.is_empty() {
-        body.push_str(r#"<p class="empty">Nothing in the quarantine matches.</p>"#);
-        return Ok(html::page("Quarantine", Some(&operator), &body));
-    }
-    if admin {
-        body.push_str(&format!(
-            r#"<p><a class="button" href="/console/quarantine/replay-all?{}">Replay all matching…</a></p>"#,
-            query_of(&f)
-        ));
-    }
+    )
+}
+
+/// The quarantined messages, each with a replay button for an admin key.
+fn table(operator: &Operator, list: &[Unroutable], admin: bool) -> String {
     let rows: String = list
         .iter()
         .map(|u| {
@@ -127,9 +109,37 @@ pub async fn page(
             )
         })
         .collect();
-    body.push_str(&format!(
+    format!(
         r#"<table class="quarantine"><tr><th>Quarantined</th><th>Reason</th><th>Detail</th><th>From</th><th>Tenant</th><th>Text</th><th></th></tr>{rows}</table>"#
-    ));
+    )
+}
+
+pub async fn page(
+    State(state): State<AppState>,
+    operator: Operator,
+    Query(p): Query<Params>,
+) -> Result<Response, ConsoleError> {
+    let f = filter(&operator, p.reason, p.tenant, p.include_replayed.is_some())?;
+    let list = unroutable::quarantined(&state.pool, &f, PAGE).await?;
+    let admin = operator.key.require("admin").is_ok();
+    let mut body = String::new();
+    if let Some(n) = p.done {
+        body.push_str(&format!(
+            r#"<p class="notice">Replayed {n} message(s): they are routed again.</p>"#
+        ));
+    }
+    body.push_str(&filter_form(&operator, &f));
+    if list.is_empty() {
+        body.push_str(r#"<p class="empty">Nothing in the quarantine matches.</p>"#);
+    } else {
+        if admin {
+            body.push_str(&format!(
+                r#"<p><a class="button" href="/console/quarantine/replay-all?{}">Replay all matching…</a></p>"#,
+                query_of(&f)
+            ));
+        }
+        body.push_str(&table(&operator, &list, admin));
+    }
     Ok(html::page("Quarantine", Some(&operator), &body))
 }
 
