@@ -3,23 +3,14 @@
 # (cached after first sight), then one `sms-worker --queues inbound` drains them; the rate is
 # messages over the span between the first and last processed_at. Median of RUNS runs.
 # Usage: scripts/bench-worker.sh [COUNT=30000] [RUNS=3]
-# BENCH_VIA=pgbouncer: the service connects through a local PgBouncer in transaction mode
-# (scripts/pgbouncer-local.sh, DATABASE_POOL_MODE=transaction); migrations and checks go direct.
-# BENCH_POOL_MODE=transaction with a direct connection measures the unnamed statements alone.
+# BENCH_VIA=pgbouncer, BENCH_POOL_MODE=transaction: see scripts/bench-via.sh.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd); cd "$root"
 count=${1:-30000}; runs=${2:-3}
 cargo build --release --quiet -p sms-ingress -p sms-worker -p sms-sim
 server=${DATABASE_URL:-$(scripts/pg-local.sh start)}
 admin=${server%/*}/postgres
-via=${BENCH_VIA:-direct}
-case "$via" in
-  direct) service_base=${server%/*}; export DATABASE_POOL_MODE=${BENCH_POOL_MODE:-session} ;;
-  pgbouncer) service_base=$(scripts/pgbouncer-local.sh start "$server"); export DATABASE_POOL_MODE=transaction
-    trap 'scripts/pgbouncer-local.sh stop' EXIT ;;
-  *) echo "BENCH_VIA must be direct or pgbouncer" >&2; exit 2 ;;
-esac
-echo "service database connections: $via" >&2
+. scripts/bench-via.sh
 port=${BENCH_PORT:-18082}
 export TWILIO_AUTH_TOKEN=bench-token PUBLIC_URL=http://127.0.0.1:$port BIND_ADDR=127.0.0.1:$port RUST_LOG=warn WORKER_METRICS_ADDR=off
 results=()
