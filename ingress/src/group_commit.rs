@@ -156,48 +156,28 @@ async fn insert<G>(
     first: &HashMap<String, usize>,
     rx_guard: G,
 ) -> Result<HashMap<String, Uuid>, sqlx::Error> {
-    let n = first.len();
-    let mut sids: Vec<&str> = Vec::with_capacity(n);
-    let mut bodies: Vec<&str> = Vec::with_capacity(n);
-    let mut froms: Vec<&str> = Vec::with_capacity(n);
-    let mut tos: Vec<&str> = Vec::with_capacity(n);
-    let mut segments = Vec::with_capacity(n);
-    let mut media = Vec::with_capacity(n);
-    let mut raws: Vec<&Value> = Vec::with_capacity(n);
-    let mut traceparents: Vec<Option<&str>> = Vec::with_capacity(n);
-    let mut tracestates: Vec<Option<&str>> = Vec::with_capacity(n);
+    let mut rows = jobs::InboundRows::with_capacity(first.len());
     for (i, (item, _)) in batch.iter().enumerate() {
         if first.get(&item.message_sid) != Some(&i) {
             continue;
         }
-        sids.push(&item.message_sid);
-        bodies.push(&item.body);
-        froms.push(&item.from);
-        tos.push(&item.to);
-        segments.push(item.num_segments);
-        media.push(item.num_media);
-        raws.push(&item.raw);
-        traceparents.push(item.trace.as_ref().map(|t| t.traceparent.as_str()));
-        tracestates.push(item.trace.as_ref().and_then(|t| t.tracestate.as_deref()));
+        rows.push(jobs::InboundRow {
+            sid: &item.message_sid,
+            body: &item.body,
+            from: &item.from,
+            to: &item.to,
+            segments: item.num_segments,
+            media: item.num_media,
+            raw: &item.raw,
+            traceparent: item.trace.as_ref().map(|t| t.traceparent.as_str()),
+            tracestate: item.trace.as_ref().and_then(|t| t.tracestate.as_deref()),
+        });
     }
     let mut conn = tokio::time::timeout(Duration::from_secs(10), pool.acquire())
         .await
         .map_err(|_| sqlx::Error::PoolTimedOut)??;
     drop(rx_guard);
-    jobs::store_inbound(
-        &mut conn,
-        &jobs::InboundRows {
-            sids: &sids,
-            bodies: &bodies,
-            froms: &froms,
-            tos: &tos,
-            segments: &segments,
-            media: &media,
-            raws: &raws,
-            traceparents: &traceparents,
-            tracestates: &tracestates,
-        },
-    )
-    .await
-    .map(|rows| rows.into_iter().collect())
+    jobs::store_inbound(&mut conn, &rows)
+        .await
+        .map(|rows| rows.into_iter().collect())
 }

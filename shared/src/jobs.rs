@@ -261,26 +261,61 @@ pub async fn delete_finished(pool: &sqlx::PgPool, retention: Duration) -> Result
     .rows_affected())
 }
 
-/// Inbound webhooks stored by one group commit, as parallel columns.
+/// Inbound webhooks stored by one group commit (or one backfill pass), as parallel columns.
+#[derive(Default)]
 pub struct InboundRows<'a> {
-    pub sids: &'a [&'a str],
-    pub bodies: &'a [&'a str],
-    pub froms: &'a [&'a str],
-    pub tos: &'a [&'a str],
-    pub segments: &'a [Option<i32>],
-    pub media: &'a [Option<i32>],
-    pub raws: &'a [&'a serde_json::Value],
-    pub traceparents: &'a [Option<&'a str>],
-    pub tracestates: &'a [Option<&'a str>],
+    pub sids: Vec<&'a str>,
+    pub bodies: Vec<&'a str>,
+    pub froms: Vec<&'a str>,
+    pub tos: Vec<&'a str>,
+    pub segments: Vec<Option<i32>>,
+    pub media: Vec<Option<i32>>,
+    pub raws: Vec<&'a serde_json::Value>,
+    pub traceparents: Vec<Option<&'a str>>,
+    pub tracestates: Vec<Option<&'a str>>,
 }
 
-/// Stores inbound webhooks (new MessageSids only) and ONE [`ProcessInbound`] job for the rows
-/// inserted, in one statement: one transaction and one round trip on the webhook's hot path.
-/// Returns (MessageSid, id) of the rows inserted.
-///
-/// The job row is what apalis-postgres's `push_tasks` writes (its `queries/task/sink.sql`): JSON
-/// args as bytes, status Pending, runnable now; its JSON is a `ProcessInbound` (the ids, and each
-/// traced message's trace context by id).
+/// One inbound webhook, for [`InboundRows::push`].
+pub struct InboundRow<'a> {
+    pub sid: &'a str,
+    pub body: &'a str,
+    pub from: &'a str,
+    pub to: &'a str,
+    pub segments: Option<i32>,
+    pub media: Option<i32>,
+    pub raw: &'a serde_json::Value,
+    pub traceparent: Option<&'a str>,
+    pub tracestate: Option<&'a str>,
+}
+
+impl<'a> InboundRows<'a> {
+    pub fn with_capacity(n: usize) -> Self {
+        Self {
+            sids: Vec::with_capacity(n),
+            bodies: Vec::with_capacity(n),
+            froms: Vec::with_capacity(n),
+            tos: Vec::with_capacity(n),
+            segments: Vec::with_capacity(n),
+            media: Vec::with_capacity(n),
+            raws: Vec::with_capacity(n),
+            traceparents: Vec::with_capacity(n),
+            tracestates: Vec::with_capacity(n),
+        }
+    }
+
+    pub fn push(&mut self, row: InboundRow<'a>) {
+        self.sids.push(row.sid);
+        self.bodies.push(row.body);
+        self.froms.push(row.from);
+        self.tos.push(row.to);
+        self.segments.push(row.segments);
+        self.media.push(row.media);
+        self.raws.push(row.raw);
+        self.traceparents.push(row.traceparent);
+        self.tracestates.push(row.tracestate);
+    }
+}
+
 pub async fn store_inbound(
     conn: &mut PgConnection,
     rows: &InboundRows<'_>,
@@ -311,17 +346,17 @@ pub async fn store_inbound(
                HAVING count(*) > 0
            )
            SELECT id AS "id!", twilio_sid AS "twilio_sid!" FROM new_rows"#,
-        rows.sids as &[&str],
-        rows.bodies as &[&str],
-        rows.froms as &[&str],
-        rows.tos as &[&str],
-        rows.segments as &[Option<i32>],
-        rows.media as &[Option<i32>],
-        rows.raws as &[&serde_json::Value],
+        &rows.sids[..] as &[&str],
+        &rows.bodies[..] as &[&str],
+        &rows.froms[..] as &[&str],
+        &rows.tos[..] as &[&str],
+        &rows.segments[..] as &[Option<i32>],
+        &rows.media[..] as &[Option<i32>],
+        &rows.raws[..] as &[&serde_json::Value],
         ProcessInbound::QUEUE,
         MAX_ATTEMPTS as i32,
-        rows.traceparents as &[Option<&str>],
-        rows.tracestates as &[Option<&str>],
+        &rows.traceparents[..] as &[Option<&str>],
+        &rows.tracestates[..] as &[Option<&str>],
     )
     .fetch_all(&mut *conn)
     .await?;

@@ -236,35 +236,23 @@ async fn backfill_inbound(
         }
         raws.push(raw);
     }
-    let text = |v: &Option<String>| v.clone().unwrap_or_default();
-    let (sids, bodies, froms, tos): (Vec<String>, Vec<String>, Vec<String>, Vec<String>) = (
-        received.iter().map(|m| m.sid.clone()).collect(),
-        received.iter().map(|m| text(&m.body)).collect(),
-        received.iter().map(|m| text(&m.from)).collect(),
-        received.iter().map(|m| text(&m.to)).collect(),
-    );
     let number = |v: &Option<String>| v.as_deref().and_then(|n| n.parse::<i32>().ok());
-    let segments: Vec<Option<i32>> = received.iter().map(|m| number(&m.num_segments)).collect();
-    let media: Vec<Option<i32>> = received.iter().map(|m| number(&m.num_media)).collect();
-    let (sids_r, bodies_r, froms_r, tos_r) = (strs(&sids), strs(&bodies), strs(&froms), strs(&tos));
-    let raws_r: Vec<&serde_json::Value> = raws.iter().collect();
-    let none: Vec<Option<&str>> = vec![None; received.len()];
+    let mut rows = jobs::InboundRows::with_capacity(received.len());
+    for (m, raw) in received.iter().zip(&raws) {
+        rows.push(jobs::InboundRow {
+            sid: &m.sid,
+            body: m.body.as_deref().unwrap_or_default(),
+            from: m.from.as_deref().unwrap_or_default(),
+            to: m.to.as_deref().unwrap_or_default(),
+            segments: number(&m.num_segments),
+            media: number(&m.num_media),
+            raw,
+            traceparent: None,
+            tracestate: None,
+        });
+    }
     let mut tx = deps.pool.begin().await?;
-    let stored = jobs::store_inbound(
-        &mut tx,
-        &jobs::InboundRows {
-            sids: &sids_r,
-            bodies: &bodies_r,
-            froms: &froms_r,
-            tos: &tos_r,
-            segments: &segments,
-            media: &media,
-            raws: &raws_r,
-            traceparents: &none,
-            tracestates: &none,
-        },
-    )
-    .await?;
+    let stored = jobs::store_inbound(&mut tx, &rows).await?;
     let newest = received.iter().filter_map(|m| m.sent()).max();
     let watermark = newest.map_or(since, |t| (t - chrono::Duration::minutes(1)).max(since));
     sqlx::query!(
@@ -283,10 +271,6 @@ async fn backfill_inbound(
         );
     }
     Ok(stored.len())
-}
-
-fn strs(v: &[String]) -> Vec<&str> {
-    v.iter().map(String::as_str).collect()
 }
 
 /// Twilio's current status of a stuck message, stored like a callback when new.
