@@ -214,7 +214,8 @@ fn load_ingress() -> config::Ingress {
 }
 
 fn load_common() -> config::Common {
-    config::Common::load(&config::Env, 2).unwrap_or_else(|e| exit_config(e))
+    config::Common::load(&config::Env, 2, std::time::Duration::from_secs(5))
+        .unwrap_or_else(|e| exit_config(e))
 }
 
 fn exit_config(err: impl std::fmt::Display) -> ! {

@@ -31,13 +31,18 @@ use utoipa::OpenApi;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 pub use crate::server::serve;
-use crate::{group_commit::GroupCommit, metrics::Metrics, rate_limit::InvalidSignatureLimit};
+use crate::{
+    group_commit::{GroupCommit, InboundWebhooks, StatusCallbacks},
+    metrics::Metrics,
+    rate_limit::InvalidSignatureLimit,
+};
 
 #[derive(Clone)]
 pub struct AppState {
     pub cfg: Arc<config::Ingress>,
     pub pool: PgPool,
-    pub inbound: GroupCommit,
+    pub inbound: GroupCommit<InboundWebhooks>,
+    pub callbacks: GroupCommit<StatusCallbacks>,
     pub http: reqwest::Client,
     pub metrics: Metrics,
     /// None when INVALID_SIGNATURE_LIMIT is 0.
@@ -51,6 +56,11 @@ impl AppState {
             cfg.group_commit_writers,
             cfg.group_commit_max_batch,
         );
+        let callbacks = GroupCommit::start(
+            pool.clone(),
+            cfg.group_commit_writers,
+            cfg.group_commit_max_batch,
+        );
         let invalid_signatures =
             InvalidSignatureLimit::new(cfg.invalid_signature_limit, cfg.invalid_signature_window)
                 .map(Arc::new);
@@ -59,6 +69,7 @@ impl AppState {
             cfg: Arc::new(cfg),
             pool,
             inbound,
+            callbacks,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(2))
                 .build()

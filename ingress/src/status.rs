@@ -1,6 +1,8 @@
 //! `POST /webhook/twilio/status`: Twilio's delivery-status callbacks. Verified like inbound
 //! webhooks; each is stored in a ledger unique on (MessageSid, MessageStatus), so repeats change
-//! nothing, and its application is enqueued in the same transaction.
+//! nothing, and its application is enqueued in the same transaction, by the group commit that
+//! stores inbound webhooks: Twilio never retries a callback, so a burst must wait for its turn,
+//! never be refused for want of a connection.
 
 use axum::{
     extract::{OriginalUri, State},
@@ -8,15 +10,13 @@ use axum::{
     response::Response,
 };
 use bytes::Bytes;
-use shared::{
-    jobs::{self, ApplyStatus, When},
-    twilio::status,
-};
+use shared::twilio::status;
 use uuid::Uuid;
 
 use crate::{
     AppState,
     error::ApiError,
+    group_commit::{NewCallback, StoreError, Stored},
     rate_limit::WebhookSource,
     webhook::{field, raw_payload, twiml_ok, verified_webhook},
 };
@@ -100,31 +100,26 @@ pub async fn status_callback(
         .filter(|c| !c.is_empty() && *c != "0")
         .map(str::to_owned);
 
-    let mut tx = state.pool.begin().await?;
-    let inserted = sqlx::query_scalar!(
-        r#"INSERT INTO sms_status_callbacks (message_sid, message_status, our_message_id, error_code, raw)
-           VALUES ($1, $2, $3, $4, $5)
-           ON CONFLICT (message_sid, message_status) DO NOTHING
-           RETURNING id"#,
-        sid,
-        message_status,
-        our_id,
-        error_code,
-        raw_payload(&params)
-    )
-    .fetch_optional(&mut *tx)
-    .await?;
-    if inserted.is_some() {
-        let apply = ApplyStatus {
-            message_sid: sid.clone(),
+    let stored = state
+        .callbacks
+        .store(NewCallback {
+            key: NewCallback::key_of(&sid, &message_status),
+            message_sid: sid,
+            message_status,
             our_message_id: our_id,
+            error_code,
+            raw: raw_payload(&params),
             trace: shared::telemetry::TraceContext::current(),
-        };
-        jobs::schedule(&mut tx, &[apply], When::NOW).await?;
-    }
-    crate::error::commit(tx).await?;
-    state.metrics.status_callback(inserted.is_none());
-    if inserted.is_some() {
+        })
+        .await;
+    let new = match stored {
+        Ok(Stored::New(_)) => true,
+        Ok(Stored::Duplicate) => false,
+        Err(StoreError::Unavailable) => return Err(ApiError::Unavailable),
+        Err(StoreError::Failed(e)) => return Err(ApiError::Internal(anyhow::anyhow!(e))),
+    };
+    state.metrics.status_callback(!new);
+    if new {
         tracing::info!("status callback stored");
     } else {
         tracing::info!("duplicate status callback skipped");

@@ -186,7 +186,14 @@ pub enum LogFormat {
 }
 
 impl Common {
-    pub fn load(src: &dyn Source, default_connections: u32) -> Result<Self, ConfigError> {
+    /// `default_connections` and `default_acquire` are the process's own defaults: a worker,
+    /// whose in-flight work is bounded by its budget, waits longer for a connection than an
+    /// ingress, which answers 503 when none comes.
+    pub fn load(
+        src: &dyn Source,
+        default_connections: u32,
+        default_acquire: Duration,
+    ) -> Result<Self, ConfigError> {
         let database_url = postgres_url(src, "DATABASE_URL")?
             .ok_or_else(|| ConfigError::new("DATABASE_URL", "is required but not set"))?;
         let database_pool_mode = PoolMode::load(src, &database_url)?;
@@ -221,7 +228,11 @@ impl Common {
             database_pool_mode,
             database_session_url,
             database_max_connections,
-            database_acquire_timeout: millis(src, "DATABASE_ACQUIRE_TIMEOUT_MS", 3000)?,
+            database_acquire_timeout: millis(
+                src,
+                "DATABASE_ACQUIRE_TIMEOUT_MS",
+                default_acquire.as_millis() as u64,
+            )?,
             default_region,
             log_format,
         })
@@ -555,7 +566,7 @@ impl Ingress {
             return Err(ConfigError::new("REQUEST_TIMEOUT_MS", "must be at least 1"));
         }
         Ok(Self {
-            common: Common::load(src, 16)?,
+            common: Common::load(src, 10, Duration::from_secs(5))?,
             twilio: Twilio::load(src)?,
             quiet_hours: QuietHours::load(src)?,
             monitor: Monitor::load(src)?,
@@ -574,20 +585,25 @@ impl Ingress {
     }
 }
 
+/// Worker settings no longer read: jobs in flight, fetch size and the queue's pool are derived
+/// from `DATABASE_MAX_CONNECTIONS` (the worker's connection budget).
+pub const RETIRED_WORKER_SETTINGS: &[&str] = &[
+    "WORKER_CONCURRENCY",
+    "WORKER_BATCH_SIZE",
+    "WORKER_QUEUE_CONNECTIONS",
+];
+
 /// Worker settings.
 #[derive(Debug, Clone)]
 pub struct Worker {
     pub common: Common,
     pub monitor: Monitor,
     pub tenant_cache: TenantCache,
-    pub concurrency: usize,
-    pub batch_size: usize,
+    /// Settings of earlier versions found set; no longer read (the worker warns).
+    pub retired: Vec<&'static str>,
     pub heartbeat_interval: Duration,
     pub missed_heartbeats: usize,
     pub poll_interval: Duration,
-    /// Connections of the job queue's own pool (fetch, acknowledge, heartbeat), apart from the
-    /// handlers' so that busy handlers never starve the queue.
-    pub queue_connections: u32,
     /// Telling the Monitor of a language change: 2 s, 4 s, 8 s ... up to 10 minutes apart.
     pub language_notify_retry: RetryPolicy,
     /// Loaded only for a worker whose queues send (outbound-send, reconciler); None when
@@ -617,21 +633,6 @@ impl Worker {
         let sends = queues
             .iter()
             .any(|q| [jobs::OUTBOUND_SEND, jobs::RECONCILER].contains(q));
-        let concurrency = parsed(src, "WORKER_CONCURRENCY", 64usize)?;
-        if concurrency == 0 {
-            return Err(ConfigError::new("WORKER_CONCURRENCY", "must be at least 1"));
-        }
-        let batch_size = parsed(src, "WORKER_BATCH_SIZE", 200usize)?;
-        if batch_size == 0 {
-            return Err(ConfigError::new("WORKER_BATCH_SIZE", "must be at least 1"));
-        }
-        let queue_connections = parsed(src, "WORKER_QUEUE_CONNECTIONS", 8u32)?;
-        if queue_connections == 0 {
-            return Err(ConfigError::new(
-                "WORKER_QUEUE_CONNECTIONS",
-                "must be at least 1",
-            ));
-        }
         let missed_heartbeats = parsed(src, "WORKER_MISSED_HEARTBEATS", 3usize)?;
         if missed_heartbeats == 0 {
             return Err(ConfigError::new(
@@ -640,15 +641,19 @@ impl Worker {
             ));
         }
         Ok(Self {
-            common: Common::load(src, 20)?,
+            common: Common::load(src, 12, Duration::from_secs(30))?,
             monitor: Monitor::load(src)?,
             tenant_cache: TenantCache::load(src)?,
-            concurrency,
-            batch_size,
-            heartbeat_interval: secs(src, "WORKER_HEARTBEAT_SECS", 5)?,
+            retired: RETIRED_WORKER_SETTINGS
+                .iter()
+                .copied()
+                .filter(|k| src.get(k).is_some())
+                .collect(),
+            // A killed worker's jobs are re-queued within 2 s x 3; the heartbeat runs on the
+            // queue's own connections, so a busy worker is never taken for dead.
+            heartbeat_interval: secs(src, "WORKER_HEARTBEAT_SECS", 2)?,
             missed_heartbeats,
             poll_interval: millis(src, "WORKER_POLL_INTERVAL_MS", 100)?,
-            queue_connections,
             language_notify_retry: RetryPolicy::new(
                 Duration::from_secs(2),
                 Duration::from_secs(600),

@@ -31,23 +31,21 @@ pub fn lazy_pool_of(common: &Common, connections: u32) -> Result<PgPool, sqlx::E
 }
 
 /// A pool whose connections keep their session, for LISTEN: over `DATABASE_SESSION_URL`, else
-/// the main pool when that is not behind a transaction pooler. `None`: nothing may listen (the
-/// workers poll).
-pub fn session_pool(
-    common: &Common,
-    main: &PgPool,
-    connections: u32,
-) -> Result<Option<PgPool>, sqlx::Error> {
-    match (&common.database_session_url, common.database_pool_mode) {
-        (Some(url), _) => Ok(Some(
-            PgPoolOptions::new()
-                .max_connections(connections.max(1))
-                .acquire_timeout(common.database_acquire_timeout)
-                .connect_lazy_with(connect_options(url.expose(), PoolMode::Session)?),
-        )),
-        (None, PoolMode::Session) => Ok(Some(main.clone())),
-        (None, PoolMode::Transaction) => Ok(None),
-    }
+/// over `DATABASE_URL` when that is not behind a transaction pooler. `None`: nothing may listen
+/// (the workers poll). Always a pool of its own: a listener holds its connection for good, and
+/// taking it from the handlers' pool would shrink their budget unseen.
+pub fn session_pool(common: &Common, connections: u32) -> Result<Option<PgPool>, sqlx::Error> {
+    let url = match (&common.database_session_url, common.database_pool_mode) {
+        (Some(url), _) => url.expose(),
+        (None, PoolMode::Session) => common.database_url.expose(),
+        (None, PoolMode::Transaction) => return Ok(None),
+    };
+    Ok(Some(
+        PgPoolOptions::new()
+            .max_connections(connections.max(1))
+            .acquire_timeout(common.database_acquire_timeout)
+            .connect_lazy_with(connect_options(url, PoolMode::Session)?),
+    ))
 }
 
 /// The options every connection of ours uses.

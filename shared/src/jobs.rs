@@ -47,7 +47,7 @@ impl Job for RouteMessage {
 impl Job for SendMessage {
     const QUEUE: &'static str = OUTBOUND_SEND;
 }
-impl Job for ApplyStatus {
+impl Job for ApplyStatuses {
     const QUEUE: &'static str = OUTBOUND_STATUS;
 }
 impl Job for ProcessInbound {
@@ -114,6 +114,39 @@ pub struct ApplyStatus {
     /// The trace this job continues (see `telemetry`); absent in jobs written without tracing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace: Option<TraceContext>,
+}
+
+/// The status callbacks one group commit stored (or one the send worker or reconciler found),
+/// applied by one job: one queue job per commit rather than per callback keeps the queue's own
+/// writes (push, fetch, acknowledgement) from outgrowing the work under a burst.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ApplyStatuses {
+    pub callbacks: Vec<ApplyStatus>,
+}
+
+impl ApplyStatuses {
+    pub fn one(callback: ApplyStatus) -> Self {
+        Self {
+            callbacks: vec![callback],
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ApplyStatuses {
+    /// Also reads a job of one callback, as written before callbacks were applied in batches (a
+    /// queue may hold some during a rolling upgrade).
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Shape {
+            Batch { callbacks: Vec<ApplyStatus> },
+            One(ApplyStatus),
+        }
+        Ok(match Shape::deserialize(d)? {
+            Shape::Batch { callbacks } => Self { callbacks },
+            Shape::One(one) => Self::one(one),
+        })
+    }
 }
 
 /// Stored inbound webhooks to process: the messages one group commit stored. One job per commit

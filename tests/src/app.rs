@@ -26,7 +26,6 @@ impl Settings {
             ("TWILIO_ACCOUNT_SID", ACCOUNT_SID),
             ("TWILIO_PHONE_NUMBER", OUR_NUMBER),
             ("DATABASE_MAX_CONNECTIONS", "10"),
-            ("WORKER_CONCURRENCY", "16"),
             ("WORKER_HEARTBEAT_SECS", "2"),
             ("MONITOR_TIMEOUT_MS", "500"),
             ("MONITOR_BACKOFF_MS", "20"),
@@ -43,6 +42,12 @@ impl Settings {
 
     pub fn set(mut self, key: &str, value: impl Into<String>) -> Self {
         self.0.insert(key.to_owned(), value.into());
+        self
+    }
+
+    /// Back to the service's own default for `key`.
+    pub fn unset(mut self, key: &str) -> Self {
+        self.0.remove(key);
         self
     }
 }

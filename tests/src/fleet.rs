@@ -17,8 +17,6 @@ pub struct Service {
     pub name: String,
     child: Option<Child>,
     log: PathBuf,
-    /// Error lines of earlier lives (before a restart).
-    earlier_errors: Vec<String>,
     spawn: Box<dyn Fn(&Path) -> Child + Send + Sync>,
 }
 
@@ -77,7 +75,6 @@ impl Service {
             name: name.to_owned(),
             child: Some(child),
             log,
-            earlier_errors: Vec::new(),
             spawn: Box::new(spawn),
         }
     }
@@ -88,7 +85,6 @@ impl Service {
             let _ = child.kill();
             let _ = child.wait();
         }
-        self.earlier_errors.extend(self.errors_of_this_life());
     }
 
     /// Starts it again (after [`kill`](Self::kill)), with the same settings.
@@ -97,20 +93,23 @@ impl Service {
         self.child = Some((self.spawn)(&self.log));
     }
 
-    /// Lines logged at ERROR level, every life included.
+    /// Lines logged at ERROR level, every life included (the log is appended to).
     pub fn errors(&self) -> Vec<String> {
-        let mut all = self.earlier_errors.clone();
-        all.extend(self.errors_of_this_life());
-        all
-    }
-
-    fn errors_of_this_life(&self) -> Vec<String> {
         std::fs::read_to_string(&self.log)
             .unwrap_or_default()
             .lines()
             .filter(|l| l.contains(r#""level":"ERROR""#))
             .map(|l| format!("{}: {l}", self.name))
             .collect()
+    }
+
+    /// How many lines of every life contain `text`.
+    pub fn lines_containing(&self, text: &str) -> usize {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(text))
+            .count()
     }
 }
 
@@ -123,7 +122,10 @@ impl Drop for Service {
     }
 }
 
-/// Runs `cmd` with exactly these settings, JSON logs at WARN and above into `log` (truncated).
+/// Written into a service's log before each of its lives.
+const LIFE_MARK: &str = "---- (re)started by the test ----\n";
+
+/// Runs `cmd` with exactly these settings, JSON logs at WARN and above appended to `log`.
 fn spawn(mut cmd: Command, settings: &Settings, log: &Path) -> Child {
     cmd.env_clear();
     cmd.env("PATH", std::env::var("PATH").unwrap_or_default());
@@ -131,7 +133,12 @@ fn spawn(mut cmd: Command, settings: &Settings, log: &Path) -> Child {
         cmd.env(k, v);
     }
     cmd.env("LOG_FORMAT", "json").env("RUST_LOG", "warn");
-    let file = std::fs::File::create(log).expect("create the service log");
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("open the service log");
+    std::io::Write::write_all(&mut file, LIFE_MARK.as_bytes()).expect("write the service log");
     cmd.stdout(file.try_clone().expect("log file handle"))
         .stderr(file)
         .stdin(Stdio::null())

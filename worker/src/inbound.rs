@@ -9,6 +9,14 @@
 //! ```
 //! Idempotent: a message is linked exactly once (guarded by `processed_at`), so a job re-run
 //! after a crash changes nothing.
+//!
+//! A job's messages are applied together, a chunk per transaction with set-based statements
+//! (one conversation upsert, one message update, one tenant update, one push of the route jobs):
+//! a job holds one connection and costs a few round trips whatever its size (budget.rs counts
+//! on the first; the worker's throughput on the second). Rows are locked in one order (numbers,
+//! then messages by arrival, then tenants by id) and a deadlock still detected is retried.
+
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -18,9 +26,11 @@ use shared::{
     optout::{self, OptChange},
     phone,
     routing::RouteStatus,
+    telemetry::TraceContext,
     tenants::Resolution,
 };
 use sqlx::PgConnection;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::Deps;
@@ -45,6 +55,7 @@ pub enum Outcome {
     Missing,
 }
 
+#[derive(Debug, Clone)]
 pub struct Stored {
     pub state: InboundState,
     pub from_number: Option<String>,
@@ -100,212 +111,466 @@ pub fn decide(msg: &Stored, region: phonenumber::country::Id) -> Decision {
     }
 }
 
-/// Messages of one job processed at once.
-const MESSAGES_IN_FLIGHT: usize = 16;
+/// Messages of one job applied per transaction.
+const CHUNK: usize = 128;
 
-/// Processes every message of a job, each in the trace of the webhook that stored it. All are
-/// attempted even when some fail; the job then fails and its re-run skips the messages already
-/// linked.
+/// Times a chunk's transaction is tried again after Postgres broke a deadlock with it.
+const DEADLOCK_RETRIES: u32 = 3;
+
+/// Processes every message of a job, a chunk per transaction; a re-run skips what an earlier
+/// run linked.
 pub async fn process_batch(deps: &Deps, job: &ProcessInbound) -> anyhow::Result<()> {
-    use futures::StreamExt;
-    let failures: Vec<anyhow::Error> = futures::stream::iter(job.message_ids.iter().copied())
-        .map(|id| process_traced(deps, id, job.traces.get(&id)))
-        .buffer_unordered(MESSAGES_IN_FLIGHT)
-        .filter_map(|r| async move { r.err() })
-        .collect()
-        .await;
-    match failures.into_iter().next() {
-        None => Ok(()),
-        Some(first) => Err(first.context("processing an inbound batch")),
+    for ids in job.message_ids.chunks(CHUNK) {
+        process_chunk(deps, ids, &job.traces).await?;
     }
+    Ok(())
 }
 
+/// One message, as a re-run or a test does it: a chunk of one.
 pub async fn process(deps: &Deps, message_id: Uuid) -> anyhow::Result<Outcome> {
-    process_traced(deps, message_id, None).await
+    let mut outcomes = process_chunk(deps, &[message_id], &HashMap::new()).await?;
+    Ok(outcomes.remove(&message_id).unwrap_or(Outcome::Missing))
 }
 
-#[tracing::instrument(name = "process_inbound", skip_all, fields(message_id = %message_id), err)]
-async fn process_traced(
+/// One stored message on its way: what it is, what was decided, and its own span (continuing
+/// the trace of the webhook that stored it; its route job continues that span).
+struct Item {
+    id: Uuid,
+    msg: Stored,
+    d: Decision,
+    resolution: Resolution,
+    span: tracing::Span,
+}
+
+async fn process_chunk(
     deps: &Deps,
-    message_id: Uuid,
-    trace: Option<&shared::telemetry::TraceContext>,
-) -> anyhow::Result<Outcome> {
-    shared::telemetry::continue_trace(trace);
-    let Some(msg) = load(deps, message_id).await? else {
-        tracing::warn!("inbound job for a message that does not exist");
-        return Ok(Outcome::Missing);
-    };
-    if msg.state == InboundState::Processed {
-        return Ok(Outcome::AlreadyProcessed);
-    }
-    let d = decide(&msg, deps.region);
-    // Directory lookups happen before the transaction so no row is locked while waiting on HTTP.
-    let resolution = deps.tenants.resolve(&d.original, d.e164.as_ref()).await?;
-    let tenant_id = match &resolution {
-        Resolution::Found(t) => Some(t.tenant_id.clone()),
-        Resolution::Unknown | Resolution::Unavailable => None,
-    };
-    let mut tx = deps.pool.begin().await?;
-    let owner_known = !matches!(resolution, Resolution::Unavailable);
-    let linked = link(
-        &mut tx,
-        message_id,
-        &msg,
-        &d,
-        tenant_id.as_deref(),
-        owner_known,
-    )
-    .await?;
-    let Some(conv) = linked else {
-        // A concurrent run linked it first; leave everything as that run wrote it.
-        return Ok(Outcome::AlreadyProcessed);
-    };
-    if let Some(tenant_id) = &conv.tenant_id {
-        update_tenant(deps, &mut tx, tenant_id, &d.number, d.detection).await?;
-    }
-    if let Some(seen) = &d.opt_change {
-        let recorded = record_opt_change(
-            &mut tx,
-            &msg,
-            &d.number,
-            message_id,
-            conv.tenant_id.as_deref(),
-            seen,
-        )
-        .await?;
-        if recorded.newly_opted_out && deps.opt_out_confirmation {
-            confirm_opt_out(deps, &mut tx, &conv, &d).await?;
+    ids: &[Uuid],
+    traces: &HashMap<Uuid, TraceContext>,
+) -> anyhow::Result<HashMap<Uuid, Outcome>> {
+    let stored = load(deps, ids).await?;
+    let mut outcomes: HashMap<Uuid, Outcome> =
+        ids.iter().map(|id| (*id, Outcome::Missing)).collect();
+    let mut items = Vec::with_capacity(stored.len());
+    // Directory lookups happen before the transaction so no row is locked while waiting on HTTP;
+    // one lookup per number.
+    let mut resolved: HashMap<String, Resolution> = HashMap::new();
+    for (id, msg) in stored {
+        if msg.state == InboundState::Processed {
+            outcomes.insert(id, Outcome::AlreadyProcessed);
+            continue;
         }
+        let span = tracing::info_span!("process_inbound", message_id = %id);
+        shared::telemetry::continue_trace_in(&span, traces.get(&id));
+        let d = decide(&msg, deps.region);
+        let resolution = match resolved.get(&d.number) {
+            Some(r) => r.clone(),
+            None => {
+                let r = deps
+                    .tenants
+                    .resolve(&d.original, d.e164.as_ref())
+                    .instrument(span.clone())
+                    .await?;
+                resolved.insert(d.number.clone(), r.clone());
+                r
+            }
+        };
+        items.push(Item {
+            id,
+            msg,
+            d,
+            resolution,
+            span,
+        });
     }
-    set_route_status(&mut tx, message_id, d.route).await?;
-    tx.commit().await?;
-    report(deps, &resolution, &conv.tenant_id, &d);
-    Ok(Outcome::Processed {
-        conversation_id: conv.id,
-        tenant_id: conv.tenant_id,
-        language: d.detection,
+    if items.is_empty() {
+        return Ok(outcomes);
+    }
+    let mut tries = 0;
+    let applied = loop {
+        match apply(deps, &items).await {
+            Err(e) if is_deadlock(&e) && tries < DEADLOCK_RETRIES => {
+                tries += 1;
+                tracing::warn!(tries, "inbound batch deadlocked with another; trying again");
+            }
+            other => break other?,
+        }
+    };
+    for item in &items {
+        let outcome = match applied.get(&item.id) {
+            Some(conv) => {
+                let _entered = item.span.enter();
+                report(deps, &item.resolution, &conv.tenant_id, &item.d);
+                Outcome::Processed {
+                    conversation_id: conv.id,
+                    tenant_id: conv.tenant_id.clone(),
+                    language: item.d.detection,
+                }
+            }
+            None => Outcome::AlreadyProcessed,
+        };
+        outcomes.insert(item.id, outcome);
+    }
+    Ok(outcomes)
+}
+
+fn is_deadlock(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<sqlx::Error>().is_some_and(
+            |e| matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("40P01")),
+        )
     })
 }
 
-async fn load(deps: &Deps, message_id: Uuid) -> anyhow::Result<Option<Stored>> {
-    let row = sqlx::query!(
-        r#"SELECT from_number, to_number, message_content, raw_webhook_data, created_at,
+/// Stored messages by arrival (the order their effects apply in).
+async fn load(deps: &Deps, ids: &[Uuid]) -> anyhow::Result<Vec<(Uuid, Stored)>> {
+    let rows = sqlx::query!(
+        r#"SELECT id, from_number, to_number, message_content, raw_webhook_data, created_at,
                   processed_at
-           FROM sms_messages WHERE id = $1 AND direction = 'inbound'"#,
-        message_id
+           FROM sms_messages WHERE id = ANY($1) AND direction = 'inbound'
+           ORDER BY created_at, id"#,
+        ids
     )
-    .fetch_optional(&deps.pool)
+    .fetch_all(&deps.pool)
     .await?;
-    Ok(row.map(|row| Stored {
-        state: if row.processed_at.is_some() {
-            InboundState::Processed
-        } else {
-            InboundState::Stored
-        },
-        from_number: row.from_number,
-        to_number: row.to_number,
-        body: row.message_content,
-        raw: row.raw_webhook_data,
-        created_at: row.created_at,
-    }))
+    Ok(rows
+        .into_iter()
+        .map(|row| {
+            let msg = Stored {
+                state: if row.processed_at.is_some() {
+                    InboundState::Processed
+                } else {
+                    InboundState::Stored
+                },
+                from_number: row.from_number,
+                to_number: row.to_number,
+                body: row.message_content,
+                raw: row.raw_webhook_data,
+                created_at: row.created_at,
+            };
+            (row.id, msg)
+        })
+        .collect())
 }
 
+/// A conversation as the batch found it after its upsert.
+#[derive(Debug, Clone)]
 struct Linked {
     id: Uuid,
     tenant_id: Option<String>,
 }
 
-/// Upserts the conversation, links the message to it (None: another run linked it first), and
-/// merges the detected language into the conversation's.
+/// A conversation row to upsert: the number's first message in the batch gives its written
+/// form, the latest its time.
+struct ConversationInput<'a> {
+    original: &'a str,
+    tenant_id: Option<&'a str>,
+    last_message_at: DateTime<Utc>,
+    owner_known: bool,
+    kind: &'static str,
+}
+
+/// The transaction: conversations, messages, languages, tenants, opt changes and route jobs.
+/// Returns the conversation of each message it linked (the others were linked by another run).
+async fn apply(deps: &Deps, items: &[Item]) -> anyhow::Result<HashMap<Uuid, Linked>> {
+    let mut tx = deps.pool.begin().await?;
+    let conversations = upsert_conversations(&mut tx, items).await?;
+    let linked = link_messages(&mut tx, items, &conversations).await?;
+    if linked.is_empty() {
+        return Ok(linked); // another run linked them all first: roll back
+    }
+    let mine: Vec<&Item> = items
+        .iter()
+        .filter(|i| linked.contains_key(&i.id))
+        .collect();
+    merge_conversation_languages(&mut tx, &mine, &conversations).await?;
+    update_tenants(deps, &mut tx, &mine, &linked).await?;
+    // Opt changes in one order (per number, by arrival) so concurrent batches lock alike.
+    let mut opt: Vec<&&Item> = mine.iter().filter(|i| i.d.opt_change.is_some()).collect();
+    opt.sort_by(|a, b| (&a.d.number, a.msg.created_at).cmp(&(&b.d.number, b.msg.created_at)));
+    for item in opt {
+        let (Some(seen), Some(conv)) = (&item.d.opt_change, linked.get(&item.id)) else {
+            continue;
+        };
+        let recorded = record_opt_change(
+            &mut tx,
+            &item.msg,
+            &item.d.number,
+            item.id,
+            conv.tenant_id.as_deref(),
+            seen,
+        )
+        .instrument(item.span.clone())
+        .await?;
+        if recorded.newly_opted_out && deps.opt_out_confirmation {
+            confirm_opt_out(deps, &mut tx, conv, &item.d)
+                .instrument(item.span.clone())
+                .await?;
+        }
+    }
+    let routes: Vec<RouteMessage> = mine
+        .iter()
+        .filter(|i| i.d.route == RouteStatus::Pending)
+        .map(|i| RouteMessage {
+            message_id: i.id,
+            attempt: 0,
+            trace: TraceContext::of(&i.span),
+        })
+        .collect();
+    jobs::schedule(&mut tx, &routes, When::NOW).await?;
+    tx.commit().await?;
+    Ok(linked)
+}
+
+/// Upserts every number's conversation in one statement, in number order (the lock order).
 ///
 /// The conversation follows the number's current owner: the tenant found, or none when the
 /// directory definitively knows none (a number removed or recycled); a directory outage
-/// (`owner_known` false) leaves it as it was. The message belongs to the conversation's tenant of
-/// this moment, for good.
-async fn link(
+/// (`owner_known` false) leaves it as it was.
+async fn upsert_conversations(
     tx: &mut PgConnection,
-    message_id: Uuid,
-    msg: &Stored,
-    d: &Decision,
-    tenant_id: Option<&str>,
-    owner_known: bool,
-) -> anyhow::Result<Option<Linked>> {
-    let conv = sqlx::query!(
-        r#"INSERT INTO sms_conversations (phone_number, phone_number_original, tenant_id, last_message_at, number_kind)
-           VALUES ($1, $2, $3, $4, $6)
+    items: &[Item],
+) -> anyhow::Result<HashMap<String, (Linked, Option<Detection>)>> {
+    let mut by_number: BTreeMap<&str, ConversationInput<'_>> = BTreeMap::new();
+    for item in items {
+        let tenant_id = match &item.resolution {
+            Resolution::Found(t) => Some(t.tenant_id.as_str()),
+            Resolution::Unknown | Resolution::Unavailable => None,
+        };
+        let input = by_number
+            .entry(item.d.number.as_str())
+            .or_insert(ConversationInput {
+                original: &item.d.original,
+                tenant_id,
+                last_message_at: item.msg.created_at,
+                owner_known: !matches!(item.resolution, Resolution::Unavailable),
+                kind: item.d.kind.as_str(),
+            });
+        input.last_message_at = input.last_message_at.max(item.msg.created_at);
+    }
+    let numbers: Vec<&str> = by_number.keys().copied().collect();
+    let originals: Vec<&str> = by_number.values().map(|c| c.original).collect();
+    let tenants: Vec<Option<&str>> = by_number.values().map(|c| c.tenant_id).collect();
+    let ats: Vec<DateTime<Utc>> = by_number.values().map(|c| c.last_message_at).collect();
+    let known: Vec<bool> = by_number.values().map(|c| c.owner_known).collect();
+    let kinds: Vec<&str> = by_number.values().map(|c| c.kind).collect();
+    let rows = sqlx::query!(
+        r#"WITH input AS (
+               SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::bool[], $6::text[])
+                   WITH ORDINALITY AS u(number, original, tenant_id, at, known, kind, n)
+           )
+           INSERT INTO sms_conversations AS c (phone_number, phone_number_original, tenant_id, last_message_at, number_kind)
+           SELECT number, original, tenant_id, at, kind FROM input ORDER BY n
            ON CONFLICT (phone_number) DO UPDATE SET
-               tenant_id = CASE WHEN $5 THEN EXCLUDED.tenant_id ELSE sms_conversations.tenant_id END,
-               last_message_at = GREATEST(sms_conversations.last_message_at, EXCLUDED.last_message_at),
+               tenant_id = CASE WHEN (SELECT known FROM input WHERE input.number = EXCLUDED.phone_number)
+                                THEN EXCLUDED.tenant_id ELSE c.tenant_id END,
+               last_message_at = GREATEST(c.last_message_at, EXCLUDED.last_message_at),
                updated_at = now()
-           RETURNING id, tenant_id, language_detected, language_confidence"#,
-        d.number,
-        d.original,
-        tenant_id,
-        msg.created_at,
-        owner_known,
-        d.kind.as_str()
+           RETURNING id, phone_number, tenant_id, language_detected, language_confidence"#,
+        &numbers as &[&str],
+        &originals as &[&str],
+        &tenants as &[Option<&str>],
+        &ats,
+        &known,
+        &kinds as &[&str]
     )
-    .fetch_one(&mut *tx)
+    .fetch_all(&mut *tx)
     .await?;
-    let linked = sqlx::query!(
-        r#"UPDATE sms_messages
-           SET conversation_id = $2, language_detected = $3, language_confidence = $4,
-               tenant_id = $5, processed_at = now(), updated_at = now()
-           WHERE id = $1 AND processed_at IS NULL"#,
-        message_id,
-        conv.id,
-        d.detection.map(|d| d.language.code()),
-        d.detection.map(|d| d.confidence),
-        conv.tenant_id
-    )
-    .execute(&mut *tx)
-    .await?;
-    if linked.rows_affected() == 0 {
-        return Ok(None);
-    }
-    if let Some(new) = d.detection {
-        let current = stored_detection(conv.language_detected.as_deref(), conv.language_confidence);
-        let merged = language::merge(current, new);
-        if Some(merged) != current {
-            sqlx::query!(
-                "UPDATE sms_conversations SET language_detected = $2, language_confidence = $3 WHERE id = $1",
-                conv.id,
-                merged.language.code(),
-                merged.confidence
-            )
-            .execute(&mut *tx)
-            .await?;
-            tracing::info!(conversation_id = %conv.id, from = ?current.map(|c| c.language.code()),
-                to = merged.language.code(), confidence = merged.confidence, "conversation language updated");
-        }
-    }
-    Ok(Some(Linked {
-        id: conv.id,
-        tenant_id: conv.tenant_id,
-    }))
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            let current = stored_detection(r.language_detected.as_deref(), r.language_confidence);
+            let linked = Linked {
+                id: r.id,
+                tenant_id: r.tenant_id,
+            };
+            (r.phone_number, (linked, current))
+        })
+        .collect())
 }
 
-/// `pending` with its route job, or `skipped`.
-async fn set_route_status(
+/// Links every message not yet linked to its conversation, in one statement: the message
+/// belongs to the conversation's tenant of this moment, for good, and waits for its route (or
+/// is skipped: opt-out keywords are the carrier's business, not an agent's).
+async fn link_messages(
     tx: &mut PgConnection,
-    message_id: Uuid,
-    status: RouteStatus,
+    items: &[Item],
+    conversations: &HashMap<String, (Linked, Option<Detection>)>,
+) -> anyhow::Result<HashMap<Uuid, Linked>> {
+    let conv = |item: &Item| &conversations[&item.d.number].0;
+    let ids: Vec<Uuid> = items.iter().map(|i| i.id).collect();
+    let conv_ids: Vec<Uuid> = items.iter().map(|i| conv(i).id).collect();
+    let languages: Vec<Option<&str>> = items
+        .iter()
+        .map(|i| i.d.detection.map(|d| d.language.code()))
+        .collect();
+    let confidences: Vec<Option<f32>> = items
+        .iter()
+        .map(|i| i.d.detection.map(|d| d.confidence))
+        .collect();
+    let tenants: Vec<Option<&str>> = items.iter().map(|i| conv(i).tenant_id.as_deref()).collect();
+    let routes: Vec<&str> = items.iter().map(|i| i.d.route.as_str()).collect();
+    let linked = sqlx::query_scalar!(
+        r#"UPDATE sms_messages m
+           SET conversation_id = u.conversation_id, language_detected = u.language,
+               language_confidence = u.confidence, tenant_id = u.tenant_id, route_status = u.route,
+               processed_at = now(), updated_at = now()
+           FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::real[], $5::text[], $6::text[])
+                AS u(id, conversation_id, language, confidence, tenant_id, route)
+           WHERE m.id = u.id AND m.processed_at IS NULL
+           RETURNING m.id"#,
+        &ids,
+        &conv_ids,
+        &languages as &[Option<&str>],
+        &confidences as &[Option<f32>],
+        &tenants as &[Option<&str>],
+        &routes as &[&str]
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    Ok(linked
+        .into_iter()
+        .filter_map(|id| {
+            let item = items.iter().find(|i| i.id == id)?;
+            Some((id, conv(item).clone()))
+        })
+        .collect())
+}
+
+/// Merges each message's detected language into its conversation's, in arrival order; one
+/// statement for the conversations whose language changed.
+async fn merge_conversation_languages(
+    tx: &mut PgConnection,
+    items: &[&Item],
+    conversations: &HashMap<String, (Linked, Option<Detection>)>,
 ) -> anyhow::Result<()> {
+    let mut merged: BTreeMap<&str, Option<Detection>> = BTreeMap::new();
+    for item in items {
+        let Some(new) = item.d.detection else {
+            continue;
+        };
+        let current = merged
+            .entry(item.d.number.as_str())
+            .or_insert_with(|| conversations[&item.d.number].1);
+        *current = Some(language::merge(*current, new));
+    }
+    let changed: Vec<(Uuid, Detection, Option<Detection>)> = merged
+        .into_iter()
+        .filter_map(|(number, now)| {
+            let (conv, before) = &conversations[number];
+            let now = now?;
+            (Some(now) != *before).then_some((conv.id, now, *before))
+        })
+        .collect();
+    if changed.is_empty() {
+        return Ok(());
+    }
+    for (id, now, before) in &changed {
+        tracing::info!(conversation_id = %id, from = ?before.map(|c| c.language.code()),
+            to = now.language.code(), confidence = now.confidence, "conversation language updated");
+    }
+    let ids: Vec<Uuid> = changed.iter().map(|c| c.0).collect();
+    let codes: Vec<&str> = changed.iter().map(|c| c.1.language.code()).collect();
+    let confidences: Vec<f32> = changed.iter().map(|c| c.1.confidence).collect();
     sqlx::query!(
-        "UPDATE sms_messages SET route_status = $2 WHERE id = $1",
-        message_id,
-        status.as_str()
+        r#"UPDATE sms_conversations c SET language_detected = u.language, language_confidence = u.confidence
+           FROM UNNEST($1::uuid[], $2::text[], $3::real[]) AS u(id, language, confidence)
+           WHERE c.id = u.id"#,
+        &ids,
+        &codes as &[&str],
+        &confidences
     )
     .execute(&mut *tx)
     .await?;
-    if status == RouteStatus::Pending {
-        let job = RouteMessage {
-            message_id,
-            attempt: 0,
-            trace: shared::telemetry::TraceContext::current(),
+    Ok(())
+}
+
+/// Tracks each tenant's most recently used number and, when its language preference changes,
+/// stores it and (with a Monitor configured) enqueues telling the Monitor, in the same commit.
+/// Tenants in id order (the lock order).
+async fn update_tenants(
+    deps: &Deps,
+    tx: &mut PgConnection,
+    items: &[&Item],
+    linked: &HashMap<Uuid, Linked>,
+) -> anyhow::Result<()> {
+    // Per tenant: its latest number and its messages' detections in arrival order.
+    let mut tenants: BTreeMap<&str, (&str, Vec<Detection>)> = BTreeMap::new();
+    for item in items {
+        let Some(tenant_id) = linked[&item.id].tenant_id.as_deref() else {
+            continue;
         };
-        jobs::schedule(tx, &[job], When::NOW).await?;
+        let entry = tenants
+            .entry(tenant_id)
+            .or_insert((item.d.number.as_str(), Vec::new()));
+        entry.0 = item.d.number.as_str();
+        entry.1.extend(item.d.detection);
     }
+    if tenants.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<&str> = tenants.keys().copied().collect();
+    let numbers: Vec<&str> = tenants.values().map(|t| t.0).collect();
+    let rows = sqlx::query!(
+        r#"UPDATE tenant_profiles t SET last_used_phone_number = u.number, updated_at = now()
+           FROM (SELECT * FROM UNNEST($1::text[], $2::text[]) AS u(tenant_id, number) ORDER BY tenant_id) u
+           WHERE t.tenant_id = u.tenant_id
+           RETURNING t.tenant_id, t.language_preference, t.language_confidence"#,
+        &ids as &[&str],
+        &numbers as &[&str]
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut changed = Vec::new();
+    let mut notify = Vec::new();
+    for row in rows {
+        let Some((_, detections)) = tenants.get(row.tenant_id.as_str()) else {
+            continue;
+        };
+        let current = stored_detection(row.language_preference.as_deref(), row.language_confidence);
+        let Some(merged) = detections
+            .iter()
+            .fold(current, |acc, new| Some(language::merge(acc, *new)))
+        else {
+            continue;
+        };
+        if Some(merged) == current {
+            continue;
+        }
+        if current.map(|c| c.language) != Some(merged.language) {
+            tracing::info!(
+                tenant_id = %row.tenant_id,
+                from = ?current.map(|c| c.language.code()),
+                to = merged.language.code(),
+                "tenant language preference changed"
+            );
+            if deps.tenants.monitor().is_some() {
+                notify.push(NotifyLanguage {
+                    tenant_id: row.tenant_id.clone(),
+                    language: merged.language.code().to_owned(),
+                    confidence: merged.confidence,
+                    attempt: 0,
+                    trace: TraceContext::current(),
+                });
+            }
+        }
+        changed.push((row.tenant_id, merged));
+    }
+    if !changed.is_empty() {
+        let ids: Vec<&str> = changed.iter().map(|c| c.0.as_str()).collect();
+        let codes: Vec<&str> = changed.iter().map(|c| c.1.language.code()).collect();
+        let confidences: Vec<f32> = changed.iter().map(|c| c.1.confidence).collect();
+        sqlx::query!(
+            r#"UPDATE tenant_profiles t SET language_preference = u.language, language_confidence = u.confidence
+               FROM UNNEST($1::text[], $2::text[], $3::real[]) AS u(tenant_id, language, confidence)
+               WHERE t.tenant_id = u.tenant_id"#,
+            &ids as &[&str],
+            &codes as &[&str],
+            &confidences
+        )
+        .execute(&mut *tx)
+        .await?;
+    }
+    jobs::schedule(tx, &notify, When::NOW).await?;
     Ok(())
 }
 
@@ -328,65 +593,6 @@ fn stored_detection(code: Option<&str>, confidence: Option<f32>) -> Option<Detec
         language: Language::from_code(code?)?,
         confidence: confidence.unwrap_or(0.0),
     })
-}
-
-/// Tracks the tenant's most recently used number and, when its language preference changes,
-/// stores it and (with a Monitor configured) enqueues telling the Monitor, in the same commit.
-async fn update_tenant(
-    deps: &Deps,
-    tx: &mut sqlx::PgConnection,
-    tenant_id: &str,
-    number: &str,
-    detection: Option<Detection>,
-) -> anyhow::Result<()> {
-    let tenant = sqlx::query!(
-        r#"UPDATE tenant_profiles SET last_used_phone_number = $2, updated_at = now()
-           WHERE tenant_id = $1
-           RETURNING language_preference, language_confidence"#,
-        tenant_id,
-        number
-    )
-    .fetch_optional(&mut *tx)
-    .await?;
-    let (Some(tenant), Some(new)) = (tenant, detection) else {
-        return Ok(());
-    };
-    let current = stored_detection(
-        tenant.language_preference.as_deref(),
-        tenant.language_confidence,
-    );
-    let merged = language::merge(current, new);
-    if Some(merged) == current {
-        return Ok(());
-    }
-    sqlx::query!(
-        "UPDATE tenant_profiles SET language_preference = $2, language_confidence = $3 WHERE tenant_id = $1",
-        tenant_id,
-        merged.language.code(),
-        merged.confidence
-    )
-    .execute(&mut *tx)
-    .await?;
-    let language_changed = current.map(|c| c.language) != Some(merged.language);
-    if language_changed {
-        tracing::info!(
-            tenant_id,
-            from = ?current.map(|c| c.language.code()),
-            to = merged.language.code(),
-            "tenant language preference changed"
-        );
-        if deps.tenants.monitor().is_some() {
-            let job = NotifyLanguage {
-                tenant_id: tenant_id.to_owned(),
-                language: merged.language.code().to_owned(),
-                confidence: merged.confidence,
-                attempt: 0,
-                trace: shared::telemetry::TraceContext::current(),
-            };
-            jobs::schedule(tx, &[job], When::NOW).await?;
-        }
-    }
-    Ok(())
 }
 
 /// A keyword or revocation phrase in the body, or Twilio's own `OptOutType` field (which wins

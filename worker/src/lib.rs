@@ -1,6 +1,7 @@
 //! `sms-worker`: apalis workers over the Postgres job queue. `--queues` picks which queues a
 //! replica runs, so operations scale each independently.
 
+pub mod budget;
 pub mod cli;
 pub mod inbound;
 pub mod language_notify;
@@ -17,6 +18,7 @@ use std::sync::Arc;
 use phonenumber::country::Id;
 use shared::{
     config::{self, Outbound},
+    jobs,
     monitor::MonitorClient,
     outbound::Sender,
     retry::RetryPolicy,
@@ -55,12 +57,11 @@ pub struct Deps {
     pub metrics: metrics::WorkerMetrics,
 }
 
-/// One listening connection per queue a worker can run.
-const LISTENERS: u32 = 8;
-
 impl Deps {
     pub fn new(cfg: &config::Worker, pool: PgPool) -> Arc<Self> {
         let monitor = MonitorClient::from_config(&cfg.monitor);
+        let per_queue = budget::Budget::plan(cfg.common.database_max_connections, jobs::ALL_QUEUES)
+            .queue_connections;
         Arc::new(Self {
             tenants: TenantResolver::new(
                 pool.clone(),
@@ -68,9 +69,11 @@ impl Deps {
                 &cfg.tenant_cache,
                 cfg.common.default_region,
             ),
-            listen_pool: shared::db::session_pool(&cfg.common, &pool, LISTENERS)
+            // One listening connection per queue the process can run.
+            listen_pool: shared::db::session_pool(&cfg.common, per_queue)
                 .expect("DATABASE_SESSION_URL validated with the configuration"),
-            queue_pool: shared::db::lazy_pool_of(&cfg.common, cfg.queue_connections)
+            // One connection per queue the process can run (budget.rs).
+            queue_pool: shared::db::lazy_pool_of(&cfg.common, per_queue)
                 .expect("DATABASE_URL validated with the configuration"),
             pool,
             region: cfg.common.default_region,

@@ -17,6 +17,12 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(telemetry::cancel_on_signal(shutdown.clone()));
     tracing::info!(?queues, "sms-worker starting");
+    for setting in &cfg.retired {
+        tracing::warn!(
+            setting,
+            "setting no longer read: jobs in flight, fetch size and the queue's pool follow DATABASE_MAX_CONNECTIONS"
+        );
+    }
     tokio::spawn(worker::metrics::report_cache(
         deps.clone(),
         shutdown.clone(),

@@ -50,6 +50,7 @@ pub struct WorkerMetrics {
     languages: IntCounterVec,
     numbers: IntCounterVec,
     routes: IntCounterVec,
+    route_reruns: IntCounterVec,
     tenant_cache: IntCounterVec,
     reconciler: IntCounterVec,
     backfilled: IntCounterVec,
@@ -105,8 +106,14 @@ impl WorkerMetrics {
             routes: m::counter(
                 &r,
                 "sms_route_outcomes_total",
-                "Route jobs by outcome: delivered, replied, retry, unroutable, already_done.",
+                "Route jobs by outcome: delivered, replied, retry, unroutable, already_done, deferred.",
                 &["outcome"],
+            ),
+            route_reruns: m::counter(
+                &r,
+                "sms_route_reruns_total",
+                "Agent calls made again because the run that claimed the message died (at least once delivery).",
+                &[],
             ),
             tenant_cache: m::counter(
                 &r,
@@ -171,6 +178,10 @@ impl WorkerMetrics {
         self.routes.with_label_values(&[outcome]).inc();
     }
 
+    pub fn route_rerun(&self) {
+        self.route_reruns.with_label_values(&[] as &[&str]).inc();
+    }
+
     /// Refreshes the scrape-time values and renders everything.
     pub async fn render(&self, deps: &Deps) -> String {
         self.scrape.refresh(&deps.pool).await;
@@ -232,7 +243,10 @@ impl Retried for crate::send::Outcome {
 
 impl Retried for crate::route::Outcome {
     fn retried(&self) -> bool {
-        matches!(self, crate::route::Outcome::Retrying)
+        matches!(
+            self,
+            crate::route::Outcome::Retrying | crate::route::Outcome::Deferred
+        )
     }
 }
 

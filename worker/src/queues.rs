@@ -12,22 +12,25 @@ use apalis_postgres::{Config, PostgresStorage};
 use serde::de::DeserializeOwned;
 use shared::{
     config,
-    jobs::{self, ApplyStatus, Job, NotifyLanguage, ProcessInbound, RouteMessage, SendMessage},
+    jobs::{self, ApplyStatuses, Job, NotifyLanguage, ProcessInbound, RouteMessage, SendMessage},
 };
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::{
-    Deps, inbound, language_notify,
+    Deps,
+    budget::{Budget, QueueBudget},
+    inbound, language_notify,
     metrics::{JobResult, Retried},
     reconcile, route, send, status_apply,
     wakeups::Wakeups,
 };
 
+/// How the queues run; how many jobs each runs at once comes from the budget (budget.rs).
 #[derive(Debug, Clone)]
 pub struct QueueSettings {
-    pub concurrency: usize,
-    pub batch_size: usize,
+    /// The handlers' pool size (`DATABASE_MAX_CONNECTIONS`), which the budget divides.
+    pub handler_connections: u32,
     pub heartbeat_interval: Duration,
     pub missed_heartbeats: usize,
     pub poll_interval: Duration,
@@ -36,8 +39,7 @@ pub struct QueueSettings {
 impl From<&config::Worker> for QueueSettings {
     fn from(cfg: &config::Worker) -> Self {
         Self {
-            concurrency: cfg.concurrency,
-            batch_size: cfg.batch_size,
+            handler_connections: cfg.common.database_max_connections,
             heartbeat_interval: cfg.heartbeat_interval,
             missed_heartbeats: cfg.missed_heartbeats,
             poll_interval: cfg.poll_interval,
@@ -130,10 +132,10 @@ async fn handle_route(job: RouteMessage, deps: Data<Arc<Deps>>) -> Result<(), Bo
     .await
 }
 
-async fn handle_status(job: ApplyStatus, deps: Data<Arc<Deps>>) -> Result<(), BoxDynError> {
+async fn handle_status(job: ApplyStatuses, deps: Data<Arc<Deps>>) -> Result<(), BoxDynError> {
     let d = Arc::clone(&deps);
     guarded(&deps, jobs::OUTBOUND_STATUS, async move {
-        status_apply::process(&d, job).await
+        status_apply::process_all(&d, job).await
     })
     .await
 }
@@ -153,23 +155,23 @@ pub async fn run(
     tokio::spawn(directory);
     let boot = ulid::Ulid::generate().to_string().to_lowercase();
     let host = hostname();
+    let budget = Budget::plan(settings.handler_connections, &queues);
+    tracing::info!(?budget, "connection budget");
     let mut tasks = tokio::task::JoinSet::new();
     for queue in queues {
-        let (deps, settings, shutdown) = (deps.clone(), settings.clone(), shutdown.clone());
-        let prefix = format!("{host}-{queue}-{boot}");
+        let (deps, shutdown) = (deps.clone(), shutdown.clone());
+        let run = Run {
+            prefix: format!("{host}-{queue}-{boot}"),
+            settings: settings.clone(),
+            budget: budget.of(queue),
+        };
         tasks.spawn(async move {
             match queue {
-                jobs::INBOUND => supervise(prefix, deps, settings, shutdown, handle_inbound).await,
-                jobs::MONITOR_LANGUAGE => {
-                    supervise(prefix, deps, settings, shutdown, handle_language).await
-                }
-                jobs::OUTBOUND_SEND => {
-                    supervise(prefix, deps, settings, shutdown, handle_send).await
-                }
-                jobs::OUTBOUND_STATUS => {
-                    supervise(prefix, deps, settings, shutdown, handle_status).await
-                }
-                jobs::ROUTE => supervise(prefix, deps, settings, shutdown, handle_route).await,
+                jobs::INBOUND => supervise(run, deps, shutdown, handle_inbound).await,
+                jobs::MONITOR_LANGUAGE => supervise(run, deps, shutdown, handle_language).await,
+                jobs::OUTBOUND_SEND => supervise(run, deps, shutdown, handle_send).await,
+                jobs::OUTBOUND_STATUS => supervise(run, deps, shutdown, handle_status).await,
+                jobs::ROUTE => supervise(run, deps, shutdown, handle_route).await,
                 jobs::RECONCILER => reconcile::run(deps, shutdown).await,
                 other => unreachable!("queue {other} validated by parse_queues"),
             }
@@ -178,26 +180,34 @@ pub async fn run(
     while tasks.join_next().await.is_some() {}
 }
 
-/// Runs the worker of `J`'s own queue (`Job::QUEUE`), so a handler reads only its payload type.
-async fn supervise<J, F, Fut>(
+/// What one queue's supervisor needs: its workers' name prefix, the settings and its budget.
+struct Run {
     prefix: String,
-    deps: Arc<Deps>,
     settings: QueueSettings,
-    shutdown: CancellationToken,
-    handler: F,
-) where
+    budget: Option<QueueBudget>,
+}
+
+/// Runs the worker of `J`'s own queue (`Job::QUEUE`), so a handler reads only its payload type.
+async fn supervise<J, F, Fut>(run: Run, deps: Arc<Deps>, shutdown: CancellationToken, handler: F)
+where
     J: Job + DeserializeOwned + Send + Sync + Unpin + 'static,
     F: Fn(J, Data<Arc<Deps>>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<(), BoxDynError>> + Send + 'static,
 {
     let queue = J::QUEUE;
+    let Run {
+        prefix,
+        settings,
+        budget,
+    } = run;
+    let budget = budget.expect("every apalis queue run has a budget");
     let mut generation = 0u32;
     while !shutdown.is_cancelled() {
         generation += 1;
         let name = format!("{prefix}-{generation}");
         let config = Config::default()
             .queue(queue)
-            .batch_size(settings.batch_size)
+            .batch_size(budget.fetch)
             .heartbeat_interval(settings.heartbeat_interval)
             .missed_heartbeats(settings.missed_heartbeats);
         // NOTIFY wakes the worker at once; the interval is the safety net (see wakeups.rs), and
@@ -214,7 +224,7 @@ async fn supervise<J, F, Fut>(
         let worker = WorkerBuilder::new(name.as_str())
             .backend(backend)
             .data(deps.clone())
-            .concurrency(settings.concurrency)
+            .concurrency(budget.jobs)
             .build(handler.clone());
         tracing::info!(queue, worker = %name, "worker starting");
         let stop = shutdown.clone();

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use shared::{
-    jobs::{self, ApplyStatus, When},
+    jobs::{self, ApplyStatus, ApplyStatuses, When},
     phone,
     tenants::Resolution,
 };
@@ -15,6 +15,9 @@ use tokio_util::sync::CancellationToken;
 use crate::Deps;
 
 const BATCH: i64 = 200;
+
+/// Most inbound messages one backfill pass stores.
+const BACKFILL_PER_PASS: usize = 1_000;
 
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Report {
@@ -215,9 +218,32 @@ async fn backfill_inbound(
         || now - chrono::Duration::from_std(cfg.inbound_backfill_lookback).unwrap_or_default(),
         |s| s.watermark,
     );
-    let received = twilio
+    let listed = twilio
         .list_received(cfg.sender.phone_number.as_deref(), since)
         .await?;
+    // What we lack, oldest first, at most BACKFILL_PER_PASS of it: the pass's work and its
+    // transaction stay bounded however long Twilio's log is (one indexed lookup per 1,000
+    // listed, one insert); the rest waits for the next pass.
+    let sids: Vec<&str> = listed.iter().map(|m| m.sid.as_str()).collect();
+    let mut present = std::collections::HashSet::new();
+    for chunk in sids.chunks(1_000) {
+        present.extend(
+            sqlx::query_scalar!(
+                r#"SELECT twilio_sid AS "sid!" FROM sms_messages WHERE twilio_sid = ANY($1)"#,
+                chunk as &[&str]
+            )
+            .fetch_all(&deps.pool)
+            .await?,
+        );
+    }
+    let mut missing: Vec<&shared::twilio::client::MessageResource> = listed
+        .iter()
+        .filter(|m| !present.contains(&m.sid))
+        .collect();
+    missing.sort_by_key(|m| m.sent());
+    let truncated = missing.len() > BACKFILL_PER_PASS;
+    missing.truncate(BACKFILL_PER_PASS);
+    let received = missing;
     let mut raws: Vec<serde_json::Value> = Vec::with_capacity(received.len());
     for m in &received {
         let mut raw = serde_json::json!({
@@ -253,7 +279,13 @@ async fn backfill_inbound(
     }
     let mut tx = deps.pool.begin().await?;
     let stored = jobs::store_inbound(&mut tx, &rows).await?;
-    let newest = received.iter().filter_map(|m| m.sent()).max();
+    // Cut short: the watermark stays at the last message stored, so the next pass lists the
+    // rest again (what it stored is then present and skipped).
+    let newest = if truncated {
+        received.last().and_then(|m| m.sent())
+    } else {
+        listed.iter().filter_map(|m| m.sent()).max()
+    };
     let watermark = newest.map_or(since, |t| (t - chrono::Duration::minutes(1)).max(since));
     sqlx::query!(
         r#"INSERT INTO inbound_backfill (id, watermark, ran_at) VALUES (true, $1, now())
@@ -306,7 +338,7 @@ async fn apply_fetched(
             our_message_id: Some(id),
             trace: shared::telemetry::TraceContext::current(),
         };
-        jobs::schedule(&mut tx, &[apply], When::NOW).await?;
+        jobs::schedule(&mut tx, &[ApplyStatuses::one(apply)], When::NOW).await?;
     }
     tx.commit().await?;
     Ok(if inserted.is_some() {

@@ -76,10 +76,16 @@ impl Quarantine {
 #[derive(Debug, PartialEq)]
 pub enum Outcome {
     Delivered,
-    Replied { reply_id: Uuid },
+    Replied {
+        reply_id: Uuid,
+    },
     Retrying,
-    Unroutable { reason: String },
+    Unroutable {
+        reason: String,
+    },
     AlreadyDone,
+    /// Another run holds the message's claim: this job runs again when the claim expires.
+    Deferred,
 }
 
 impl Outcome {
@@ -90,6 +96,7 @@ impl Outcome {
             Outcome::Retrying => RoutingOutcome::Retry.as_str(),
             Outcome::Unroutable { .. } => RoutingOutcome::Unroutable.as_str(),
             Outcome::AlreadyDone => "already_done",
+            Outcome::Deferred => "deferred",
         }
     }
 }
@@ -191,9 +198,21 @@ pub async fn process(deps: &Deps, job: RouteMessage) -> anyhow::Result<Outcome> 
         }
         Plan::Call(route) => route,
     };
+    let run = Uuid::new_v4();
+    let claim_for = deps.route_timeout + CLAIM_MARGIN;
+    match claim(deps, job.message_id, run, claim_for).await? {
+        Claim::Taken { rerun } => {
+            if rerun {
+                deps.metrics.route_rerun();
+                tracing::warn!("agent call made again: the run that claimed this message died");
+            }
+        }
+        Claim::Held { until } => return defer(deps, &job, until).await,
+    }
     let call = call_agent(deps, route, &m.payload).await?;
     let decision = decide(call.status, job.attempt, &deps.route_retry);
     let mut tx = deps.pool.begin().await?;
+    release(&mut tx, job.message_id, run).await?;
     let entry = Entry {
         reason: route.reason,
         route: Some(route),
@@ -211,6 +230,92 @@ pub async fn process(deps: &Deps, job: RouteMessage) -> anyhow::Result<Outcome> 
         "routing decision"
     );
     Ok(outcome)
+}
+
+/// A claim outlives the agent's time-out by this much: the run still has to record the answer.
+const CLAIM_MARGIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Whether this run may call the agent.
+#[derive(Debug, PartialEq)]
+enum Claim {
+    /// Ours; `rerun` when it took over an expired claim (the run before died after claiming).
+    Taken { rerun: bool },
+    /// Another run's, live until then.
+    Held {
+        until: chrono::DateTime<chrono::Utc>,
+    },
+}
+
+/// Claims a pending message for one agent call (owner `run`, for `claim_for`), counting the call.
+/// One statement: of two concurrent runs, the second sees the first's claim.
+async fn claim(
+    deps: &Deps,
+    message_id: Uuid,
+    run: Uuid,
+    claim_for: std::time::Duration,
+) -> anyhow::Result<Claim> {
+    let taken = sqlx::query_scalar!(
+        r#"UPDATE sms_messages m
+           SET route_claimed_by = $2, route_claimed_until = now() + make_interval(secs => $3),
+               route_calls = m.route_calls + 1
+           FROM (SELECT route_claimed_until FROM sms_messages WHERE id = $1) AS before
+           WHERE m.id = $1 AND m.route_status = $4
+             AND (m.route_claimed_until IS NULL OR m.route_claimed_until < now())
+           RETURNING before.route_claimed_until IS NOT NULL AS "rerun!""#,
+        message_id,
+        run,
+        claim_for.as_secs_f64(),
+        RouteStatus::Pending.as_str()
+    )
+    .fetch_optional(&deps.pool)
+    .await?;
+    if let Some(rerun) = taken {
+        return Ok(Claim::Taken { rerun });
+    }
+    let until = sqlx::query_scalar!(
+        "SELECT route_claimed_until FROM sms_messages WHERE id = $1",
+        message_id
+    )
+    .fetch_optional(&deps.pool)
+    .await?
+    .flatten();
+    // No live claim: the message left `pending` meanwhile (another run finished it); look again
+    // at once, the plan then finds it done.
+    Ok(Claim::Held {
+        until: until.unwrap_or_else(chrono::Utc::now),
+    })
+}
+
+/// Gives the claim back with the decision (in its transaction), so a retry may claim at once.
+async fn release(tx: &mut PgConnection, message_id: Uuid, run: Uuid) -> anyhow::Result<()> {
+    sqlx::query!(
+        "UPDATE sms_messages SET route_claimed_by = NULL, route_claimed_until = NULL
+         WHERE id = $1 AND route_claimed_by = $2",
+        message_id,
+        run
+    )
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Another run holds the claim: run this job again once it expires (a live run finishes first;
+/// a dead one's claim is then taken over).
+async fn defer(
+    deps: &Deps,
+    job: &RouteMessage,
+    until: chrono::DateTime<chrono::Utc>,
+) -> anyhow::Result<Outcome> {
+    let after = (until - chrono::Utc::now()).to_std().unwrap_or_default()
+        + std::time::Duration::from_secs(1);
+    let again = RouteMessage {
+        message_id: job.message_id,
+        attempt: job.attempt,
+        trace: shared::telemetry::TraceContext::current(),
+    };
+    let mut conn = deps.pool.acquire().await?;
+    jobs::schedule(&mut conn, &[again], When::after(after)).await?;
+    Ok(Outcome::Deferred)
 }
 
 /// What a decision row records besides its outcome: which rule chose the route (or why there was

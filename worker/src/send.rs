@@ -20,7 +20,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use shared::{
     config::Outbound,
-    jobs::{self, ApplyStatus, SendMessage, When},
+    jobs::{self, ApplyStatus, ApplyStatuses, SendMessage, When},
     phone,
     retry::RetryPolicy,
     twilio::{
@@ -530,7 +530,7 @@ async fn resolve(
         our_message_id: Some(job.message_id),
         trace: shared::telemetry::TraceContext::current(),
     };
-    jobs::schedule(&mut tx, &[apply], When::NOW).await?;
+    jobs::schedule(&mut tx, &[ApplyStatuses::one(apply)], When::NOW).await?;
     tx.commit().await?;
     tracing::info!(sid = %sid, "unknown send outcome resolved: Twilio has the message");
     Ok(Outcome::AlreadySent)
@@ -867,7 +867,7 @@ async fn accept(
             our_message_id: Some(id),
             trace: shared::telemetry::TraceContext::current(),
         };
-        jobs::schedule(tx, &[apply], When::NOW).await?;
+        jobs::schedule(tx, &[ApplyStatuses::one(apply)], When::NOW).await?;
     }
     Ok(())
 }

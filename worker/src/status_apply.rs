@@ -10,7 +10,10 @@
 //! A late "sent" never overwrites "delivered"; "read" applies only after "delivered". A callback
 //! with our id proves Twilio has the message even when the send's own answer never arrived.
 
-use shared::{jobs::ApplyStatus, twilio::status::DeliveryStatus};
+use shared::{
+    jobs::{ApplyStatus, ApplyStatuses},
+    twilio::status::DeliveryStatus,
+};
 use uuid::Uuid;
 
 use crate::Deps;
@@ -76,6 +79,19 @@ struct Target {
     status: DeliveryStatus,
     has_sid: bool,
     conversation_id: Option<Uuid>,
+}
+
+/// Applies a job's callbacks one message at a time (each in its own transaction, one connection
+/// at a time); all are tried, and the job fails with the first error (its re-run finds the
+/// applied ones settled).
+pub async fn process_all(deps: &Deps, job: ApplyStatuses) -> anyhow::Result<()> {
+    let mut first_error = None;
+    for callback in job.callbacks {
+        if let Err(e) = process(deps, callback).await {
+            first_error.get_or_insert(e);
+        }
+    }
+    first_error.map_or(Ok(()), Err)
 }
 
 #[tracing::instrument(name = "apply_status", skip_all, fields(message_sid = %job.message_sid), err)]

@@ -6,6 +6,7 @@
 
 use std::{
     path::PathBuf,
+    sync::atomic::{AtomicU64, Ordering},
     time::{Duration, Instant},
 };
 
@@ -77,7 +78,6 @@ async fn world(name: &str, ingresses: usize) -> World {
         .set("TWILIO_API_BASE", tw.base_url())
         .set("PUBLIC_URL", public_url.clone())
         .set("SEND_RATE_PER_SENDER", "0")
-        .set("WORKER_CONCURRENCY", "32")
         .set("WORKER_HEARTBEAT_SECS", "2")
         .set("WORKER_MISSED_HEARTBEATS", "3")
         .set("UNKNOWN_OUTCOME_GRACE_SECS", "3")
@@ -166,30 +166,42 @@ struct Load {
     hooks: Vec<Answer>,
     sends: Vec<Answer>,
     retried: usize,
+    /// Of `retried`, the answers that were `503`.
+    unavailable: usize,
 }
 
 /// `webhooks` inbound SMS from residents and `sends` API sends, interleaved, 16 in flight. A `503`
 /// or a lost answer is retried as the real clients do: Twilio posts the same MessageSid again
 /// (the `rc` override), an API client resends with the same Idempotency-Key.
 async fn mixed_load(client: &Client, webhooks: usize, sends: usize) -> Load {
+    paced_load(client, webhooks, sends, None).await
+}
+
+/// [`mixed_load`], request `i` starting no earlier than `i / rate` seconds in when `rate` is set.
+async fn paced_load(client: &Client, webhooks: usize, sends: usize, rate: Option<f64>) -> Load {
     let total = webhooks + sends;
     let every = (total / sends.max(1)).max(1);
-    let answers: Vec<(bool, Answer, usize)> = futures::stream::iter(0..total)
+    let start = tokio::time::Instant::now();
+    let answers: Vec<(bool, Answer, usize, usize)> = futures::stream::iter(0..total)
         .map(|i| {
             let c = client.clone();
             let is_send = sends > 0 && i % every == 0 && i / every < sends;
             async move {
+                if let Some(rate) = rate {
+                    tokio::time::sleep_until(start + Duration::from_secs_f64(i as f64 / rate))
+                        .await;
+                }
                 let sms = sim::webhook::InboundSms::new(
                     resident(i),
                     harness::app::OUR_NUMBER,
                     format!("Question {i}"),
                 );
                 let key = format!("load-{i}");
-                let mut retried = 0;
+                let (mut retried, mut unavailable) = (0, 0);
                 loop {
                     let a = if is_send {
                         c.send_with_key(
-                            &format!("+1415780{i:04}"),
+                            &format!("+1415780{:04}", i % 10_000),
                             &format!("Notice {i}"),
                             Some(&key),
                         )
@@ -199,23 +211,27 @@ async fn mixed_load(client: &Client, webhooks: usize, sends: usize) -> Load {
                     };
                     if matches!(a.status, 0 | 503) && retried < 20 {
                         retried += 1;
+                        unavailable += usize::from(a.status == 503);
                         tokio::time::sleep(Duration::from_millis(250)).await;
                         continue;
                     }
-                    return (!is_send, a, retried);
+                    return (!is_send, a, retried, unavailable);
                 }
             }
         })
-        .buffer_unordered(16)
+        // Paced: an open loop, as Twilio posts whatever the answers' latency; unpaced: 16 at once.
+        .buffer_unordered(if rate.is_some() { 128 } else { 16 })
         .collect()
         .await;
     let mut load = Load {
         hooks: Vec::new(),
         sends: Vec::new(),
         retried: 0,
+        unavailable: 0,
     };
-    for (is_hook, a, retried) in answers {
+    for (is_hook, a, retried, unavailable) in answers {
         load.retried += retried;
+        load.unavailable += unavailable;
         if is_hook {
             load.hooks.push(a)
         } else {
@@ -403,67 +419,158 @@ async fn the_whole_pipeline_runs_through_pgbouncer_with_a_session_connection_for
     pipeline_through_pgbouncer(true).await;
 }
 
-/// The normal deployment: two ingress replicas behind one URL and three workers on one database,
-/// under mixed load while workers are SIGKILLed and restarted one after another (a rolling crash),
-/// and the same checks: every webhook stored once and processed, routed once, every send and
-/// reply at Twilio exactly once and delivered, no job left, one conversation per number, no error
-/// logged.
+/// The deployment under pressure (issue 18's check): two ingress replicas behind one URL and
+/// three workers on one database, every setting at its default, a paced mixed load of
+/// `PRESSURE_WEBHOOKS` webhooks and `PRESSURE_SENDS` sends over `PRESSURE_SECONDS` (20,000 and 3,000
+/// over 170 s), while workers are SIGKILLed in turn every 15 s, one ingress is killed and restarted,
+/// and Twilio answers 429/500 to every send for 20 s. Asserts: every webhook stored once and
+/// processed, routed once, every send and reply at Twilio exactly once and delivered; no agent call
+/// repeated without a recorded re-run; no pool time-out and no 503; no error line; the backlog
+/// drained within `PRESSURE_DRAIN_LIMIT_SECS` (150 s) of the load's end. Prints the drain time,
+/// the peak backlog and what the logs say of the pools and heartbeats.
 #[tokio::test]
-async fn two_ingresses_and_three_workers_lose_and_double_nothing_while_workers_are_killed() {
-    let webhooks: usize = env_or("REPLICAS_WEBHOOKS", 1_500);
-    let sends: usize = env_or("REPLICAS_SENDS", 500);
-    let w = world("replicas", 2).await;
-    let ingresses = [w.ingress(0).await, w.ingress(1).await];
+async fn two_ingresses_and_three_workers_under_pressure_wait_instead_of_failing() {
+    let webhooks: usize = env_or("PRESSURE_WEBHOOKS", 20_000);
+    let sends: usize = env_or("PRESSURE_SENDS", 3_000);
+    let seconds: usize = env_or("PRESSURE_SECONDS", 170);
+    let mut w = world("pressure", 2).await;
+    // The defaults of every budget setting: this test holds them to account.
+    for key in [
+        "DATABASE_MAX_CONNECTIONS",
+        "WORKER_HEARTBEAT_SECS",
+        "WORKER_MISSED_HEARTBEATS",
+        "ROUTE_TIMEOUT_MS",
+        "ROUTE_BACKOFF_BASE_MS",
+    ] {
+        w.settings = w.settings.clone().unset(key);
+    }
+    let mut ingresses = [w.ingress(0).await, w.ingress(1).await];
     let mut workers: Vec<Service> = (0..3).map(|i| w.worker(i)).collect();
     let key = w.prepare().await;
     let client = w.client(&key);
+    let rate = (webhooks + sends) as f64 / seconds as f64;
     let started = Instant::now();
-    let load = tokio::spawn(async move { mixed_load(&client, webhooks, sends).await });
-    // Kill one worker every 1.5 s, restart it 0.5 s later, until the load is done.
-    let mut kills = 0;
+    let load = tokio::spawn(async move { paced_load(&client, webhooks, sends, Some(rate)).await });
+    // The backlog, sampled every second: open jobs and stored webhooks not yet processed.
+    let peaks = std::sync::Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+    let sampler = {
+        let (pool, peaks) = (w.db.pool.clone(), peaks.clone());
+        tokio::spawn(async move {
+            loop {
+                let sample: Result<(i64, i64), _> = sqlx::query_as(
+                    "SELECT (SELECT count(*) FROM apalis.jobs WHERE status IN ('Pending', 'Queued', 'Running')),
+                            (SELECT count(*) FROM sms_messages WHERE direction = 'inbound' AND processed_at IS NULL)",
+                )
+                .fetch_one(&pool)
+                .await;
+                if let Ok((jobs, unprocessed)) = sample {
+                    peaks[0].fetch_max(jobs as u64, Ordering::Relaxed);
+                    peaks[1].fetch_max(unprocessed as u64, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        })
+    };
+    // The faults, on a timeline while the load runs.
+    let (mut kills, mut tick) = (0usize, 0u64);
     while !load.is_finished() {
-        tokio::time::sleep(Duration::from_millis(1_000)).await;
-        let victim = &mut workers[kills % 3];
-        victim.kill();
-        kills += 1;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        victim.restart();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        tick += 1;
+        if tick % 15 == 0 {
+            let victim = &mut workers[kills % 3];
+            victim.kill();
+            kills += 1;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            victim.restart();
+        }
+        match tick {
+            45 => ingresses[1].kill(),
+            50 => ingresses[1].restart(),
+            60 => w.tw.set_faults(sim::twilio::Faults {
+                outage: true,
+                ..Default::default()
+            }),
+            80 => w.tw.set_faults(sim::twilio::Faults::default()),
+            _ => {}
+        }
     }
     let load = load.await.unwrap();
     let load_time = started.elapsed();
     let drained = assert_everything_once(&w, &load).await;
-    let error_lines: Vec<String> = ingresses
+    sampler.abort();
+    let (peak_jobs, peak_unprocessed) = (
+        peaks[0].load(Ordering::Relaxed),
+        peaks[1].load(Ordering::Relaxed),
+    );
+    let services: Vec<&Service> = ingresses.iter().chain(&workers).collect();
+    let count_lines = |text: &str| {
+        services
+            .iter()
+            .map(|s| s.lines_containing(text))
+            .sum::<usize>()
+    };
+    let pool_timeouts = count_lines("pool timed out");
+    let slow_acquires = count_lines("time to acquire exceeded slow threshold");
+    let restarts = count_lines("worker failed; restarting");
+    let dead = count_lines("HeartBeat failed");
+    // Agent calls per message beside the calls the service recorded (each claim of a message
+    // for an agent call counts one; a run that died after its claim leaves one more claim than
+    // decisions).
+    let calls = w.agent.stats().by_message_id;
+    let recorded: std::collections::HashMap<String, i64> = sqlx::query_as::<_, (uuid::Uuid, i64)>(
+        "SELECT id, route_calls::int8 FROM sms_messages WHERE direction = 'inbound'",
+    )
+    .fetch_all(&w.db.pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|(id, n)| (id.to_string(), n))
+    .collect();
+    let repeated = calls.values().filter(|n| **n > 1).count();
+    let unrecorded: Vec<(&String, &u64)> = calls
         .iter()
-        .chain(&workers)
-        .flat_map(|s| s.errors())
+        .filter(|(id, n)| **n as i64 > recorded.get(*id).copied().unwrap_or(0))
         .collect();
-    let errors = error_lines.len();
-    // What they said, each kind once (a line is "<service>: <JSON log line>").
-    let mut kinds: Vec<String> = error_lines
-        .iter()
-        .map(|l| {
-            let json = l.split_once(": ").map_or(l.as_str(), |(_, j)| j);
-            let v: serde_json::Value = serde_json::from_str(json).unwrap_or_default();
-            match v["message"].as_str() {
-                Some(m) => format!("{m} {}", v["classification"].as_str().unwrap_or("")),
-                None => json.chars().take(300).collect(),
-            }
-        })
-        .collect();
-    kinds.sort();
-    kinds.dedup();
-    println!("replicas: the error lines were: {kinds:?}");
-    let agent_calls = w.agent.stats().requests;
+    let errors: Vec<String> = services.iter().flat_map(|s| s.errors()).collect();
     println!(
-        "replicas: 2 ingresses, 3 workers; {webhooks} webhooks and {sends} sends in {:.1} s over both \
-         ingresses while {kills} worker SIGKILLs (each restarted 0.5 s later); all stored once, routed \
-         once ({agent_calls} agent calls for {webhooks} messages), sent once and delivered {:.1} s \
-         after the load ended; {} requests retried after a 503, {errors} error lines logged",
+        "pressure: 2 ingresses, 3 workers, defaults; {webhooks} webhooks and {sends} sends in {:.1} s \
+         ({rate:.0}/s) with {kills} worker SIGKILLs, an ingress killed for 5 s and a 20 s Twilio \
+         outage; drained {:.1} s after the load; peak backlog {peak_jobs} open jobs and \
+         {peak_unprocessed} unprocessed webhooks; {} answers 503 and {} lost (both retried); \
+         {pool_timeouts} pool time-outs, {slow_acquires} slow acquires, {restarts} queue restarts, \
+         {dead} heartbeat failures; {repeated} messages sent to their agent more than once, \
+         {} of them more often than recorded; {} error lines",
         load_time.as_secs_f64(),
         drained.as_secs_f64(),
-        load.retried,
+        load.unavailable,
+        load.retried - load.unavailable,
+        unrecorded.len(),
+        errors.len(),
+    );
+    assert_eq!(load.unavailable, 0, "no 503");
+    assert_eq!(pool_timeouts, 0, "no pool time-out");
+    assert!(
+        unrecorded.is_empty(),
+        "agent calls beyond the recorded runs: {:?}",
+        &unrecorded[..unrecorded.len().min(5)]
+    );
+    assert!(
+        errors.is_empty(),
+        "{} error lines, e.g. {:?}",
+        errors.len(),
+        &errors[..errors.len().min(5)]
     );
     assert!(kills >= 2, "workers were killed mid-load ({kills})");
+    // The issue's target is 15 s (release binaries on a quiet machine); here, with test builds
+    // of every process and Postgres sharing two cores, the bound is that the backlog drains at
+    // all (no congestion collapse): PRESSURE_DRAIN_LIMIT_SECS tightens it where the machine allows.
+    let limit = Duration::from_secs(env_or("PRESSURE_DRAIN_LIMIT_SECS", 150) as u64);
+    assert!(
+        drained <= limit,
+        "the backlog drained {:.1} s after the load ({} s at most)",
+        drained.as_secs_f64(),
+        limit.as_secs()
+    );
     let _ = std::fs::remove_dir_all(&w.logs);
 }
 

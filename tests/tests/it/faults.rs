@@ -89,10 +89,9 @@ async fn a_worker_killed_mid_run_loses_nothing_repeats_nothing_and_its_jobs_are_
         Settings::new(&db)
             .set("TWILIO_API_BASE", tw.base_url())
             .set("SEND_RATE_PER_SENDER", "0")
-            // The production defaults: a worker silent for 5 s x 3 is dead, 64 jobs in flight.
-            .set("WORKER_HEARTBEAT_SECS", "5")
+            // The production defaults: a worker silent for 2 s x 3 is dead.
+            .set("WORKER_HEARTBEAT_SECS", "2")
             .set("WORKER_MISSED_HEARTBEATS", "3")
-            .set("WORKER_CONCURRENCY", "64")
             // A send killed between recording its attempt and Twilio's answer waits this long
             // for proof that Twilio has it before trying again (60 s in production).
             .set("UNKNOWN_OUTCOME_GRACE_SECS", "5"),
@@ -185,7 +184,7 @@ async fn a_worker_killed_mid_run_loses_nothing_repeats_nothing_and_its_jobs_are_
     println!(
         "kill test: SIGKILL after {sent_at_kill} of {KILL_SENDS} sends and {processed_at_kill} of \
          {KILL_INBOUND} inbound messages; the dead worker held {} jobs; re-queued {} and all of \
-         them done {} after the kill (restarted worker; heartbeat 5 s x 3); everything drained \
+         them done {} after the kill (restarted worker; heartbeat 2 s x 3); everything drained \
          {} after the kill",
         orphans.len(),
         requeued_after.map_or("never".into(), secs),
@@ -290,7 +289,7 @@ async fn postgres_restarted_under_load_answers_503_meanwhile_and_everything_resu
         Settings::new(&db)
             .set("TWILIO_API_BASE", tw.base_url())
             .set("SEND_RATE_PER_SENDER", "0")
-            .set("WORKER_HEARTBEAT_SECS", "5")
+            .set("WORKER_HEARTBEAT_SECS", "2")
             .set("WORKER_MISSED_HEARTBEATS", "3")
             .set("RECONCILE_INTERVAL_SECS", "2")
             .set("RECONCILE_STUCK_AFTER_SECS", "5"),

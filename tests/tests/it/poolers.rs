@@ -34,7 +34,7 @@ fn common(url: &str, mode: &str) -> shared::config::Common {
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
     .collect();
-    shared::config::Common::load(&settings, 4).unwrap()
+    shared::config::Common::load(&settings, 4, std::time::Duration::from_secs(5)).unwrap()
 }
 
 /// Three replicas starting at once on an empty database, through a transaction pooler with two

@@ -72,8 +72,9 @@ async fn a_worker_finishes_running_jobs_and_hands_back_the_rest_on_sigterm() {
         .unwrap();
     assert_eq!(resp.status(), 201, "{:?}", resp.text().await);
 
-    // Few handlers at a time, so some route jobs are running and others wait their turn.
-    let worker = app.spawn_worker_process("inbound,route", &[("WORKER_CONCURRENCY", "2")]);
+    // Few handlers at a time (a budget of 3 connections: 4 route jobs at once), so some route
+    // jobs are running and others wait their turn.
+    let worker = app.spawn_worker_process("inbound,route", &[("DATABASE_MAX_CONNECTIONS", "3")]);
     const N: usize = 8;
     for i in 0..N {
         app.inbound("+15559100001", &format!("message {i}")).await;
