@@ -1250,3 +1250,72 @@ async fn webhooks_twilio_gave_up_on_are_recovered_by_the_backfill() {
         "every message stored once and processed"
     );
 }
+
+/// Twilio never retries a status callback, so a burst must never be refused for want of a
+/// connection: `CALLBACK_BURST` (10,000) `delivered` callbacks at 64 connections against one
+/// ingress whose pool has 4 connections are all answered 200 (stored by the group commit, one
+/// application job per commit) and each applied once. Prints the rate beside nothing else: the
+/// webhook ingest figure is `scripts/bench-ingress.sh`'s.
+#[tokio::test]
+async fn a_burst_of_status_callbacks_is_answered_200_and_applied_once() {
+    use futures::StreamExt;
+    let n: i64 = std::env::var("CALLBACK_BURST")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let db = pg::fresh_db().await;
+    let mut app = TestApp::spawn(Settings::new(&db).set("DATABASE_MAX_CONNECTIONS", "4")).await;
+    let ids: Vec<(Uuid, String)> = sqlx::query_as(
+        "INSERT INTO sms_messages (direction, message_content, delivery_status, twilio_sid, to_number, status_updated_at)
+         SELECT 'outbound', 'hi', 'sent', 'SM' || lpad(g::text, 32, '0'), '+14155550100', now()
+         FROM generate_series(1, $1) g RETURNING id, twilio_sid",
+    )
+    .bind(n)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    let started = std::time::Instant::now();
+    let statuses: Vec<u16> = futures::stream::iter(ids)
+        .map(|(id, sid)| {
+            let http = app.http.clone();
+            let signed = format!("{}/webhook/twilio/status?message_id={id}", app.public_url);
+            let post = app.url(&format!("/webhook/twilio/status?message_id={id}"));
+            async move {
+                let params = vec![
+                    ("MessageSid".to_string(), sid),
+                    ("MessageStatus".to_string(), "delivered".to_string()),
+                    ("AccountSid".to_string(), ACCOUNT_SID.to_string()),
+                ];
+                sim::webhook::send_to(&http, &post, &signed, AUTH_TOKEN, &params)
+                    .await
+                    .map_or(0, |r| r.status().as_u16())
+            }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    let took = started.elapsed();
+    let refused = statuses.iter().filter(|s| **s != 200).count();
+    println!(
+        "callback burst: {n} status callbacks at 64 connections, ingress pool of 4: {} answered 200 \
+         in {:.1} s ({:.0}/s)",
+        statuses.len() - refused,
+        took.as_secs_f64(),
+        n as f64 / took.as_secs_f64()
+    );
+    assert_eq!(refused, 0, "every callback answered 200");
+    app.start_worker(&[jobs::OUTBOUND_STATUS]).await;
+    let applied = wait_until(Duration::from_secs(120), || async {
+        app.count("SELECT count(*) FROM sms_messages WHERE delivery_status = 'delivered'")
+            .await
+            == n
+    })
+    .await;
+    assert!(applied.is_ok(), "every callback applied");
+    assert_eq!(
+        app.count("SELECT count(*) FROM sms_status_callbacks WHERE applied_at IS NOT NULL")
+            .await,
+        n,
+        "each stored once and applied once"
+    );
+}
