@@ -208,6 +208,7 @@ pub async fn process(deps: &Deps, job: RouteMessage) -> anyhow::Result<Outcome> 
             }
         }
         Claim::Held { until } => return defer(deps, &job, until).await,
+        Claim::Done => return Ok(Outcome::AlreadyDone),
     }
     let call = call_agent(deps, route, &m.payload).await?;
     let decision = decide(call.status, job.attempt, &deps.route_retry);
@@ -244,6 +245,8 @@ enum Claim {
     Held {
         until: chrono::DateTime<chrono::Utc>,
     },
+    /// The message is no longer waiting for its route.
+    Done,
 }
 
 /// Claims a pending message for one agent call (owner `run`, for `claim_for`), counting the call.
@@ -259,7 +262,7 @@ async fn claim(
            SET route_claimed_by = $2, route_claimed_until = now() + make_interval(secs => $3),
                route_calls = m.route_calls + 1
            FROM (SELECT route_claimed_until FROM sms_messages WHERE id = $1) AS before
-           WHERE m.id = $1 AND m.route_status = $4
+           WHERE m.id = $1 AND (m.route_status IS NULL OR m.route_status = $4)
              AND (m.route_claimed_until IS NULL OR m.route_claimed_until < now())
            RETURNING before.route_claimed_until IS NOT NULL AS "rerun!""#,
         message_id,
@@ -273,16 +276,16 @@ async fn claim(
         return Ok(Claim::Taken { rerun });
     }
     let until = sqlx::query_scalar!(
-        "SELECT route_claimed_until FROM sms_messages WHERE id = $1",
+        r#"SELECT route_claimed_until AS "until!" FROM sms_messages
+           WHERE id = $1 AND route_claimed_until > now()"#,
         message_id
     )
     .fetch_optional(&deps.pool)
-    .await?
-    .flatten();
-    // No live claim: the message left `pending` meanwhile (another run finished it); look again
-    // at once, the plan then finds it done.
-    Ok(Claim::Held {
-        until: until.unwrap_or_else(chrono::Utc::now),
+    .await?;
+    Ok(match until {
+        Some(until) => Claim::Held { until },
+        // No live claim: another run finished the message meanwhile.
+        None => Claim::Done,
     })
 }
 
