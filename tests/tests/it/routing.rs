@@ -473,3 +473,66 @@ async fn a_reply_over_the_limit_or_to_an_opted_out_number_is_recorded_not_sent()
         "no reply stored, none truncated"
     );
 }
+
+/// A route job run again while its first run still waits on the agent (a job re-queued from a
+/// worker taken for dead, a replay) finds the message claimed and defers: the agent is called
+/// once, and the one call is what `route_calls` records.
+#[tokio::test]
+async fn a_second_run_while_the_first_waits_on_the_agent_does_not_call_it_again() {
+    let w = world(&[]).await;
+    add_route(&w, json!({"tenant_id": "t-a"}), "silent").await;
+    w.agent.set_faults(AgentFaults {
+        latency_ms: 800,
+        ..AgentFaults::default()
+    });
+    let sid = w.app.inbound("+15559000001", "hello").await;
+    let id: uuid::Uuid = {
+        let found = wait_until(Duration::from_secs(20), || async {
+            sqlx::query_scalar::<_, i32>(
+                "SELECT route_calls FROM sms_messages WHERE twilio_sid = $1",
+            )
+            .bind(&sid)
+            .fetch_one(&w.app.pool)
+            .await
+            .unwrap()
+                == 1
+        })
+        .await;
+        assert!(found.is_ok(), "the worker's run claimed the message");
+        sqlx::query_scalar("SELECT id FROM sms_messages WHERE twilio_sid = $1")
+            .bind(&sid)
+            .fetch_one(&w.app.pool)
+            .await
+            .unwrap()
+    };
+    let cfg = shared::config::Worker::load(&w.app.settings.0).unwrap();
+    let deps = worker::Deps::new(&cfg, w.app.pool.clone());
+    let job = || shared::jobs::RouteMessage {
+        message_id: id,
+        attempt: 0,
+        trace: None,
+    };
+    let (a, b) = tokio::join!(
+        worker::route::process(&deps, job()),
+        worker::route::process(&deps, job())
+    );
+    for outcome in [a.unwrap(), b.unwrap()] {
+        assert!(
+            matches!(
+                outcome,
+                worker::route::Outcome::Deferred | worker::route::Outcome::AlreadyDone
+            ),
+            "{outcome:?}"
+        );
+    }
+    wait_route(&w.app, &sid, "routed").await;
+    assert_eq!(w.agent.stats().by_message_id.get(&id.to_string()), Some(&1));
+    assert_eq!(
+        sqlx::query_scalar::<_, i32>("SELECT route_calls FROM sms_messages WHERE id = $1")
+            .bind(id)
+            .fetch_one(&w.app.pool)
+            .await
+            .unwrap(),
+        1
+    );
+}
