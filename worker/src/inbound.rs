@@ -469,8 +469,7 @@ async fn merge_conversation_languages(
             to = now.language.code(), confidence = now.confidence, "conversation language updated");
     }
     let ids: Vec<Uuid> = changed.iter().map(|c| c.0).collect();
-    let codes: Vec<&str> = changed.iter().map(|c| c.1.language.code()).collect();
-    let confidences: Vec<f32> = changed.iter().map(|c| c.1.confidence).collect();
+    let (codes, confidences) = language_columns(changed.iter().map(|c| c.1));
     sqlx::query!(
         r#"UPDATE sms_conversations c SET language_detected = u.language, language_confidence = u.confidence
            FROM UNNEST($1::uuid[], $2::text[], $3::real[]) AS u(id, language, confidence)
@@ -555,23 +554,39 @@ async fn update_tenants(
         }
         changed.push((row.tenant_id, merged));
     }
-    if !changed.is_empty() {
-        let ids: Vec<&str> = changed.iter().map(|c| c.0.as_str()).collect();
-        let codes: Vec<&str> = changed.iter().map(|c| c.1.language.code()).collect();
-        let confidences: Vec<f32> = changed.iter().map(|c| c.1.confidence).collect();
-        sqlx::query!(
-            r#"UPDATE tenant_profiles t SET language_preference = u.language, language_confidence = u.confidence
-               FROM UNNEST($1::text[], $2::text[], $3::real[]) AS u(tenant_id, language, confidence)
-               WHERE t.tenant_id = u.tenant_id"#,
-            &ids as &[&str],
-            &codes as &[&str],
-            &confidences
-        )
-        .execute(&mut *tx)
-        .await?;
-    }
+    set_tenant_languages(tx, &changed).await?;
     jobs::schedule(tx, &notify, When::NOW).await?;
     Ok(())
+}
+
+/// Stores the tenants' merged language preferences, one statement.
+async fn set_tenant_languages(
+    tx: &mut PgConnection,
+    changed: &[(String, Detection)],
+) -> anyhow::Result<()> {
+    if changed.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<&str> = changed.iter().map(|c| c.0.as_str()).collect();
+    let (codes, confidences) = language_columns(changed.iter().map(|c| c.1));
+    sqlx::query!(
+        r#"UPDATE tenant_profiles t SET language_preference = u.language, language_confidence = u.confidence
+           FROM UNNEST($1::text[], $2::text[], $3::real[]) AS u(tenant_id, language, confidence)
+           WHERE t.tenant_id = u.tenant_id"#,
+        &ids as &[&str],
+        &codes as &[&str],
+        &confidences
+    )
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Detections as the two parallel columns (language code, confidence) an UNNEST update reads.
+fn language_columns(detections: impl Iterator<Item = Detection>) -> (Vec<&'static str>, Vec<f32>) {
+    detections
+        .map(|d| (d.language.code(), d.confidence))
+        .unzip()
 }
 
 fn report(deps: &Deps, resolution: &Resolution, tenant: &Option<String>, d: &Decision) {
