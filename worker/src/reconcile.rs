@@ -221,29 +221,7 @@ async fn backfill_inbound(
     let listed = twilio
         .list_received(cfg.sender.phone_number.as_deref(), since)
         .await?;
-    // What we lack, oldest first, at most BACKFILL_PER_PASS of it: the pass's work and its
-    // transaction stay bounded however long Twilio's log is (one indexed lookup per 1,000
-    // listed, one insert); the rest waits for the next pass.
-    let sids: Vec<&str> = listed.iter().map(|m| m.sid.as_str()).collect();
-    let mut present = std::collections::HashSet::new();
-    for chunk in sids.chunks(1_000) {
-        present.extend(
-            sqlx::query_scalar!(
-                r#"SELECT twilio_sid AS "sid!" FROM sms_messages WHERE twilio_sid = ANY($1)"#,
-                chunk as &[&str]
-            )
-            .fetch_all(&deps.pool)
-            .await?,
-        );
-    }
-    let mut missing: Vec<&shared::twilio::client::MessageResource> = listed
-        .iter()
-        .filter(|m| !present.contains(&m.sid))
-        .collect();
-    missing.sort_by_key(|m| m.sent());
-    let truncated = missing.len() > BACKFILL_PER_PASS;
-    missing.truncate(BACKFILL_PER_PASS);
-    let received = missing;
+    let (received, truncated) = missing(deps, &listed).await?;
     let mut raws: Vec<serde_json::Value> = Vec::with_capacity(received.len());
     for m in &received {
         let mut raw = serde_json::json!({
@@ -303,6 +281,35 @@ async fn backfill_inbound(
         );
     }
     Ok(stored.len())
+}
+
+/// What Twilio listed that we lack, oldest first, at most BACKFILL_PER_PASS of it (true: cut
+/// short): the pass's work and its transaction stay bounded however long Twilio's log is (one
+/// indexed lookup per 1,000 listed, one insert); the rest waits for the next pass.
+async fn missing<'a>(
+    deps: &Deps,
+    listed: &'a [shared::twilio::client::MessageResource],
+) -> anyhow::Result<(Vec<&'a shared::twilio::client::MessageResource>, bool)> {
+    let sids: Vec<&str> = listed.iter().map(|m| m.sid.as_str()).collect();
+    let mut present = std::collections::HashSet::new();
+    for chunk in sids.chunks(1_000) {
+        present.extend(
+            sqlx::query_scalar!(
+                r#"SELECT twilio_sid AS "sid!" FROM sms_messages WHERE twilio_sid = ANY($1)"#,
+                chunk as &[&str]
+            )
+            .fetch_all(&deps.pool)
+            .await?,
+        );
+    }
+    let mut missing: Vec<_> = listed
+        .iter()
+        .filter(|m| !present.contains(&m.sid))
+        .collect();
+    missing.sort_by_key(|m| m.sent());
+    let truncated = missing.len() > BACKFILL_PER_PASS;
+    missing.truncate(BACKFILL_PER_PASS);
+    Ok((missing, truncated))
 }
 
 /// Twilio's current status of a stuck message, stored like a callback when new.
