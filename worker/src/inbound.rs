@@ -188,7 +188,7 @@ async fn process_chunk(
     let mut tries = 0;
     let applied = loop {
         match apply(deps, &items).await {
-            Err(e) if is_deadlock(&e) && tries < DEADLOCK_RETRIES => {
+            Err(e) if crate::is_deadlock(&e) && tries < DEADLOCK_RETRIES => {
                 tries += 1;
                 tracing::warn!(tries, "inbound batch deadlocked with another; trying again");
             }
@@ -211,14 +211,6 @@ async fn process_chunk(
         outcomes.insert(item.id, outcome);
     }
     Ok(outcomes)
-}
-
-fn is_deadlock(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        c.downcast_ref::<sqlx::Error>().is_some_and(
-            |e| matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("40P01")),
-        )
-    })
 }
 
 /// Stored messages by arrival (the order their effects apply in).

@@ -97,3 +97,12 @@ impl Deps {
         })
     }
 }
+
+/// Whether `e` is Postgres breaking a deadlock (40P01): the transaction may simply be tried again.
+pub fn is_deadlock(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<sqlx::Error>().is_some_and(
+            |e| matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("40P01")),
+        )
+    })
+}

@@ -14,6 +14,8 @@ use shared::{
     jobs::{ApplyStatus, ApplyStatuses},
     twilio::status::DeliveryStatus,
 };
+use std::collections::HashMap;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::Deps;
@@ -74,141 +76,233 @@ pub fn decide(current: DeliveryStatus, callbacks: &[Callback]) -> Decision {
     }
 }
 
+/// A message a callback names, as locked for the batch.
 struct Target {
     id: Uuid,
     status: DeliveryStatus,
-    has_sid: bool,
+    sid: Option<String>,
     conversation_id: Option<Uuid>,
 }
 
-/// Applies a job's callbacks one message at a time (each in its own transaction, one connection
-/// at a time); all are tried, and the job fails with the first error (its re-run finds the
-/// applied ones settled).
+/// Callbacks of one job applied per transaction.
+const CHUNK: usize = 256;
+
+/// Times a chunk's transaction is tried again after Postgres broke a deadlock with it.
+const DEADLOCK_RETRIES: u32 = 3;
+
+/// Applies a job's callbacks, a chunk of them per transaction, set-based: the messages are
+/// locked in id order, each message's pending callbacks decided at once, and the changes
+/// written with one statement per table. A re-run finds the applied callbacks settled.
 pub async fn process_all(deps: &Deps, job: ApplyStatuses) -> anyhow::Result<()> {
-    let mut first_error = None;
-    for callback in job.callbacks {
-        if let Err(e) = process(deps, callback).await {
-            first_error.get_or_insert(e);
+    for chunk in job.callbacks.chunks(CHUNK) {
+        let span = tracing::info_span!("apply_status", callbacks = chunk.len());
+        if let Some(first) = chunk.first() {
+            shared::telemetry::continue_trace_in(&span, first.trace.as_ref());
+        }
+        let mut tries = 0;
+        loop {
+            match apply_chunk(deps, chunk).instrument(span.clone()).await {
+                Err(e) if crate::is_deadlock(&e) && tries < DEADLOCK_RETRIES => {
+                    tries += 1;
+                    tracing::warn!(tries, "status batch deadlocked with another; trying again");
+                }
+                other => {
+                    other?;
+                    break;
+                }
+            }
         }
     }
-    first_error.map_or(Ok(()), Err)
+    Ok(())
 }
 
-#[tracing::instrument(name = "apply_status", skip_all, fields(message_sid = %job.message_sid), err)]
+/// One callback's job, as a test does it: a chunk of one. Reports what became of its message.
 pub async fn process(deps: &Deps, job: ApplyStatus) -> anyhow::Result<Outcome> {
-    shared::telemetry::continue_trace(job.trace.as_ref());
+    Ok(apply_chunk(deps, std::slice::from_ref(&job))
+        .await?
+        .pop()
+        .unwrap_or(Outcome::MessageNotKnownYet))
+}
+
+/// One transaction: lock, decide, write. Returns an outcome per callback of the chunk.
+async fn apply_chunk(deps: &Deps, chunk: &[ApplyStatus]) -> anyhow::Result<Vec<Outcome>> {
     let mut tx = deps.pool.begin().await?;
-    let Some(msg) = lock_message(&mut tx, &job).await? else {
-        tracing::info!("status callback kept until its message is known");
-        return Ok(Outcome::MessageNotKnownYet);
-    };
+    let targets = lock_messages(&mut tx, chunk).await?;
+    // Each callback's message: by our id when it carried one of our outbound messages, else by SID.
+    let target_of: Vec<Option<usize>> = chunk
+        .iter()
+        .map(|c| {
+            c.our_message_id
+                .and_then(|id| targets.iter().position(|t| t.id == id))
+                .or_else(|| {
+                    targets
+                        .iter()
+                        .position(|t| t.sid.as_deref() == Some(c.message_sid.as_str()))
+                })
+        })
+        .collect();
+    let mut sid_target: HashMap<&str, usize> = HashMap::new();
+    for (c, t) in chunk.iter().zip(&target_of) {
+        if let Some(t) = t {
+            sid_target.entry(c.message_sid.as_str()).or_insert(*t);
+        }
+    }
+    let sids: Vec<String> = sid_target.keys().map(|s| (*s).to_owned()).collect();
     let rows = sqlx::query!(
-        "SELECT id, message_status, error_code FROM sms_status_callbacks WHERE message_sid = $1 AND applied_at IS NULL FOR UPDATE",
-        job.message_sid
+        "SELECT id, message_sid, message_status, error_code FROM sms_status_callbacks
+         WHERE message_sid = ANY($1) AND applied_at IS NULL ORDER BY id FOR UPDATE",
+        &sids
     )
     .fetch_all(&mut *tx)
     .await?;
     // Statuses we do not know are kept in the ledger but never applied.
-    let callbacks: Vec<Callback> = rows
-        .into_iter()
-        .filter_map(|r| {
-            Some(Callback {
+    let mut pending: Vec<Vec<Callback>> = targets.iter().map(|_| Vec::new()).collect();
+    for r in rows {
+        if let (Some(t), Ok(status)) = (
+            sid_target.get(r.message_sid.as_str()),
+            r.message_status.parse(),
+        ) {
+            pending[*t].push(Callback {
                 id: r.id,
-                status: r.message_status.parse().ok()?,
+                status,
                 error_code: r.error_code,
-            })
-        })
-        .collect();
-    let d = decide(msg.status, &callbacks);
-    apply(&mut tx, &job, &msg, &d).await?;
-    tx.commit().await?;
-    if d.status == msg.status {
-        return Ok(Outcome::Unchanged);
-    }
-    tracing::info!(message_id = %msg.id, from = %msg.status, to = %d.status, error_code = d.error_code, "delivery status updated");
-    deps.metrics.delivery_status(d.status.as_str());
-    Ok(Outcome::Applied {
-        status: d.status.as_str().to_owned(),
-    })
-}
-
-/// The message, locked: by our id when the callback carried it, else (or when that is not one of
-/// our outbound messages) by SID.
-async fn lock_message(
-    tx: &mut sqlx::PgConnection,
-    job: &ApplyStatus,
-) -> anyhow::Result<Option<Target>> {
-    if let Some(id) = job.our_message_id {
-        let row = sqlx::query!(
-            "SELECT id, delivery_status, twilio_sid, conversation_id FROM sms_messages WHERE id = $1 AND direction = 'outbound' FOR UPDATE",
-            id
-        )
-        .fetch_optional(&mut *tx)
-        .await?;
-        if let Some(r) = row {
-            return Ok(Some(Target {
-                id: r.id,
-                status: r.delivery_status.parse()?,
-                has_sid: r.twilio_sid.is_some(),
-                conversation_id: r.conversation_id,
-            }));
+            });
         }
     }
-    let row = sqlx::query!(
-        "SELECT id, delivery_status, twilio_sid, conversation_id FROM sms_messages WHERE twilio_sid = $1 FOR UPDATE",
-        job.message_sid
-    )
-    .fetch_optional(&mut *tx)
-    .await?;
-    Ok(match row {
-        Some(r) => Some(Target {
-            id: r.id,
-            status: r.delivery_status.parse()?,
-            has_sid: r.twilio_sid.is_some(),
-            conversation_id: r.conversation_id,
-        }),
-        None => None,
-    })
+    let decisions: Vec<Decision> = targets
+        .iter()
+        .zip(&pending)
+        .map(|(t, cbs)| decide(t.status, cbs))
+        .collect();
+    // A SID our id proved is stored on a message that had none.
+    let (sid_ids, sid_values): (Vec<Uuid>, Vec<String>) = chunk
+        .iter()
+        .zip(&target_of)
+        .filter_map(|(c, t)| {
+            let t = &targets[(*t)?];
+            t.sid.is_none().then(|| (t.id, c.message_sid.clone()))
+        })
+        .unzip();
+    write(&mut tx, &targets, &decisions, &sid_ids, &sid_values).await?;
+    tx.commit().await?;
+    for (t, d) in targets.iter().zip(&decisions) {
+        if d.status != t.status {
+            tracing::info!(message_id = %t.id, from = %t.status, to = %d.status, error_code = d.error_code, "delivery status updated");
+            deps.metrics.delivery_status(d.status.as_str());
+        }
+    }
+    let unknown = target_of.iter().filter(|t| t.is_none()).count();
+    if unknown > 0 {
+        tracing::info!(
+            callbacks = unknown,
+            "status callbacks kept until their message is known"
+        );
+    }
+    Ok(target_of
+        .iter()
+        .map(|t| match t {
+            None => Outcome::MessageNotKnownYet,
+            Some(t) if decisions[*t].status != targets[*t].status => Outcome::Applied {
+                status: decisions[*t].status.as_str().to_owned(),
+            },
+            Some(_) => Outcome::Unchanged,
+        })
+        .collect())
 }
 
-/// Stores the SID our id proved, settles the callbacks, and moves the status, in the caller's
-/// transaction.
-async fn apply(
+/// The messages the callbacks name (our ids of outbound messages, and SIDs), locked in id order.
+async fn lock_messages(
     tx: &mut sqlx::PgConnection,
-    job: &ApplyStatus,
-    msg: &Target,
-    d: &Decision,
+    chunk: &[ApplyStatus],
+) -> anyhow::Result<Vec<Target>> {
+    let ids: Vec<Uuid> = chunk.iter().filter_map(|c| c.our_message_id).collect();
+    let sids: Vec<String> = chunk.iter().map(|c| c.message_sid.clone()).collect();
+    let rows = sqlx::query!(
+        "SELECT id, delivery_status, twilio_sid, conversation_id FROM sms_messages
+         WHERE (id = ANY($1) AND direction = 'outbound') OR twilio_sid = ANY($2)
+         ORDER BY id FOR UPDATE",
+        &ids,
+        &sids
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    rows.into_iter()
+        .map(|r| {
+            Ok(Target {
+                id: r.id,
+                status: r.delivery_status.parse()?,
+                sid: r.twilio_sid,
+                conversation_id: r.conversation_id,
+            })
+        })
+        .collect()
+}
+
+/// Stores proven SIDs, settles the callbacks, moves the statuses and touches the conversations,
+/// one statement each, in the caller's transaction.
+async fn write(
+    tx: &mut sqlx::PgConnection,
+    targets: &[Target],
+    decisions: &[Decision],
+    sid_ids: &[Uuid],
+    sid_values: &[String],
 ) -> anyhow::Result<()> {
-    if !msg.has_sid {
+    if !sid_ids.is_empty() {
         sqlx::query!(
-            "UPDATE sms_messages SET twilio_sid = $2 WHERE id = $1",
-            msg.id,
-            job.message_sid
+            "UPDATE sms_messages m SET twilio_sid = u.sid
+             FROM UNNEST($1::uuid[], $2::text[]) AS u(id, sid)
+             WHERE m.id = u.id AND m.twilio_sid IS NULL",
+            sid_ids,
+            sid_values
         )
         .execute(&mut *tx)
         .await?;
     }
-    sqlx::query!(
-        "UPDATE sms_status_callbacks SET applied_at = now() WHERE id = ANY($1)",
-        &d.settled
-    )
-    .execute(&mut *tx)
-    .await?;
-    if d.status == msg.status {
+    let settled: Vec<i64> = decisions
+        .iter()
+        .flat_map(|d| d.settled.iter().copied())
+        .collect();
+    if !settled.is_empty() {
+        sqlx::query!(
+            "UPDATE sms_status_callbacks SET applied_at = now() WHERE id = ANY($1)",
+            &settled
+        )
+        .execute(&mut *tx)
+        .await?;
+    }
+    let moved: Vec<(&Target, &Decision)> = targets
+        .iter()
+        .zip(decisions)
+        .filter(|(t, d)| d.status != t.status)
+        .collect();
+    if moved.is_empty() {
         return Ok(());
     }
+    let ids: Vec<Uuid> = moved.iter().map(|(t, _)| t.id).collect();
+    let statuses: Vec<&str> = moved.iter().map(|(_, d)| d.status.as_str()).collect();
+    let codes: Vec<Option<String>> = moved.iter().map(|(_, d)| d.error_code.clone()).collect();
     sqlx::query!(
-        "UPDATE sms_messages SET delivery_status = $2, error_code = COALESCE($3, error_code), status_updated_at = now(), updated_at = now() WHERE id = $1",
-        msg.id,
-        d.status.as_str(),
-        d.error_code
+        "UPDATE sms_messages m SET delivery_status = u.status, error_code = COALESCE(u.code, m.error_code),
+                status_updated_at = now(), updated_at = now()
+         FROM UNNEST($1::uuid[], $2::text[], $3::text[]) AS u(id, status, code)
+         WHERE m.id = u.id",
+        &ids,
+        &statuses as &[&str],
+        &codes as &[Option<String>]
     )
     .execute(&mut *tx)
     .await?;
-    if let Some(conv) = msg.conversation_id {
+    let mut conversations: Vec<Uuid> = moved
+        .iter()
+        .filter_map(|(t, _)| t.conversation_id)
+        .collect();
+    conversations.sort();
+    conversations.dedup();
+    if !conversations.is_empty() {
         sqlx::query!(
-            "UPDATE sms_conversations SET last_message_at = GREATEST(last_message_at, now()), updated_at = now() WHERE id = $1",
-            conv
+            "UPDATE sms_conversations SET last_message_at = GREATEST(last_message_at, now()), updated_at = now()
+             WHERE id = ANY($1)",
+            &conversations
         )
         .execute(&mut *tx)
         .await?;

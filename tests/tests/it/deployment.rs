@@ -456,6 +456,7 @@ async fn two_ingresses_and_three_workers_under_pressure_wait_instead_of_failing(
     let sampler = {
         let (pool, peaks) = (w.db.pool.clone(), peaks.clone());
         tokio::spawn(async move {
+            let mut tick = 0u64;
             loop {
                 let sample: Result<(i64, i64), _> = sqlx::query_as(
                     "SELECT (SELECT count(*) FROM apalis.jobs WHERE status IN ('Pending', 'Queued', 'Running')),
@@ -466,6 +467,18 @@ async fn two_ingresses_and_three_workers_under_pressure_wait_instead_of_failing(
                 if let Ok((jobs, unprocessed)) = sample {
                     peaks[0].fetch_max(jobs as u64, Ordering::Relaxed);
                     peaks[1].fetch_max(unprocessed as u64, Ordering::Relaxed);
+                }
+                // Which queue holds the backlog, every 10 s (the profile when the drain is slow).
+                tick += 1;
+                if tick % 10 == 0 {
+                    let by_queue: Vec<(String, i64)> = sqlx::query_as(
+                        "SELECT job_type, count(*) FROM apalis.jobs
+                         WHERE status IN ('Pending', 'Queued', 'Running') GROUP BY 1 ORDER BY 1",
+                    )
+                    .fetch_all(&pool)
+                    .await
+                    .unwrap_or_default();
+                    println!("backlog at {tick} s: {by_queue:?}");
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
