@@ -7,21 +7,34 @@ use axum::{Json, extract::State, http::StatusCode};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::{AppState, auth::ApiKey, error::ApiError};
+use crate::{
+    AppState,
+    auth::ApiKey,
+    error::ApiError,
+    policy::{self, Action, Owner},
+};
 
 /// Exactly one of `tenant_id`, `workflow_type` and `default: true`.
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewRoute {
+    #[schema(min_length = 1, max_length = 100)]
     pub tenant_id: Option<String>,
+    #[schema(min_length = 1, max_length = 100)]
     pub workflow_type: Option<String>,
     #[serde(default)]
     pub default: bool,
-    /// An http(s) URL the messages are POSTed to.
-    #[schema(example = "http://127.0.0.1:8089/agent/echo")]
+    /// An http(s) URL the messages are POSTed to. It must not reach internal addresses
+    /// (loopback, private, link-local, shared, multicast, metadata) unless the operator allows
+    /// the network (`AGENT_ALLOWED_NETWORKS`); redirects are not followed.
+    #[schema(
+        example = "https://agents.example.com/collections",
+        min_length = 1,
+        max_length = 2048
+    )]
     pub agent_url: String,
-    /// At least 16 characters; signs each request to the agent (`X-SMS-Signature`). Write-only.
-    #[schema(min_length = 16, write_only)]
+    /// 16 to 256 characters; signs each request to the agent (`X-SMS-Signature`). Write-only.
+    #[schema(min_length = 16, max_length = 256, write_only)]
     pub signing_secret: String,
 }
 
@@ -90,8 +103,8 @@ pub async fn list(
     State(state): State<AppState>,
     key: ApiKey,
 ) -> Result<Json<Vec<RouteView>>, ApiError> {
-    key.require("read")?;
-    Ok(Json(all(&state.pool, key.tenant_id.as_deref()).await?))
+    let tenant = policy::confine(&key, Action::Read, None)?;
+    Ok(Json(all(&state.pool, tenant.as_deref()).await?))
 }
 
 /// Field errors of a route, if any.
@@ -110,29 +123,57 @@ pub fn validate(
             "give exactly one of tenant_id, workflow_type, default".to_owned(),
         ));
     }
+    for (field, value) in [("tenant_id", tenant_id), ("workflow_type", workflow_type)] {
+        if value.is_some_and(|v| v.is_empty() || v.chars().count() > MAX_NAME) {
+            errors.push((field, format!("must be 1 to {MAX_NAME} characters")));
+        }
+    }
     match url::Url::parse(agent_url) {
-        Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+        _ if agent_url.len() > MAX_URL => {
+            errors.push(("agent_url", format!("must be at most {MAX_URL} characters")))
+        }
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
         _ => errors.push(("agent_url", "must be an http(s) URL".to_owned())),
     }
-    if signing_secret.len() < 16 {
+    if signing_secret.len() < 16 || signing_secret.len() > MAX_SECRET {
         errors.push((
             "signing_secret",
-            "must be at least 16 characters".to_owned(),
+            format!("must be 16 to {MAX_SECRET} characters"),
         ));
     }
     errors
 }
 
+/// Longest tenant id or workflow type.
+pub const MAX_NAME: usize = 100;
+/// Longest agent URL.
+pub const MAX_URL: usize = 2048;
+/// Longest signing secret.
+pub const MAX_SECRET: usize = 256;
+
+/// The fence's verdict on an agent URL (it must not reach internal addresses): a field error.
+pub async fn fenced(
+    fence: &shared::fence::Fence,
+    agent_url: &str,
+) -> Option<(&'static str, String)> {
+    let url = url::Url::parse(agent_url).ok()?;
+    fence.check_url(&url).await.err().map(|p| ("agent_url", p))
+}
+
 /// Saves a route, replacing the one for the same target; validates first (for the CLI).
 pub async fn save(
     pool: &sqlx::PgPool,
+    fence: &shared::fence::Fence,
     tenant_id: Option<&str>,
     workflow_type: Option<&str>,
     default: bool,
     agent_url: &str,
     signing_secret: &str,
 ) -> anyhow::Result<Uuid> {
-    let errors = validate(tenant_id, workflow_type, default, agent_url, signing_secret);
+    let mut errors = validate(tenant_id, workflow_type, default, agent_url, signing_secret);
+    if errors.is_empty() {
+        errors.extend(fenced(fence, agent_url).await);
+    }
     if let Some((field, problem)) = errors.first() {
         anyhow::bail!("{field}: {problem}");
     }
@@ -155,14 +196,21 @@ async fn insert(
     agent_url: &str,
     signing_secret: &str,
 ) -> Result<Uuid, sqlx::Error> {
-    // One route per target: creating again replaces the agent.
-    sqlx::query_scalar!(
-        r#"WITH gone AS (
-               DELETE FROM agent_routes
-               WHERE ($1::text IS NOT NULL AND tenant_id = $1) OR ($2::text IS NOT NULL AND workflow_type = $2)
-                  OR ($3 AND is_default)
-           )
-           INSERT INTO agent_routes (tenant_id, workflow_type, is_default, agent_url, signing_secret)
+    // One route per target: creating again replaces the agent, atomically (a data-modifying CTE
+    // the INSERT does not read would run after it, so the two are statements of one transaction).
+    let mut tx = pool.begin().await?;
+    sqlx::query!(
+        r#"DELETE FROM agent_routes
+           WHERE ($1::text IS NOT NULL AND tenant_id = $1) OR ($2::text IS NOT NULL AND workflow_type = $2)
+              OR ($3 AND is_default)"#,
+        tenant_id,
+        workflow_type,
+        default
+    )
+    .execute(&mut *tx)
+    .await?;
+    let id = sqlx::query_scalar!(
+        r#"INSERT INTO agent_routes (tenant_id, workflow_type, is_default, agent_url, signing_secret)
            VALUES ($1, $2, $3, $4, $5) RETURNING id"#,
         tenant_id,
         workflow_type,
@@ -170,8 +218,10 @@ async fn insert(
         agent_url,
         signing_secret
     )
-    .fetch_one(pool)
-    .await
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(id)
 }
 
 /// Create or replace a route
@@ -207,20 +257,25 @@ pub async fn create(
     key: ApiKey,
     body: Result<Json<NewRoute>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<RouteView>), ApiError> {
-    key.require("admin")?;
+    policy::require(&key, Action::Administer)?;
     let Json(r) = body.map_err(|e| crate::extract::json_rejection(e, state.cfg.max_body_bytes))?;
-    if let (Some(own), Some(t)) = (&key.tenant_id, &r.tenant_id)
-        && own != t
-    {
-        return Err(ApiError::NotFound("no such tenant"));
-    }
-    let errors = validate(
+    // A tenant's route is that tenant's; a default or workflow route is global.
+    policy::authorize(
+        &key,
+        Action::Administer,
+        Owner::config(r.tenant_id.as_deref()),
+        "no such tenant",
+    )?;
+    let mut errors = validate(
         r.tenant_id.as_deref(),
         r.workflow_type.as_deref(),
         r.default,
         &r.agent_url,
         &r.signing_secret,
     );
+    if errors.is_empty() {
+        errors.extend(fenced(&state.cfg.common.agent_fence, &r.agent_url).await);
+    }
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
@@ -282,26 +337,28 @@ pub async fn delete(
     key: ApiKey,
     Path(id): Path<Uuid>,
 ) -> Result<StatusCode, ApiError> {
-    key.require("admin")?;
-    if !remove(&state.pool, id, key.tenant_id.as_deref()).await? {
+    policy::require(&key, Action::Administer)?;
+    let owner = sqlx::query_scalar!("SELECT tenant_id FROM agent_routes WHERE id = $1", id)
+        .fetch_optional(&state.pool)
+        .await?
+        .ok_or(ApiError::NotFound("no such route"))?;
+    policy::authorize(
+        &key,
+        Action::Administer,
+        Owner::config(owner.as_deref()),
+        "no such route",
+    )?;
+    if !remove(&state.pool, id).await? {
         return Err(ApiError::NotFound("no such route"));
     }
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Removes a route (only of `tenant` when given); false when there was none.
-pub async fn remove(
-    pool: &sqlx::PgPool,
-    id: Uuid,
-    tenant: Option<&str>,
-) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query!(
-        "DELETE FROM agent_routes WHERE id = $1 AND ($2::text IS NULL OR tenant_id = $2)",
-        id,
-        tenant
-    )
-    .execute(pool)
-    .await?;
+/// Removes a route; false when there was none.
+pub async fn remove(pool: &sqlx::PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query!("DELETE FROM agent_routes WHERE id = $1", id)
+        .execute(pool)
+        .await?;
     Ok(done.rows_affected() > 0)
 }
 

@@ -20,34 +20,6 @@ pub struct ApiKey {
     pub tenant_id: Option<String>,
 }
 
-/// The tenant a request reads for: a tenant-scoped key's own (asking for another tenant is asking
-/// for something that does not exist for it: 404), else the one asked for, if any.
-pub fn tenant_filter(key: &ApiKey, asked: Option<String>) -> Result<Option<String>, ApiError> {
-    match (&key.tenant_id, asked) {
-        (Some(own), Some(asked)) if *own != asked => Err(ApiError::NotFound("no such tenant")),
-        (Some(own), _) => Ok(Some(own.clone())),
-        (None, asked) => Ok(asked),
-    }
-}
-
-impl ApiKey {
-    pub fn require(&self, scope: &str) -> Result<(), ApiError> {
-        if self.scopes.iter().any(|s| s == scope || s == "admin") {
-            Ok(())
-        } else {
-            Err(ApiError::Forbidden("this API key lacks the required scope"))
-        }
-    }
-
-    /// Whether this key may see a record owned by `tenant_id`.
-    pub fn sees(&self, tenant_id: Option<&str>) -> bool {
-        match &self.tenant_id {
-            None => true,
-            Some(own) => tenant_id == Some(own.as_str()),
-        }
-    }
-}
-
 pub fn hash_key(key: &str) -> String {
     hex::encode(Sha256::digest(key.as_bytes()))
 }
@@ -57,10 +29,15 @@ pub fn scope_problem(scopes: &[String]) -> Option<String> {
     if scopes.is_empty() {
         return Some(format!("give at least one of {}", SCOPES.join(", ")));
     }
-    scopes
-        .iter()
-        .find(|s| !SCOPES.contains(&s.as_str()))
-        .map(|s| format!("unknown scope {s:?}; scopes are {}", SCOPES.join(", ")))
+    if let Some(s) = scopes.iter().find(|s| !SCOPES.contains(&s.as_str())) {
+        return Some(format!(
+            "unknown scope {s:?}; scopes are {}",
+            SCOPES.join(", ")
+        ));
+    }
+    (1..scopes.len())
+        .any(|i| scopes[..i].contains(&scopes[i]))
+        .then(|| "each scope at most once".to_owned())
 }
 
 /// A key just made: the key itself exists only here (only its hash is stored).

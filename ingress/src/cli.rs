@@ -169,7 +169,8 @@ async fn serve() -> anyhow::Result<()> {
 }
 
 async fn route(command: RouteCommand) -> anyhow::Result<()> {
-    let pool = shared::db::lazy_pool(&load_common())?;
+    let common = load_common();
+    let pool = shared::db::lazy_pool(&common)?;
     match command {
         RouteCommand::Add {
             tenant,
@@ -180,6 +181,7 @@ async fn route(command: RouteCommand) -> anyhow::Result<()> {
         } => {
             let id = agent_routes::save(
                 &pool,
+                &common.agent_fence,
                 tenant.as_deref(),
                 workflow_type.as_deref(),
                 default,
@@ -200,10 +202,7 @@ async fn route(command: RouteCommand) -> anyhow::Result<()> {
             }
         }
         RouteCommand::Remove { id } => {
-            anyhow::ensure!(
-                agent_routes::remove(&pool, id, None).await?,
-                "no route {id}"
-            );
+            anyhow::ensure!(agent_routes::remove(&pool, id).await?, "no route {id}");
         }
     }
     Ok(())

@@ -15,7 +15,12 @@ use serde::{Deserialize, Serialize};
 use shared::phone;
 use uuid::Uuid;
 
-use crate::{AppState, auth::ApiKey, error::ApiError};
+use crate::{
+    AppState,
+    auth::ApiKey,
+    error::ApiError,
+    policy::{self, Action, Owner},
+};
 
 pub const DEFAULT_LIMIT: i64 = 50;
 pub const MAX_LIMIT: i64 = 200;
@@ -153,13 +158,12 @@ pub async fn get_conversation(
     Path(phone_number): Path<String>,
     Query(page): Query<PageParams>,
 ) -> Result<Json<ConversationView>, ApiError> {
-    key.require("read")?;
+    let tenant = policy::confine(&key, Action::Read, page.tenant_id)?;
     let limit = parse_limit(page.limit.as_deref())?;
     let cursor = page.cursor.as_deref().map(decode_cursor).transpose()?;
     // Any written form finds the conversation; an unparseable sender (short code, alphanumeric)
     // is looked up as written.
     let (number, _, _) = phone::sender(&phone_number, state.cfg.common.default_region);
-    let tenant = crate::auth::tenant_filter(&key, page.tenant_id)?;
     let conversation = sqlx::query!(
         r#"SELECT id, phone_number, number_kind, tenant_id, workflow_type, workflow_id,
                   last_message_at, language_detected, language_confidence
@@ -186,7 +190,7 @@ pub async fn get_conversation(
         ),
         _ => conversation.last_message_at,
     };
-    let (messages, next_cursor) = messages_page(
+    let (mut messages, next_cursor) = messages_page(
         &state.pool,
         conversation.id,
         tenant.as_deref(),
@@ -194,6 +198,7 @@ pub async fn get_conversation(
         limit,
     )
     .await?;
+    hide_global_routes(&key, &mut messages);
     Ok(Json(ConversationView {
         id: conversation.id,
         phone_number: conversation.phone_number,
@@ -297,6 +302,21 @@ pub(crate) async fn messages_page(
         })
         .collect();
     Ok((messages, next_cursor))
+}
+
+/// Blanks the agent URL of decisions made by a global route (default or workflow type) for a key
+/// the policy does not show global routes to: the URL is the operator's configuration.
+pub(crate) fn hide_global_routes(key: &ApiKey, messages: &mut [MessageView]) {
+    for m in messages {
+        for d in &mut m.routing {
+            let route_owner = (d.reason == "tenant")
+                .then_some(m.tenant_id.as_deref())
+                .flatten();
+            if !policy::sees(key, Action::Read, Owner::config(route_owner)) {
+                d.agent_url = None;
+            }
+        }
+    }
 }
 
 /// The routing decisions of these messages, in the order they were made.

@@ -20,7 +20,7 @@ use serde::Serialize;
 pub struct ErrorBody {
     /// Stable, machine-readable: `malformed_body`, `missing_field`, `invalid_request`,
     /// `invalid_limit`, `invalid_cursor`, `invalid_idempotency_key`, `unknown_status`,
-    /// `unauthorized`, `forbidden`, `not_found`, `recipient_opted_out`, `idempotency_key_in_use`,
+    /// `unauthorized`, `forbidden`, `unscoped_admin_only`, `not_found`, `number_claimed`, `recipient_opted_out`, `idempotency_key_in_use`,
     /// `route_exists`, `idempotency_key_reused`, `conversation_mismatch`, `payload_too_large`,
     /// `invalid_path`, `invalid_query`, `invalid_text`, `rate_limited`, `request_timeout`,
     /// `unavailable`, `commit_unknown`, `internal`.
@@ -49,6 +49,10 @@ pub enum ApiError {
     Forbidden(&'static str),
     #[error("{0}")]
     NotFound(&'static str),
+    /// A global resource (default or workflow routes, keys without a tenant, service-wide
+    /// figures) asked for with a tenant-scoped key.
+    #[error("only an admin key without a tenant may do this")]
+    UnscopedOnly,
     #[error("request body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
     /// A webhook source over its invalid-signature limit.
@@ -88,6 +92,7 @@ impl ApiError {
             Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Self::UnscopedOnly => (StatusCode::FORBIDDEN, "unscoped_admin_only"),
             Self::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Self::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             Self::RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),

@@ -13,6 +13,7 @@ pub mod health;
 pub mod metrics;
 pub mod openapi;
 pub mod opt_outs;
+pub mod policy;
 pub mod rate_limit;
 pub mod send;
 pub mod server;
@@ -94,12 +95,22 @@ fn request_span(req: &axum::http::Request<axum::body::Body>) -> tracing::Span {
     span
 }
 
-/// The path for logs and traces, with any segment that looks like a phone number (7 or more
-/// digits, e.g. `/conversations/+15551230001`) masked to its last four digits.
+/// The path for logs and traces, with any segment that looks like a phone number masked to its
+/// last four digits: 7 or more digits and no letter, whatever the punctuation
+/// (`/conversations/+15551230001`, `/conversations/415-555-0202`, `(415)%20555-0202`). Ids
+/// (UUIDs, tenant ids) carry letters and are kept.
 fn masked_path(path: &str) -> String {
     path.split('/')
         .map(|seg| {
-            if seg.chars().filter(char::is_ascii_digit).count() >= 7 && !seg.contains('-') {
+            let digits = seg.chars().filter(char::is_ascii_digit).count();
+            // `%2B` and `%20` are an encoded + and space, not letters.
+            let letters = seg
+                .replace("%2B", "")
+                .replace("%2b", "")
+                .replace("%20", "")
+                .chars()
+                .any(|c| c.is_ascii_alphabetic());
+            if digits >= 7 && !letters {
                 shared::phone::mask(seg)
             } else {
                 seg.to_owned()
@@ -160,6 +171,7 @@ pub fn router(state: AppState) -> Router {
             state.cfg.request_timeout,
             server::deadline,
         ))
+        .layer(axum::middleware::from_fn(server::security_headers))
         .layer(request_ids)
         .with_state(state)
 }
@@ -198,7 +210,16 @@ mod tests {
             super::masked_path("/tenants/t-1/phones/%2B15551230001"),
             "/tenants/t-1/phones/**********0001"
         );
+        assert_eq!(
+            super::masked_path("/conversations/415-555-0202"),
+            "/conversations/********0202"
+        );
+        assert_eq!(
+            super::masked_path("/conversations/(415)%20555-0202"),
+            "/conversations/************0202"
+        );
         let id = "/routes/0193b0a4-1c2d-7e3f-8a9b-0c1d2e3f4a5b";
         assert_eq!(super::masked_path(id), id);
+        assert_eq!(super::masked_path("/tenants/t-1001"), "/tenants/t-1001");
     }
 }

@@ -108,12 +108,17 @@ impl<'r> ToResponse<'r> for Unauthorized {
     }
 }
 
-/// 403 `forbidden`: the key lacks the scope.
+/// 403 `forbidden` (the key lacks the scope) or `unscoped_admin_only` (a global resource asked
+/// for with a tenant-scoped key): the authorization policy's refusals.
 pub struct MissingScope;
 
 impl<'r> ToResponse<'r> for MissingScope {
     fn response() -> (&'r str, RefOr<Response>) {
-        let r = error_response("`forbidden`: the key lacks the scope this operation needs.");
+        let r = error_response(
+            "`forbidden`: the key lacks the scope this operation needs; `unscoped_admin_only`: \
+             a global resource (default or workflow route, a key without a tenant) asked for with \
+             a tenant-scoped key. See the README's security model.",
+        );
         ("MissingScope", r.build().into())
     }
 }

@@ -17,10 +17,11 @@ use uuid::Uuid;
 
 use crate::{
     AppState,
-    auth::{self, ApiKey},
+    auth::ApiKey,
     conversations::{decode_cursor, encode_cursor, parse_limit},
     error::ApiError,
     extract::Query,
+    policy::{self, Action, Owner},
     usage::parse_time,
 };
 
@@ -132,8 +133,7 @@ pub async fn list(
     key: ApiKey,
     Query(p): Query<LedgerParams>,
 ) -> Result<Response, ApiError> {
-    key.require("read")?;
-    let tenant = auth::tenant_filter(&key, p.tenant_id)?;
+    let tenant = policy::confine(&key, Action::Read, p.tenant_id)?;
     let csv = match p.format.as_deref() {
         None | Some("json") => false,
         Some("csv") => true,
@@ -225,11 +225,21 @@ pub async fn ledger(
     Ok((events, next_cursor))
 }
 
+/// A CSV cell, quoted when needed. A cell a spreadsheet would read as a formula (starting with
+/// `=`, `+`, `-`, `@`, tab or CR) is prefixed with `'` so it stays text (OWASP's CSV injection
+/// advice); a plain signed number such as an E.164 phone number is no formula and is kept.
 fn csv_field(v: &str) -> String {
+    let formula = v.starts_with(['=', '+', '-', '@', '\t', '\r'])
+        && !(v.len() > 1 && v[1..].bytes().all(|b| b.is_ascii_digit()));
+    let v = if formula {
+        format!("'{v}")
+    } else {
+        v.to_owned()
+    };
     if v.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", v.replace('"', "\"\""))
     } else {
-        v.to_owned()
+        v
     }
 }
 
@@ -275,6 +285,14 @@ fn csv_response(events: &[OptOutEvent]) -> Response {
         .into_response()
 }
 
+/// An opt change that changed nothing.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct NotRecorded {
+    /// Always false.
+    pub recorded: bool,
+    pub detail: &'static str,
+}
+
 /// Record an opt-out received another way
 ///
 /// An opt-out (or opt-in) the recipient gave by phone, letter or otherwise, with how; recorded in
@@ -287,7 +305,10 @@ fn csv_response(events: &[OptOutEvent]) -> Response {
     security(("api_key" = ["send"])),
     request_body = NewOptOut,
     responses(
-        (status = 201, description = "Recorded.", body = OptOutEvent),
+        (status = 201, description = "Recorded: the ledger event written.", body = OptOutEvent),
+        (status = 200, description = "Nothing to record: an opt-in for a number that is not \
+            opted out (or one older than the change in force). The ledger is unchanged.",
+         body = NotRecorded),
         (status = 400, description = "`malformed_body`; `invalid_request` with `errors` \
             (`phone_number`, `change`, `method`, `note`).", body = crate::error::ErrorBody),
         (status = 401, response = crate::openapi::Unauthorized),
@@ -303,8 +324,8 @@ pub async fn record(
     State(state): State<AppState>,
     key: ApiKey,
     body: Result<Json<NewOptOut>, axum::extract::rejection::JsonRejection>,
-) -> Result<(StatusCode, Json<OptOutEvent>), ApiError> {
-    key.require("send")?;
+) -> Result<Response, ApiError> {
+    policy::require(&key, Action::Send)?;
     let Json(req) =
         body.map_err(|e| crate::extract::json_rejection(e, state.cfg.max_body_bytes))?;
     let mut errors = Vec::new();
@@ -336,11 +357,12 @@ pub async fn record(
     )
     .fetch_optional(&mut *tx)
     .await?;
-    if let Some(own) = &key.tenant_id
-        && owner.as_ref() != Some(own)
-    {
-        return Err(ApiError::NotFound("no such number for this tenant"));
-    }
+    policy::authorize(
+        &key,
+        Action::Send,
+        Owner::record(owner.as_deref()),
+        "no such number for this tenant",
+    )?;
     let sender = state.cfg.twilio.sender();
     let our = sender
         .phone_number
@@ -360,17 +382,26 @@ pub async fn record(
         note: req.note.as_deref(),
         occurred_at: req.occurred_at.unwrap_or_else(Utc::now),
     };
-    optout::record(&mut tx, &record).await?;
+    let recorded = optout::record(&mut tx, &record).await?;
+    let Some(event_id) = recorded.event_id else {
+        crate::error::commit(tx).await?;
+        return Ok(Json(NotRecorded {
+            recorded: false,
+            detail: "nothing to record: the number is not opted out, or a newer change is in force",
+        })
+        .into_response());
+    };
+    // The event just written, and only it (never another tenant's entry for the number).
     let event = sqlx::query_as!(
         OptOutEvent,
         r#"SELECT id, our_number, their_number, change, source, method, keyword, rule, message_id,
                   tenant_id, note, occurred_at, recorded_at
-           FROM sms_opt_out_events WHERE their_number = $1 ORDER BY id DESC LIMIT 1"#,
-        number.as_str()
+           FROM sms_opt_out_events WHERE id = $1"#,
+        event_id
     )
     .fetch_one(&mut *tx)
     .await?;
     crate::error::commit(tx).await?;
     tracing::info!(their = %number.masked(), change = change.as_str(), key = %key.name, "opt change recorded through the API");
-    Ok((StatusCode::CREATED, Json(event)))
+    Ok((StatusCode::CREATED, Json(event)).into_response())
 }

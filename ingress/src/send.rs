@@ -18,7 +18,12 @@ use shared::{
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::{AppState, auth::ApiKey, error::ApiError};
+use crate::{
+    AppState,
+    auth::ApiKey,
+    error::ApiError,
+    policy::{self, Action, Owner},
+};
 
 pub const MAX_MEDIA: usize = 10;
 
@@ -217,7 +222,7 @@ pub async fn send(
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    key.require("send")?;
+    policy::require(&key, Action::Send)?;
     let body = body.map_err(|e| crate::extract::body_rejection(e, state.cfg.max_body_bytes))?;
     let req: SendRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request("malformed_body", format!("invalid JSON body: {e}")))?;
@@ -231,9 +236,13 @@ pub async fn send(
     {
         return Ok(first);
     }
-    if let Some(tenant) = &key.tenant_id {
-        own_recipient(&mut tx, tenant, &valid.to).await?;
-    }
+    let owner = recipient_owner(&mut tx, &valid.to).await?;
+    policy::authorize(
+        &key,
+        Action::Send,
+        Owner::record(owner.as_deref()),
+        "no such recipient",
+    )?;
     let conversation_id = conversation(&mut tx, &key, &req, &valid.to).await?;
     let msg = NewOutbound {
         conversation_id,
@@ -336,17 +345,15 @@ async fn first_answer(
     Ok(Some((status, Json(response))))
 }
 
-/// A tenant-scoped key sends only to its tenant's numbers; others do not exist for it.
-async fn own_recipient(tx: &mut PgConnection, tenant: &str, to: &str) -> Result<(), ApiError> {
-    let own = sqlx::query_scalar!(
-        r#"SELECT 1 AS "one!" FROM tenant_profiles WHERE tenant_id = $1 AND phone_numbers ? $2"#,
-        tenant,
+/// The tenant the directory gives `to` (the policy then decides whether the key may send to it).
+async fn recipient_owner(tx: &mut PgConnection, to: &str) -> Result<Option<String>, ApiError> {
+    // The directory's rule (shared::tenants::owners): the first-listed tenant.
+    Ok(sqlx::query_scalar!(
+        "SELECT tenant_id FROM tenant_profiles WHERE phone_numbers ? $1 ORDER BY created_at, tenant_id LIMIT 1",
         to
     )
     .fetch_optional(&mut *tx)
-    .await?;
-    own.map(|_| ())
-        .ok_or(ApiError::NotFound("no such recipient"))
+    .await?)
 }
 
 /// The conversation to send on: the one named (it must be the recipient's and visible to the
@@ -359,11 +366,12 @@ async fn conversation(
 ) -> Result<Uuid, ApiError> {
     let Some(id) = req.conversation_id else {
         return Ok(sqlx::query_scalar!(
-            // The number's owner now: the key's tenant, else the directory's first-listed tenant
-            // (shared::tenants::owners' rule); the message sent belongs to it.
+            // The number's owner is the directory's (its first-listed tenant, shared::tenants::
+            // owners' rule), never the sending key's: attribution changes only through the
+            // directory. A tenant-scoped key sends only to its own numbers (own_recipient).
             r#"INSERT INTO sms_conversations (phone_number, phone_number_original, tenant_id, workflow_type, workflow_id)
-               VALUES ($1, $2, COALESCE($5, (SELECT tenant_id FROM tenant_profiles WHERE phone_numbers ? $1
-                                             ORDER BY created_at, tenant_id LIMIT 1)), $3, $4)
+               VALUES ($1, $2, (SELECT tenant_id FROM tenant_profiles WHERE phone_numbers ? $1
+                                ORDER BY created_at, tenant_id LIMIT 1), $3, $4)
                ON CONFLICT (phone_number) DO UPDATE SET
                    tenant_id = COALESCE(EXCLUDED.tenant_id, sms_conversations.tenant_id),
                    workflow_type = COALESCE(EXCLUDED.workflow_type, sms_conversations.workflow_type),
@@ -373,8 +381,7 @@ async fn conversation(
             to,
             req.to.as_deref().unwrap_or_default().trim(),
             req.workflow_type,
-            req.workflow_id,
-            key.tenant_id
+            req.workflow_id
         )
         .fetch_one(&mut *tx)
         .await?);
@@ -385,8 +392,13 @@ async fn conversation(
     )
     .fetch_optional(&mut *tx)
     .await?
-    .filter(|c| key.sees(c.tenant_id.as_deref()))
     .ok_or(ApiError::NotFound("no such conversation"))?;
+    policy::authorize(
+        key,
+        Action::Send,
+        Owner::record(conv.tenant_id.as_deref()),
+        "no such conversation",
+    )?;
     if conv.phone_number != to {
         return Err(ApiError::Unprocessable {
             code: "conversation_mismatch",
@@ -444,7 +456,7 @@ pub async fn cancel(
     key: ApiKey,
     crate::extract::Path(message_id): crate::extract::Path<Uuid>,
 ) -> Result<(StatusCode, Json<Canceled>), ApiError> {
-    key.require("send")?;
+    policy::require(&key, Action::Send)?;
     let mut tx = state.pool.begin().await?;
     let msg = sqlx::query!(
         r#"SELECT delivery_status, twilio_sid, send_attempts, tenant_id FROM sms_messages
@@ -453,8 +465,13 @@ pub async fn cancel(
     )
     .fetch_optional(&mut *tx)
     .await?
-    .filter(|m| key.sees(m.tenant_id.as_deref()))
     .ok_or(ApiError::NotFound("no such message"))?;
+    policy::authorize(
+        &key,
+        Action::Send,
+        Owner::record(msg.tenant_id.as_deref()),
+        "no such message",
+    )?;
     let conflict = |code, detail: &str| ApiError::Conflict {
         code,
         detail: detail.into(),

@@ -100,3 +100,20 @@ pub async fn deadline(State(limit): State<Duration>, req: Request, next: Next) -
         }
     }
 }
+
+/// Middleware: every answer says `X-Content-Type-Options: nosniff` (a browser never guesses a
+/// type other than the one declared), and answers that do not choose their own caching carry
+/// `Cache-Control: no-store` (they hold message text, numbers and keys that no cache may keep).
+pub async fn security_headers(req: Request, next: Next) -> Response {
+    use axum::http::{HeaderValue, header};
+    let mut response = next.run(req).await;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers
+        .entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    response
+}

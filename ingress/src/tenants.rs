@@ -8,7 +8,12 @@ use axum::{Json, extract::State, http::StatusCode};
 use serde::{Deserialize, Serialize};
 use shared::phone;
 
-use crate::{AppState, auth::ApiKey, error::ApiError};
+use crate::{
+    AppState,
+    auth::ApiKey,
+    error::ApiError,
+    policy::{self, Action, Owner},
+};
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Phones {
@@ -29,14 +34,6 @@ pub struct AddPhone {
     /// The tenant's IANA time zone (`America/Chicago`), for quiet hours; kept when omitted.
     #[schema(example = "America/Chicago")]
     pub timezone: Option<String>,
-}
-
-fn visible(key: &ApiKey, tenant_id: &str) -> Result<(), ApiError> {
-    if key.sees(Some(tenant_id)) {
-        Ok(())
-    } else {
-        Err(ApiError::NotFound("no such tenant"))
-    }
 }
 
 async fn load(state: &AppState, tenant_id: &str) -> Result<Phones, ApiError> {
@@ -77,15 +74,20 @@ pub async fn list(
     key: ApiKey,
     Path(tenant_id): Path<String>,
 ) -> Result<Json<Phones>, ApiError> {
-    key.require("read")?;
-    visible(&key, &tenant_id)?;
+    policy::authorize(
+        &key,
+        Action::Read,
+        Owner::Tenant(&tenant_id),
+        "no such tenant",
+    )?;
     Ok(Json(load(&state, &tenant_id).await?))
 }
 
 /// Add a phone number to a tenant
 ///
-/// Creates the tenant's profile if needed; a number already listed is not added twice. Workers
-/// see the change within TENANT_CACHE_TTL_SECS.
+/// Creates the tenant's profile if needed; a number already listed is not added twice. A number
+/// has one owner: one another tenant lists is refused to tenant-scoped keys (409) and moved by an
+/// unscoped admin key. Workers see the change within a second.
 #[utoipa::path(
     post,
     path = "/tenants/{tenant_id}/phones",
@@ -104,6 +106,8 @@ pub async fn list(
         (status = 403, response = crate::openapi::MissingScope),
         (status = 404, description = "`not_found`: another tenant, for a tenant-scoped key.",
          body = crate::error::ErrorBody),
+        (status = 409, description = "`number_claimed`: another tenant lists this number (only \
+            an admin key without a tenant can move it).", body = crate::error::ErrorBody),
         (status = 500, response = crate::openapi::Internal),
         (status = 503, response = crate::openapi::Unavailable),
     )
@@ -114,8 +118,12 @@ pub async fn add(
     Path(tenant_id): Path<String>,
     body: Result<Json<AddPhone>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<Phones>), ApiError> {
-    key.require("admin")?;
-    visible(&key, &tenant_id)?;
+    policy::authorize(
+        &key,
+        Action::Administer,
+        Owner::Tenant(&tenant_id),
+        "no such tenant",
+    )?;
     let Json(body) =
         body.map_err(|e| crate::extract::json_rejection(e, state.cfg.max_body_bytes))?;
     let e164 =
@@ -135,6 +143,8 @@ pub async fn add(
                 .name(),
         ),
     };
+    let mut tx = state.pool.begin().await?;
+    claim(&mut tx, &key, &tenant_id, e164.as_str()).await?;
     // Created if new; a number already listed is not added twice.
     sqlx::query!(
         r#"INSERT INTO tenant_profiles (tenant_id, phone_numbers, timezone) VALUES ($1, jsonb_build_array($2::text), $3)
@@ -147,9 +157,64 @@ pub async fn add(
         e164.as_str(),
         timezone
     )
-    .execute(&state.pool)
+    .execute(&mut *tx)
     .await?;
+    crate::error::commit(tx).await?;
     Ok((StatusCode::CREATED, Json(load(&state, &tenant_id).await?)))
+}
+
+/// A number has one owner. Listing it for `tenant_id` while other tenants list it is a claim on
+/// their number: the policy refuses it to a tenant-scoped key (409 `number_claimed`, naming no
+/// tenant) and lets an unscoped admin move it, which takes it off the others' lists (the
+/// directory change log notes both sides; workers drop it from their caches within a second).
+/// Serialised per number, so two tenants adding it at once cannot both get it.
+async fn claim(
+    tx: &mut sqlx::PgConnection,
+    key: &ApiKey,
+    tenant_id: &str,
+    e164: &str,
+) -> Result<(), ApiError> {
+    sqlx::query!(
+        "SELECT pg_advisory_xact_lock(hashtext('tenant-number:' || $1))",
+        e164
+    )
+    .execute(&mut *tx)
+    .await?;
+    let others = sqlx::query_scalar!(
+        "SELECT tenant_id FROM tenant_profiles WHERE phone_numbers ? $1 AND tenant_id <> $2 ORDER BY tenant_id FOR UPDATE",
+        e164,
+        tenant_id
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    for other in &others {
+        policy::authorize(
+            key,
+            Action::ClaimNumber,
+            Owner::Tenant(other),
+            "no such tenant",
+        )?;
+    }
+    if others.is_empty() {
+        return Ok(());
+    }
+    sqlx::query!(
+        r#"UPDATE tenant_profiles SET phone_numbers = phone_numbers - $1::text,
+               last_used_phone_number = NULLIF(last_used_phone_number, $1), updated_at = now()
+           WHERE tenant_id = ANY($2)"#,
+        e164,
+        &others
+    )
+    .execute(&mut *tx)
+    .await?;
+    tracing::info!(
+        number = %phone::mask(e164),
+        to = tenant_id,
+        from = ?others,
+        key = %key.name,
+        "number moved between tenants"
+    );
+    Ok(())
 }
 
 /// Remove a phone number from a tenant
@@ -179,8 +244,12 @@ pub async fn remove(
     key: ApiKey,
     Path((tenant_id, number)): Path<(String, String)>,
 ) -> Result<Json<Phones>, ApiError> {
-    key.require("admin")?;
-    visible(&key, &tenant_id)?;
+    policy::authorize(
+        &key,
+        Action::Administer,
+        Owner::Tenant(&tenant_id),
+        "no such tenant",
+    )?;
     let e164 = phone::normalize(&number, state.cfg.common.default_region)
         .map(|e| e.as_str().to_owned())
         .unwrap_or(number);

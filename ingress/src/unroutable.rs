@@ -9,7 +9,12 @@ use serde::{Deserialize, Serialize};
 
 use uuid::Uuid;
 
-use crate::{AppState, auth::ApiKey, error::ApiError};
+use crate::{
+    AppState,
+    auth::ApiKey,
+    error::ApiError,
+    policy::{self, Action, Owner},
+};
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -105,22 +110,32 @@ pub async fn count(pool: &sqlx::PgPool, f: &Filter) -> Result<i64, ApiError> {
 /// the quarantine (or already replayed, or another tenant's).
 pub async fn replay_one(
     pool: &sqlx::PgPool,
-    tenant: Option<&str>,
+    key: &ApiKey,
     message_id: Uuid,
 ) -> Result<bool, ApiError> {
+    policy::require(key, Action::Administer)?;
     let mut tx = pool.begin().await?;
-    let found = sqlx::query!(
-        r#"UPDATE sms_unroutable SET replayed_at = now()
-           WHERE message_id = $1 AND replayed_at IS NULL AND ($2::text IS NULL OR tenant_id = $2)
-           RETURNING message_id"#,
-        message_id,
-        tenant
+    let Some(entry) = sqlx::query!(
+        "SELECT tenant_id FROM sms_unroutable WHERE message_id = $1 AND replayed_at IS NULL FOR UPDATE",
+        message_id
     )
     .fetch_optional(&mut *tx)
-    .await?;
-    if found.is_none() {
+    .await?
+    else {
         return Ok(false);
-    }
+    };
+    policy::authorize(
+        key,
+        Action::Administer,
+        Owner::record(entry.tenant_id.as_deref()),
+        "no such unroutable message",
+    )?;
+    sqlx::query!(
+        "UPDATE sms_unroutable SET replayed_at = now() WHERE message_id = $1",
+        message_id
+    )
+    .execute(&mut *tx)
+    .await?;
     shared::routing::replay(&mut tx, message_id).await?;
     crate::error::commit(tx).await?;
     tracing::info!(%message_id, "unroutable message replayed");
@@ -128,8 +143,13 @@ pub async fn replay_one(
 }
 
 /// Routes again every quarantined message `f` matches (not yet replayed), in one transaction;
-/// returns how many.
-pub async fn replay_matching(pool: &sqlx::PgPool, f: &Filter) -> Result<u64, ApiError> {
+/// returns how many. With `expected` (the count an operator confirmed), nothing is replayed when
+/// the quarantine changed since: 409 `count_changed`.
+pub async fn replay_matching(
+    pool: &sqlx::PgPool,
+    f: &Filter,
+    expected: Option<u64>,
+) -> Result<u64, ApiError> {
     f.check()?;
     let mut tx = pool.begin().await?;
     let ids = sqlx::query_scalar!(
@@ -141,6 +161,17 @@ pub async fn replay_matching(pool: &sqlx::PgPool, f: &Filter) -> Result<u64, Api
     )
     .fetch_all(&mut *tx)
     .await?;
+    if let Some(n) = expected
+        && n != ids.len() as u64
+    {
+        return Err(ApiError::Conflict {
+            code: "count_changed",
+            detail: format!(
+                "{} messages match now, not the {n} confirmed; nothing was replayed: look again",
+                ids.len()
+            ),
+        });
+    }
     for id in &ids {
         shared::routing::replay(&mut tx, *id).await?;
     }
@@ -189,7 +220,7 @@ pub async fn list(
     key: ApiKey,
     Query(p): Query<ListParams>,
 ) -> Result<Json<Vec<Unroutable>>, ApiError> {
-    key.require("admin")?;
+    let tenant = policy::confine(&key, Action::Administer, None)?;
     let limit = p.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::bad_request(
@@ -198,7 +229,7 @@ pub async fn list(
         ));
     }
     let filter = Filter {
-        tenant: key.tenant_id.clone(),
+        tenant,
         reason: p.reason,
         include_replayed: p.include_replayed,
     };
@@ -240,8 +271,7 @@ pub async fn replay(
     key: ApiKey,
     Path(message_id): Path<Uuid>,
 ) -> Result<(StatusCode, Json<Replayed>), ApiError> {
-    key.require("admin")?;
-    if !replay_one(&state.pool, key.tenant_id.as_deref(), message_id).await? {
+    if !replay_one(&state.pool, &key, message_id).await? {
         return Err(ApiError::NotFound("no such unroutable message"));
     }
     Ok((

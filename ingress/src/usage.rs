@@ -76,7 +76,8 @@ pub async fn usage(
     key: ApiKey,
     Query(p): Query<UsageParams>,
 ) -> Result<Json<Usage>, ApiError> {
-    key.require("read")?;
+    // A tenant-scoped key counts only its tenant; asking for another is asking for nothing.
+    let tenant = crate::policy::confine(&key, crate::policy::Action::Read, p.tenant_id)?;
     let to =
         p.to.as_deref()
             .map(|v| parse_time("to", v))
@@ -94,8 +95,6 @@ pub async fn usage(
             "must not be after to".into(),
         )]));
     }
-    // A tenant-scoped key counts only its tenant; asking for another is asking for nothing.
-    let tenant = crate::auth::tenant_filter(&key, p.tenant_id)?;
     let rows = sqlx::query!(
         // Each message counts for the tenant it belonged to (a number's past stays its past
         // tenant's); as before, only messages linked to a conversation.

@@ -113,6 +113,9 @@ pub struct Common {
     pub database_acquire_timeout: Duration,
     pub default_region: Id,
     pub log_format: LogFormat,
+    /// Internal networks tenants' URLs may still reach (`AGENT_ALLOWED_NETWORKS`); none by
+    /// default.
+    pub agent_fence: std::sync::Arc<crate::fence::Fence>,
 }
 
 /// Whether each client connection keeps one server session (`Session`: Postgres itself, PgBouncer
@@ -235,6 +238,10 @@ impl Common {
             )?,
             default_region,
             log_format,
+            agent_fence: std::sync::Arc::new(
+                crate::fence::Fence::parse(&src.get("AGENT_ALLOWED_NETWORKS").unwrap_or_default())
+                    .map_err(|e| ConfigError::new("AGENT_ALLOWED_NETWORKS", e))?,
+            ),
         })
     }
 }

@@ -342,18 +342,21 @@ pub async fn record(
         .rows_affected(),
     } > 0;
     // Every opt-out received is in the ledger; an opt-in only when it lifted one.
-    if changed || c.change == OptChange::OptOut {
-        sqlx::query!(
+    let event_id = if changed || c.change == OptChange::OptOut {
+        Some(sqlx::query_scalar!(
             r#"INSERT INTO sms_opt_out_events (our_number, their_number, change, source, method, keyword, rule,
                    message_id, tenant_id, note, occurred_at)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"#,
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id"#,
             c.our_number, c.their_number, c.change.as_str(), c.source.as_str(), c.method, c.keyword,
             c.rule, c.message_id, c.tenant_id, c.note, c.occurred_at
         )
-        .execute(&mut *conn)
-        .await?;
-    }
+        .fetch_one(&mut *conn)
+        .await?)
+    } else {
+        None
+    };
     Ok(Recorded {
+        event_id,
         changed,
         newly_opted_out: changed && c.change == OptChange::OptOut && before != Some(true),
     })
@@ -362,6 +365,8 @@ pub async fn record(
 /// What recording an opt change did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Recorded {
+    /// The ledger event written, if any (an opt-in that lifted nothing writes none).
+    pub event_id: Option<i64>,
     /// The state in force changed (an opt-in that lifted an opt-out, a newer opt-out).
     pub changed: bool,
     /// The number was not opted out before: the one moment a confirmation may be sent.

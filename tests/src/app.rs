@@ -34,6 +34,8 @@ impl Settings {
             ("QUIET_HOURS_WORKFLOWS", "none"),
             // The backfill reads Twilio's log; the tests that exercise it turn it on.
             ("INBOUND_BACKFILL_INTERVAL_SECS", "0"),
+            // The simulator's agents listen on loopback, which the fence refuses by default.
+            ("AGENT_ALLOWED_NETWORKS", "127.0.0.0/8,::1"),
         ] {
             m.insert(k.to_owned(), v.to_owned());
         }

@@ -39,8 +39,8 @@ pub enum Work {
 /// How a queue's jobs use connections, and its share of them.
 pub fn profile(queue: &str) -> (Work, u32) {
     match queue {
-        jobs::INBOUND => (Work::Database, 2),
-        jobs::OUTBOUND_STATUS => (Work::Database, 3),
+        jobs::INBOUND => (Work::Database, 3),
+        jobs::OUTBOUND_STATUS => (Work::Database, 2),
         jobs::ROUTE => (Work::Http, 2),
         jobs::OUTBOUND_SEND => (Work::Http, 2),
         _ => (Work::Http, 1),
@@ -146,10 +146,10 @@ mod tests {
                 12,
                 ALL,
                 &[
-                    (jobs::INBOUND, 2, 2),
+                    (jobs::INBOUND, 3, 3),
                     (jobs::MONITOR_LANGUAGE, 1, 4),
                     (jobs::OUTBOUND_SEND, 2, 8),
-                    (jobs::OUTBOUND_STATUS, 3, 3),
+                    (jobs::OUTBOUND_STATUS, 2, 2),
                     (jobs::ROUTE, 2, 8),
                 ],
             ),
@@ -157,7 +157,7 @@ mod tests {
             (
                 6,
                 &[jobs::INBOUND, jobs::ROUTE],
-                &[(jobs::INBOUND, 2, 2), (jobs::ROUTE, 2, 8)],
+                &[(jobs::INBOUND, 2, 2), (jobs::ROUTE, 1, 4)],
             ),
             // Too small to share: every queue still runs one connection's worth.
             (

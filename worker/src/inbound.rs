@@ -13,8 +13,14 @@
 //! A job's messages are applied together, a chunk per transaction with set-based statements
 //! (one conversation upsert, one message update, one tenant update, one push of the route jobs):
 //! a job holds one connection and costs a few round trips whatever its size (budget.rs counts
-//! on the first; the worker's throughput on the second). Rows are locked in one order (numbers,
-//! then messages by arrival, then tenants by id) and a deadlock still detected is retried.
+//! on the first; the worker's throughput on the second). Rows are locked in one order (messages,
+//! then numbers, then tenants by id) and a deadlock still detected is retried.
+//!
+//! Under a backlog (messages stored more than [`BEHIND`] ago and still waiting), a job takes the
+//! oldest of them along, up to a chunk: the rows every batch writes (a number's conversation, a
+//! tenant) are then written once per chunk rather than once per webhook commit, so the backlog
+//! drains in a few large transactions. Taken-along messages are locked with SKIP LOCKED (another
+//! run has them); each still has its own job, which then finds it processed.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -117,19 +123,48 @@ const CHUNK: usize = 128;
 /// Times a chunk's transaction is tried again after Postgres broke a deadlock with it.
 const DEADLOCK_RETRIES: u32 = 3;
 
-/// Processes every message of a job, a chunk per transaction; a re-run skips what an earlier
-/// run linked.
+/// How long a stored message waits before another job may take it along: past this, its own
+/// job is behind.
+const BEHIND: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Processes every message of a job, a chunk per transaction, the last chunk filled with waiting
+/// messages; a re-run skips what an earlier run linked.
 pub async fn process_batch(deps: &Deps, job: &ProcessInbound) -> anyhow::Result<()> {
-    for ids in job.message_ids.chunks(CHUNK) {
-        process_chunk(deps, ids, &job.traces).await?;
+    let chunks: Vec<&[Uuid]> = job.message_ids.chunks(CHUNK).collect();
+    for (i, ids) in chunks.iter().enumerate() {
+        let along = if i + 1 == chunks.len() {
+            waiting(deps, CHUNK - ids.len(), ids).await?
+        } else {
+            Vec::new()
+        };
+        process_chunk(deps, ids, &along, &job.traces).await?;
     }
     Ok(())
 }
 
 /// One message, as a re-run or a test does it: a chunk of one.
 pub async fn process(deps: &Deps, message_id: Uuid) -> anyhow::Result<Outcome> {
-    let mut outcomes = process_chunk(deps, &[message_id], &HashMap::new()).await?;
+    let mut outcomes = process_chunk(deps, &[message_id], &[], &HashMap::new()).await?;
     Ok(outcomes.remove(&message_id).unwrap_or(Outcome::Missing))
+}
+
+/// Up to `n` of the oldest messages stored more than [`BEHIND`] ago and not yet processed, other
+/// than `own`.
+async fn waiting(deps: &Deps, n: usize, own: &[Uuid]) -> anyhow::Result<Vec<Uuid>> {
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    Ok(sqlx::query_scalar!(
+        r#"SELECT id FROM sms_messages
+           WHERE direction = 'inbound' AND processed_at IS NULL
+             AND created_at < now() - make_interval(secs => $1) AND id <> ALL($2)
+           ORDER BY created_at LIMIT $3"#,
+        BEHIND.as_secs_f64(),
+        own,
+        n as i64
+    )
+    .fetch_all(&deps.pool)
+    .await?)
 }
 
 /// One stored message on its way: what it is, what was decided, and its own span (continuing
@@ -145,11 +180,13 @@ struct Item {
 async fn process_chunk(
     deps: &Deps,
     ids: &[Uuid],
+    along: &[Uuid],
     traces: &HashMap<Uuid, TraceContext>,
 ) -> anyhow::Result<HashMap<Uuid, Outcome>> {
-    let stored = load(deps, ids).await?;
+    let all: Vec<Uuid> = ids.iter().chain(along).copied().collect();
+    let stored = load(deps, &all).await?;
     let mut outcomes: HashMap<Uuid, Outcome> =
-        ids.iter().map(|id| (*id, Outcome::Missing)).collect();
+        all.iter().map(|id| (*id, Outcome::Missing)).collect();
     let mut items = Vec::with_capacity(stored.len());
     // Directory lookups happen before the transaction so no row is locked while waiting on HTTP;
     // one lookup per number.
@@ -187,7 +224,7 @@ async fn process_chunk(
     }
     let mut tries = 0;
     let applied = loop {
-        match apply(deps, &items).await {
+        match apply(deps, &items, along).await {
             Err(e) if crate::is_deadlock(&e) && tries < DEADLOCK_RETRIES => {
                 tries += 1;
                 tracing::warn!(tries, "inbound batch deadlocked with another; trying again");
@@ -262,16 +299,27 @@ struct ConversationInput<'a> {
 }
 
 /// The transaction: conversations, messages, languages, tenants, opt changes and route jobs.
-/// Returns the conversation of each message it linked (the others were linked by another run).
-async fn apply(deps: &Deps, items: &[Item]) -> anyhow::Result<HashMap<Uuid, Linked>> {
+/// Returns the conversation of each message it linked (the others were linked by another run, or
+/// are taken-along messages another run holds).
+async fn apply(
+    deps: &Deps,
+    items: &[Item],
+    along: &[Uuid],
+) -> anyhow::Result<HashMap<Uuid, Linked>> {
     let mut tx = deps.pool.begin().await?;
-    let conversations = upsert_conversations(&mut tx, items).await?;
-    let linked = link_messages(&mut tx, items, &conversations).await?;
+    let held = lock_messages(&mut tx, items, along).await?;
+    let items: Vec<&Item> = items.iter().filter(|i| held.contains(&i.id)).collect();
+    if items.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let conversations = upsert_conversations(&mut tx, &items).await?;
+    let linked = link_messages(&mut tx, &items, &conversations).await?;
     if linked.is_empty() {
         return Ok(linked); // another run linked them all first: roll back
     }
     let mine: Vec<&Item> = items
         .iter()
+        .copied()
         .filter(|i| linked.contains_key(&i.id))
         .collect();
     merge_conversation_languages(&mut tx, &mine, &conversations).await?;
@@ -313,6 +361,39 @@ async fn apply(deps: &Deps, items: &[Item]) -> anyhow::Result<HashMap<Uuid, Link
     Ok(linked)
 }
 
+/// Locks the chunk's messages still waiting, in id order: the job's own (waiting for another
+/// run that holds one) and those taken along that no other run holds (SKIP LOCKED). Returns
+/// the ids locked.
+async fn lock_messages(
+    tx: &mut PgConnection,
+    items: &[Item],
+    along: &[Uuid],
+) -> anyhow::Result<std::collections::HashSet<Uuid>> {
+    let (extra, own): (Vec<Uuid>, Vec<Uuid>) = items
+        .iter()
+        .map(|i| i.id)
+        .partition(|id| along.contains(id));
+    let mut held: std::collections::HashSet<Uuid> = sqlx::query_scalar!(
+        "SELECT id FROM sms_messages WHERE id = ANY($1) AND processed_at IS NULL ORDER BY id FOR UPDATE",
+        &own
+    )
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .collect();
+    if !extra.is_empty() {
+        held.extend(
+            sqlx::query_scalar!(
+                "SELECT id FROM sms_messages WHERE id = ANY($1) AND processed_at IS NULL ORDER BY id FOR UPDATE SKIP LOCKED",
+                &extra
+            )
+            .fetch_all(&mut *tx)
+            .await?,
+        );
+    }
+    Ok(held)
+}
+
 /// Upserts every number's conversation in one statement, in number order (the lock order).
 ///
 /// The conversation follows the number's current owner: the tenant found, or none when the
@@ -320,7 +401,7 @@ async fn apply(deps: &Deps, items: &[Item]) -> anyhow::Result<HashMap<Uuid, Link
 /// (`owner_known` false) leaves it as it was.
 async fn upsert_conversations(
     tx: &mut PgConnection,
-    items: &[Item],
+    items: &[&Item],
 ) -> anyhow::Result<HashMap<String, (Linked, Option<Detection>)>> {
     let mut by_number: BTreeMap<&str, ConversationInput<'_>> = BTreeMap::new();
     for item in items {
@@ -385,7 +466,7 @@ async fn upsert_conversations(
 /// is skipped: opt-out keywords are the carrier's business, not an agent's).
 async fn link_messages(
     tx: &mut PgConnection,
-    items: &[Item],
+    items: &[&Item],
     conversations: &HashMap<String, (Linked, Option<Detection>)>,
 ) -> anyhow::Result<HashMap<Uuid, Linked>> {
     let conv = |item: &Item| &conversations[&item.d.number].0;

@@ -38,6 +38,8 @@ pub struct Deps {
     /// `DATABASE_SESSION_URL` (the queues then poll).
     pub listen_pool: Option<PgPool>,
     pub tenants: TenantResolver,
+    /// The fence around agents' URLs (checked again for addresses written in a URL).
+    pub agent_fence: std::sync::Arc<shared::fence::Fence>,
     pub region: Id,
     pub language_notify_retry: RetryPolicy,
     /// Sending settings and client; None for a worker that does not send.
@@ -81,10 +83,9 @@ impl Deps {
             sender: cfg.sender.clone(),
             quiet_hours: cfg.quiet_hours.clone(),
             opt_out_confirmation: cfg.opt_out_confirmation,
-            http: reqwest::Client::builder()
-                .pool_max_idle_per_host(64)
-                .build()
-                .expect("TLS backend initialises"),
+            // Agents' URLs are tenants': fenced at connection time, no redirects.
+            http: shared::fence::client(cfg.common.agent_fence.clone()),
+            agent_fence: cfg.common.agent_fence.clone(),
             route_timeout: cfg.route_timeout,
             route_retry: cfg.route_retry,
             job_retention: cfg.job_retention,

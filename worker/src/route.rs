@@ -443,6 +443,18 @@ async fn call_agent(deps: &Deps, route: &Route, payload: &Value) -> anyhow::Resu
     // The agent's request is a client span of its own, and the agent gets its `traceparent`.
     let span = tracing::info_span!("agent_request", otel.kind = "client", route_id = %route.id,
         http.response.status_code = tracing::field::Empty);
+    // An address written in the URL never reaches the resolver's fence: checked here.
+    if let Err(why) = reqwest::Url::parse(&route.url)
+        .map_err(|e| e.to_string())
+        .and_then(|u| deps.agent_fence.check_literal(&u))
+    {
+        tracing::warn!(route_id = %route.id, problem = %why, "agent URL refused by the fence");
+        return Ok(AgentCall {
+            status: None,
+            reply: None,
+            latency_ms: 0,
+        });
+    }
     let request = deps
         .http
         .post(&route.url)

@@ -299,9 +299,11 @@ async fn write(
     conversations.sort();
     conversations.dedup();
     if !conversations.is_empty() {
+        // A conversation another transaction holds is being written for newer activity (an
+        // inbound batch): skipping it keeps this batch from waiting on, or deadlocking with, it.
         sqlx::query!(
             "UPDATE sms_conversations SET last_message_at = GREATEST(last_message_at, now()), updated_at = now()
-             WHERE id = ANY($1)",
+             WHERE id IN (SELECT id FROM sms_conversations WHERE id = ANY($1) ORDER BY id FOR UPDATE SKIP LOCKED)",
             &conversations
         )
         .execute(&mut *tx)

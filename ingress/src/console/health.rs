@@ -78,12 +78,25 @@ pub async fn page(
     State(state): State<AppState>,
     operator: Operator,
 ) -> Result<Response, ConsoleError> {
-    let depths = shared::jobs::depths(&state.pool).await?;
-    let failures: BTreeMap<String, i64> =
+    // Queue depths are service-wide figures: for unscoped keys only (the policy's global).
+    let service_wide = crate::policy::sees(
+        &operator.key,
+        crate::policy::Action::Read,
+        crate::policy::Owner::Global,
+    );
+    let depths = if service_wide {
+        shared::jobs::depths(&state.pool).await?
+    } else {
+        Vec::new()
+    };
+    let failures: BTreeMap<String, i64> = if service_wide {
         shared::jobs::failures_within(&state.pool, Duration::from_secs(3600))
             .await?
             .into_iter()
-            .collect();
+            .collect()
+    } else {
+        BTreeMap::new()
+    };
     let rows: String = shared::jobs::ALL_QUEUES
         .iter()
         .map(|queue| {
@@ -107,9 +120,16 @@ pub async fn page(
     let (total_in, total_out) = minutes
         .iter()
         .fold((0, 0), |(a, b), (_, i, o)| (a + i, b + o));
+    let queues = if service_wide {
+        format!(
+            r#"<h2>Queues</h2>
+<table class="queues"><tr><th>Queue</th><th>Due now</th><th>Scheduled</th><th>Running</th><th>Oldest due job</th><th>Failed, last hour</th></tr>{rows}</table>"#
+        )
+    } else {
+        String::new()
+    };
     let body = format!(
-        r#"<h2>Queues</h2>
-<table class="queues"><tr><th>Queue</th><th>Due now</th><th>Scheduled</th><th>Running</th><th>Oldest due job</th><th>Failed, last hour</th></tr>{rows}</table>
+        r#"{queues}
 <h2>Messages per minute, last hour</h2>
 <p>{total_in} in, {total_out} out{scope}.</p>
 {chart}"#,

@@ -21,6 +21,7 @@ use crate::{
     error::ApiError,
     extract::Path,
     opt_outs::{self, LedgerFilter},
+    policy::{self, Action, Owner},
 };
 
 const PAGE: i64 = 25;
@@ -234,19 +235,20 @@ pub async fn page(
         .map(conversations::decode_cursor)
         .transpose()?;
     let (number, _, _) = phone::sender(&written, state.cfg.common.default_region);
-    let tenant = operator.key.tenant_id.clone();
+    let tenant = policy::confine(&operator.key, Action::Read, None)?;
     let conversation = sqlx::query_scalar!(
         "SELECT id FROM sms_conversations WHERE phone_number = $1",
         number
     )
     .fetch_optional(&state.pool)
     .await?;
-    let (messages, next) = match conversation {
+    let (mut messages, next) = match conversation {
         Some(id) => {
             conversations::messages_page(&state.pool, id, tenant.as_deref(), cursor, PAGE).await?
         }
         None => (Vec::new(), None),
     };
+    conversations::hide_global_routes(&operator.key, &mut messages);
     let (events, _) = opt_outs::ledger(
         &state.pool,
         &LedgerFilter {
@@ -310,8 +312,13 @@ pub async fn message(
     )
     .fetch_optional(&state.pool)
     .await?
-    .filter(|m| operator.key.sees(m.tenant_id.as_deref()))
     .ok_or(ApiError::NotFound("no such message"))?;
+    policy::authorize(
+        &operator.key,
+        Action::Read,
+        Owner::record(m.tenant_id.as_deref()),
+        "no such message",
+    )?;
     let ids = [m.id];
     let callbacks = callbacks(&state.pool, &ids)
         .await?
@@ -321,10 +328,18 @@ pub async fn message(
         .await?
         .remove(&m.id)
         .unwrap_or_default();
-    let decisions = conversations::decisions(&state.pool, &ids)
+    let mut decisions = conversations::decisions(&state.pool, &ids)
         .await?
         .remove(&m.id)
         .unwrap_or_default();
+    for d in &mut decisions {
+        let route_owner = (d.reason == "tenant")
+            .then_some(m.tenant_id.as_deref())
+            .flatten();
+        if !policy::sees(&operator.key, Action::Read, Owner::config(route_owner)) {
+            d.agent_url = None;
+        }
+    }
     let number = m.conversation_number.clone().unwrap_or_default();
     let body = format!(
         r#"<dl class="facts">

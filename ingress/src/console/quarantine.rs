@@ -12,9 +12,10 @@ use uuid::Uuid;
 
 use super::{ConsoleError, Operator, html, session::CsrfOnly};
 use crate::{
-    AppState, auth,
+    AppState,
     error::ApiError,
     extract::Path,
+    policy::{self, Action},
     unroutable::{self, Filter, REASONS, Unroutable},
 };
 
@@ -37,7 +38,11 @@ fn filter(
     include_replayed: bool,
 ) -> Result<Filter, ApiError> {
     Ok(Filter {
-        tenant: auth::tenant_filter(&operator.key, tenant.filter(|t| !t.is_empty()))?,
+        tenant: policy::confine(
+            &operator.key,
+            Action::Read,
+            tenant.filter(|t| !t.is_empty()),
+        )?,
         reason: reason.filter(|r| !r.is_empty()),
         include_replayed,
     })
@@ -121,7 +126,7 @@ pub async fn page(
 ) -> Result<Response, ConsoleError> {
     let f = filter(&operator, p.reason, p.tenant, p.include_replayed.is_some())?;
     let list = unroutable::quarantined(&state.pool, &f, PAGE).await?;
-    let admin = operator.key.require("admin").is_ok();
+    let admin = policy::has_scope(&operator.key.scopes, Action::Administer);
     let mut body = String::new();
     if let Some(n) = p.done {
         body.push_str(&format!(
@@ -150,8 +155,8 @@ pub async fn replay_one(
     Form(form): Form<CsrfOnly>,
 ) -> Result<Response, ConsoleError> {
     operator.check(&form.csrf)?;
-    operator.key.require("admin")?;
-    if !unroutable::replay_one(&state.pool, operator.key.tenant_id.as_deref(), id).await? {
+    policy::require(&operator.key, Action::Administer)?;
+    if !unroutable::replay_one(&state.pool, &operator.key, id).await? {
         return Err(ApiError::NotFound("not in the quarantine (or already replayed)").into());
     }
     Ok(Redirect::to("/console/quarantine?done=1").into_response())
@@ -163,7 +168,7 @@ pub async fn confirm_all(
     operator: Operator,
     Query(p): Query<Params>,
 ) -> Result<Response, ConsoleError> {
-    operator.key.require("admin")?;
+    policy::require(&operator.key, Action::Administer)?;
     let f = filter(&operator, p.reason, p.tenant, false)?;
     let n = unroutable::count(&state.pool, &f).await?;
     let body = format!(
@@ -188,6 +193,8 @@ pub struct ReplayAll {
     csrf: String,
     reason: Option<String>,
     tenant: Option<String>,
+    /// The count the confirmation showed: the replay is refused when the quarantine changed.
+    expected: Option<u64>,
 }
 
 pub async fn replay_all(
@@ -196,8 +203,8 @@ pub async fn replay_all(
     Form(form): Form<ReplayAll>,
 ) -> Result<Response, ConsoleError> {
     operator.check(&form.csrf)?;
-    operator.key.require("admin")?;
+    policy::require(&operator.key, Action::Administer)?;
     let f = filter(&operator, form.reason, form.tenant, false)?;
-    let n = unroutable::replay_matching(&state.pool, &f).await?;
+    let n = unroutable::replay_matching(&state.pool, &f, form.expected).await?;
     Ok(Redirect::to(&format!("/console/quarantine?done={n}")).into_response())
 }

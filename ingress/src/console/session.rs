@@ -19,6 +19,17 @@ use crate::{
     auth::{self, ApiKey},
 };
 
+/// The session cookie's name and path: behind https, `__Host-` (the browser then refuses it
+/// unless Secure, host-only and for the whole host, so no sibling domain or path can plant or
+/// shadow it); over plain http (local development) the prefix cannot be used.
+fn session_cookie(state: &AppState) -> (&'static str, &'static str) {
+    if state.cfg.public_url.starts_with("https://") {
+        ("__Host-sms_console", "/")
+    } else {
+        (SESSION_COOKIE, "/console")
+    }
+}
+
 const SESSION_COOKIE: &str = "sms_console";
 const LOGIN_COOKIE: &str = "sms_console_login";
 /// How long a session lasts without signing in again.
@@ -76,7 +87,7 @@ impl FromRequestParts<AppState> for Operator {
     type Rejection = ConsoleError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ConsoleError> {
-        let token = cookie(&parts.headers, SESSION_COOKIE).ok_or(ConsoleError::SignIn)?;
+        let token = cookie(&parts.headers, session_cookie(state).0).ok_or(ConsoleError::SignIn)?;
         let row = sqlx::query!(
             r#"SELECT s.csrf_token, k.id, k.name, k.scopes, k.tenant_id
                FROM console_sessions s JOIN api_keys k ON k.id = s.api_key_id
@@ -156,7 +167,7 @@ pub async fn login(
         return Err(ConsoleError::Forged);
     }
     let key = match auth::lookup(&state.pool, form.key.trim()).await? {
-        Some(key) if key.require("read").is_ok() => key,
+        Some(key) if crate::policy::has_scope(&key.scopes, crate::policy::Action::Read) => key,
         Some(_) => {
             return Ok(login_page(
                 &state,
@@ -196,9 +207,9 @@ pub async fn login(
         header::SET_COOKIE,
         set_cookie(
             &state,
-            SESSION_COOKIE,
+            session_cookie(&state).0,
             &token,
-            "/console",
+            session_cookie(&state).1,
             SESSION_HOURS * 3600,
         )
         .parse()
@@ -226,7 +237,8 @@ pub async fn logout(
     Form(form): Form<CsrfOnly>,
 ) -> Result<Response, ConsoleError> {
     operator.check(&form.csrf)?;
-    if let Some(token) = cookie(&headers, SESSION_COOKIE) {
+    let (name, path) = session_cookie(&state);
+    if let Some(token) = cookie(&headers, name) {
         sqlx::query!(
             "DELETE FROM console_sessions WHERE token_hash = $1",
             auth::hash_key(token)
@@ -237,7 +249,7 @@ pub async fn logout(
     let mut response = Redirect::to("/console/login").into_response();
     response.headers_mut().append(
         header::SET_COOKIE,
-        set_cookie(&state, SESSION_COOKIE, "", "/console", 0)
+        set_cookie(&state, name, "", path, 0)
             .parse()
             .expect("a cookie header"),
     );

@@ -470,7 +470,7 @@ async fn two_ingresses_and_three_workers_under_pressure_wait_instead_of_failing(
                 }
                 // Which queue holds the backlog, every 10 s (the profile when the drain is slow).
                 tick += 1;
-                if tick % 10 == 0 {
+                if tick.is_multiple_of(10) {
                     let by_queue: Vec<(String, i64)> = sqlx::query_as(
                         "SELECT job_type, count(*) FROM apalis.jobs
                          WHERE status IN ('Pending', 'Queued', 'Running') GROUP BY 1 ORDER BY 1",

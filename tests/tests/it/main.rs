@@ -2,6 +2,7 @@
 //! services played by `sms-sim` over HTTP.
 
 mod abuse;
+mod authorization;
 mod console;
 mod conversations;
 mod deploy;

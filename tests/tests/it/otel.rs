@@ -73,6 +73,7 @@ async fn world() -> World {
     let app = TestApp::spawn(settings).await;
     ingress::agent_routes::save(
         &app.pool,
+        &shared::fence::Fence::parse("127.0.0.0/8").unwrap(),
         Some("t-otel"),
         None,
         false,
