@@ -291,7 +291,12 @@ mod tests {
         );
         assert!(fence.check_literal(&url("http://10.0.0.1/")).is_err());
         assert!(fence.check_literal(&url("http://example.invalid/")).is_ok());
-        assert!(fence.check_url(&url("http://example.invalid/")).await.is_ok());
+        assert!(
+            fence
+                .check_url(&url("http://example.invalid/"))
+                .await
+                .is_ok()
+        );
         let open = Fence::parse("127.0.0.0/8,::1").unwrap();
         assert!(open.check_url(&url("http://127.0.0.1:9/")).await.is_ok());
     }

@@ -320,13 +320,14 @@ async fn console_sessions_are_strict_cookies_and_forms_need_their_token() {
         .get_all("set-cookie")
         .iter()
         .map(|v| v.to_str().unwrap().to_owned())
-        .find(|c| c.starts_with("sms_console="))
+        // Behind https the session cookie is a __Host- cookie: Secure, host-only, Path=/.
+        .find(|c| c.starts_with("__Host-sms_console="))
         .unwrap();
     for flag in [
         "HttpOnly",
         "SameSite=Strict",
         "Secure",
-        "Path=/console",
+        "Path=/;",
         "Max-Age=28800",
     ] {
         assert!(session.contains(flag), "{flag} in {session}");
