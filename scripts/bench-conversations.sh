@@ -59,7 +59,7 @@ scoped = [(int(l.split()[0]), l.split()[1]) for l in keys.splitlines() if l.stri
 def server_time():
     """The ingress's own time for the route so far: (seconds, requests), from /metrics."""
     c = http.client.HTTPConnection(host.hostname, host.port)
-    c.request("GET", "/metrics"); text = c.getresponse().read().decode()
+    c.request("GET", "/metrics", headers={"Authorization": f"Bearer {unscoped}"}); text = c.getresponse().read().decode()
     total = {"sum": 0.0, "count": 0.0}
     for line in text.splitlines():
         for kind in total:

@@ -65,7 +65,7 @@ sleep 1
 cat <<MSG
 
 SMS Foundation is running.
-  ingress        $PUBLIC_URL   (health: $PUBLIC_URL/health, metrics: $PUBLIC_URL/metrics)
+  ingress        $PUBLIC_URL   (health: $PUBLIC_URL/health, metrics: $PUBLIC_URL/metrics with the key below)
   API docs       $PUBLIC_URL/docs   (OpenAPI: $PUBLIC_URL/openapi.json)
   worker metrics http://${WORKER_METRICS_ADDR:-127.0.0.1:9091}/metrics
   database       $DATABASE_URL

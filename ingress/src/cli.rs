@@ -163,7 +163,20 @@ async fn serve() -> anyhow::Result<()> {
     tracing::info!(addr = %listener.local_addr()?, "sms-ingress listening");
     let shutdown = CancellationToken::new();
     tokio::spawn(telemetry::cancel_on_signal(shutdown.clone()));
-    crate::serve(listener, AppState::new(cfg, pool), shutdown).await?;
+    let state = AppState::new(cfg, pool);
+    if let Some(addr) = state.cfg.metrics_addr {
+        let ops = tokio::net::TcpListener::bind(addr)
+            .await
+            .unwrap_or_else(|e| exit_config(format!("METRICS_ADDR: cannot listen on {addr}: {e}")));
+        tracing::info!(addr = %addr, "operations listener (metrics, readiness) listening");
+        let (state, shutdown) = (state.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            if let Err(e) = crate::server::serve_operations(ops, state, shutdown).await {
+                tracing::error!(error = %e, "operations listener failed");
+            }
+        });
+    }
+    crate::serve(listener, state, shutdown).await?;
     tracing::info!("sms-ingress stopped");
     Ok(())
 }

@@ -79,14 +79,28 @@ pub async fn health() -> Json<Health> {
     tag = "operations",
     operation_id = "ready",
     responses(
-        (status = 200, description = "The database answers.", body = Readiness),
+        (status = 200, description = "The database answers. On this listener the checks say only \
+            what failed; the reason (a database error's text) is given on `METRICS_ADDR`, the \
+            operations listener.", body = Readiness),
         (status = 503, description = "The database is unreachable.", body = Readiness,
          example = json!({"ok": false, "version": "0.1.0",
                           "checks": {"database": "unreachable", "monitor": "ok"}})),
     )
 )]
 pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
-    let db = probe_database(&state).await;
+    let (status, Json(mut readiness)) = readiness(&state).await;
+    // Error text names hosts, users and databases: not for the listener anyone can reach.
+    readiness.checks.database_reason = None;
+    (status, Json(readiness))
+}
+
+/// Readiness with the database's reason, for the operations listener.
+pub async fn ready_detailed(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
+    readiness(&state).await
+}
+
+async fn readiness(state: &AppState) -> (StatusCode, Json<Readiness>) {
+    let db = probe_database(state).await;
     // The Monitor is optional for the ingress (workers treat its absence as "unknown tenant"), so
     // it is reported but does not make the ingress unready.
     let monitor = match &state.cfg.monitor.api_url {

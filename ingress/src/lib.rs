@@ -176,6 +176,17 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// The operations listener (`METRICS_ADDR`): `/metrics` and detailed `/health/ready` without a
+/// key, and `/health`. Bound to a private address, off the one Twilio reaches.
+pub fn operations_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", axum::routing::get(metrics::exposition))
+        .route("/health", axum::routing::get(health::health))
+        .route("/health/ready", axum::routing::get(health::ready_detailed))
+        .layer(axum::middleware::from_fn(server::security_headers))
+        .with_state(state)
+}
+
 /// A 503 is the service saying "not now, retry" (database down, pool exhausted, a commit whose
 /// outcome is unknown), already logged with its cause: a warning. Any other server error is an
 /// error.

@@ -104,18 +104,37 @@ pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> R
 
 /// Prometheus metrics
 ///
-/// Prometheus text format. No key needed: keep the port private.
+/// Prometheus text format. Service-wide figures: on this listener (the one Twilio reaches) they
+/// need an API key without a tenant and with the `read` scope (Prometheus: `authorization:
+/// credentials_file`); on `METRICS_ADDR`, the operations listener, no key.
 #[utoipa::path(
     get,
     path = "/metrics",
     tag = "operations",
     operation_id = "metrics",
-    responses((status = 200, description = "Prometheus text exposition format 0.0.4.",
-               content_type = "text/plain; version=0.0.4", body = String))
+    security(("api_key" = ["read"])),
+    responses(
+        (status = 200, description = "Prometheus text exposition format 0.0.4.",
+         content_type = "text/plain; version=0.0.4", body = String),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::MissingScope),
+        (status = 503, response = crate::openapi::Unavailable),
+    )
 )]
-pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+pub async fn metrics(
+    State(state): State<AppState>,
+    key: crate::auth::ApiKey,
+) -> Result<Response, crate::error::ApiError> {
+    use crate::policy::{self, Action, Owner};
+    policy::authorize(&key, Action::Read, Owner::Global, "")?;
+    Ok(exposition(State(state)).await)
+}
+
+/// The exposition itself, without a key: for the operations listener only.
+pub async fn exposition(State(state): State<AppState>) -> Response {
     (
         [(header::CONTENT_TYPE, m::CONTENT_TYPE)],
         state.metrics.render(&state.pool).await,
     )
+        .into_response()
 }

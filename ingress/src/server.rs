@@ -27,12 +27,37 @@ pub async fn serve(
     state: AppState,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
+    let header_timeout = state.cfg.request_header_timeout;
+    serve_app(listener, crate::router(state), header_timeout, shutdown).await
+}
+
+/// Serves the operations listener (`METRICS_ADDR`): metrics and detailed readiness, no key.
+pub async fn serve_operations(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: CancellationToken,
+) -> io::Result<()> {
+    let header_timeout = state.cfg.request_header_timeout;
+    serve_app(
+        listener,
+        crate::operations_router(state),
+        header_timeout,
+        shutdown,
+    )
+    .await
+}
+
+async fn serve_app(
+    listener: TcpListener,
+    app: axum::Router,
+    header_timeout: Duration,
+    shutdown: CancellationToken,
+) -> io::Result<()> {
     let mut http = hyper::server::conn::http1::Builder::new();
     // A client that trickles its headers (slowloris) is cut off. Hyper applies the same deadline
     // to an idle keep-alive connection waiting for its next request.
     http.timer(TokioTimer::new())
-        .header_read_timeout(state.cfg.request_header_timeout);
-    let app = crate::router(state);
+        .header_read_timeout(header_timeout);
     let graceful = GracefulShutdown::new();
     loop {
         let (stream, peer) = tokio::select! {

@@ -507,6 +507,9 @@ pub struct Ingress {
     pub quiet_hours: QuietHours,
     pub monitor: Monitor,
     pub bind_addr: SocketAddr,
+    /// A second listener for operations (`/metrics` and detailed readiness without a key), kept
+    /// off the address Twilio reaches; None: not opened.
+    pub metrics_addr: Option<SocketAddr>,
     pub public_url: String,
     pub trust_forwarded_headers: bool,
     pub max_body_bytes: usize,
@@ -578,6 +581,14 @@ impl Ingress {
             quiet_hours: QuietHours::load(src)?,
             monitor: Monitor::load(src)?,
             bind_addr: parsed(src, "BIND_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
+            metrics_addr: match src.get("METRICS_ADDR") {
+                Some(v) if !v.trim().is_empty() && v.trim() != "off" => {
+                    Some(v.trim().parse().map_err(|e| {
+                        ConfigError::new("METRICS_ADDR", format!("cannot parse {v:?}: {e}"))
+                    })?)
+                }
+                _ => None,
+            },
             public_url,
             trust_forwarded_headers: bool_setting(src, "TRUST_FORWARDED_HEADERS", false)?,
             max_body_bytes: parsed(src, "MAX_BODY_BYTES", 64 * 1024usize)?,

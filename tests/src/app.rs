@@ -192,6 +192,20 @@ impl TestApp {
         .unwrap_or_else(|_| panic!("queue {queue} did not drain"));
     }
 
+    /// `GET /metrics` with a read key without a tenant (service-wide figures need one).
+    pub async fn metrics_text(&self) -> String {
+        let key = self.api_key(&["read"], None).await;
+        let resp = self
+            .http
+            .get(self.url("/metrics"))
+            .bearer_auth(key)
+            .send()
+            .await
+            .expect("the ingress answers");
+        assert_eq!(resp.status(), 200, "/metrics with an unscoped read key");
+        resp.text().await.unwrap()
+    }
+
     pub async fn api_key(&self, scopes: &[&str], tenant: Option<&str>) -> String {
         let scopes: Vec<String> = scopes.iter().map(|s| s.to_string()).collect();
         ingress::auth::create_key(&self.pool, "test", &scopes, tenant)

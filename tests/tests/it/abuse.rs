@@ -78,7 +78,7 @@ async fn messages(app: &TestApp) -> i64 {
 }
 
 async fn metric(app: &TestApp, series: &str) -> String {
-    app.get_text("/metrics")
+    app.metrics_text()
         .await
         .lines()
         .find_map(|l| l.strip_prefix(series))

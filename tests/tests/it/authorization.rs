@@ -57,6 +57,8 @@ enum Shape {
     Listing,
     /// A listing without a tenant parameter: always confined.
     Confined,
+    /// Service-wide figures: global whatever the column.
+    Global,
 }
 
 /// The request for one cell: method, path, body, and the status it answers when allowed.
@@ -127,8 +129,10 @@ impl Fixture<'_> {
         let record = Shape::Item { config: false };
         let config = Shape::Item { config: true };
         let (action, shape, call) = match operation {
-            "health" | "ready" | "openapi" | "docs" | "metrics" | "inboundSms"
-            | "statusCallback" => return Cell::NoKey,
+            "health" | "ready" | "openapi" | "docs" | "inboundSms" | "statusCallback" => {
+                return Cell::NoKey;
+            }
+            "metrics" => (Action::Read, Shape::Global, get("/metrics".into())),
             "getConversation" => (Action::Read, record, get(format!("/conversations/{num}"))),
             "sendSms" => {
                 self.opted_in(num).await;
@@ -375,12 +379,14 @@ fn expected(caller: Caller<'_>, action: Action, shape: Shape, target: Target) ->
             caller.tenant.map_or(Owner::Global, Owner::Tenant)
         }
         (Shape::Claim, Target::Unowned) => Owner::Tenant("t-b"),
+        (Shape::Global, Target::Unowned) => Owner::Global,
         (Shape::Item { config: true }, Target::Unowned) => Owner::Global,
         (Shape::Item { config: false }, Target::Unowned) => Owner::Unattributed,
     };
     let owner = match (shape, target) {
         // A listing with no tenant parameter is the same request whatever the column.
         (Shape::Confined, _) => caller.tenant.map_or(Owner::Global, Owner::Tenant),
+        (Shape::Global, _) => Owner::Global,
         _ => owner,
     };
     policy::decide(caller, action, policy::whose(caller, owner))

@@ -8,7 +8,7 @@ use harness::{
     app::{Settings, TestApp, wait_until},
     pg,
 };
-use serde_json::json;
+use serde_json::{Value, json};
 use sim::twilio::Faults;
 
 /// The value of the sample `name{labels}` (labels as Prometheus prints them, sorted by name).
@@ -138,7 +138,7 @@ async fn worker_and_ingress_expose_the_operational_metrics() {
 
     // The ingress: webhook outcomes, latency by route template (never a raw path with a
     // number in it), and the queue depth it can see in the database.
-    let text = app.get_text("/metrics").await;
+    let text = app.metrics_text().await;
     assert_eq!(
         sample(&text, "sms_webhooks_total{outcome=\"stored\"}"),
         Some(3.0)
@@ -178,4 +178,81 @@ async fn a_taken_metrics_port_is_a_configuration_error() {
         .unwrap()
         .unwrap();
     assert_eq!(status.code(), Some(2));
+}
+
+/// The ingress's service-wide figures stay off the listener Twilio reaches: `/metrics` there
+/// needs a read key without a tenant, readiness there names no database error; `METRICS_ADDR`,
+/// the operations listener, serves both without a key, the readiness with its reason.
+#[tokio::test]
+async fn metrics_and_detailed_readiness_live_on_the_operations_listener() {
+    let db = harness::pg::fresh_db().await;
+    let (port, ops) = (
+        harness::pg::free_port().unwrap(),
+        harness::pg::free_port().unwrap(),
+    );
+    let logs = std::env::temp_dir().join(format!("sms-ops-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&logs).unwrap();
+    let settings = Settings::new(&db).set("METRICS_ADDR", format!("127.0.0.1:{ops}"));
+    let _ingress = harness::fleet::Service::ingress(
+        "ingress",
+        &settings,
+        port,
+        &format!("http://127.0.0.1:{port}"),
+        &logs,
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let public = format!("http://127.0.0.1:{port}");
+    let ops = format!("http://127.0.0.1:{ops}");
+    assert_eq!(
+        http.get(format!("{public}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401,
+        "no key, no metrics on the public listener"
+    );
+    let tenant_key = ingress::auth::create_key(&db.pool, "t", &["read".into()], Some("t-1"))
+        .await
+        .unwrap();
+    let resp = http
+        .get(format!("{public}/metrics"))
+        .bearer_auth(&tenant_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        403,
+        "service-wide figures are not a tenant's"
+    );
+    let text = http
+        .get(format!("{ops}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("sms_db_pool_connections"), "{text}");
+    let ready: Value = http
+        .get(format!("{ops}/health/ready"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["checks"]["database"], "ok", "{ready}");
+    // The public readiness never carries a reason, even when there would be one.
+    let public_ready = http
+        .get(format!("{public}/health/ready"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(public_ready.headers()["x-content-type-options"], "nosniff");
+    let body: Value = public_ready.json().await.unwrap();
+    assert!(body["checks"].get("database_reason").is_none(), "{body}");
+    let _ = std::fs::remove_dir_all(&logs);
 }

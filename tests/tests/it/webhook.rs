@@ -400,7 +400,7 @@ async fn metrics_count_webhook_outcomes() {
         .send()
         .await
         .unwrap();
-    let text = app.get_text("/metrics").await;
+    let text = app.metrics_text().await;
     for line in [
         "sms_webhooks_total{outcome=\"stored\"} 1",
         "sms_webhooks_total{outcome=\"duplicate\"} 1",
