@@ -81,7 +81,7 @@ pub struct SendResponse {
 }
 
 struct Valid {
-    to: String,
+    to: phone::Recipient,
     body: String,
     media_urls: Vec<String>,
     send_at: Option<chrono::DateTime<chrono::Utc>>,
@@ -98,7 +98,7 @@ fn validate(req: &SendRequest, region: phonenumber::country::Id) -> Result<Valid
             None
         }
         Some(raw) => match phone::recipient(raw, region) {
-            Ok(e164) => Some(e164.as_str().to_owned()),
+            Ok(to) => Some(to),
             Err(why) => {
                 errors.push(("to", why.to_string()));
                 None
@@ -236,14 +236,14 @@ pub async fn send(
     {
         return Ok(first);
     }
-    let owner = recipient_owner(&mut tx, &valid.to).await?;
+    let owner = recipient_owner(&mut tx, valid.to.as_str()).await?;
     policy::authorize(
         &key,
         Action::Send,
         Owner::record(owner.as_deref()),
         "no such recipient",
     )?;
-    let conversation_id = conversation(&mut tx, &key, &req, &valid.to).await?;
+    let conversation_id = conversation(&mut tx, &key, &req, valid.to.as_str()).await?;
     let msg = NewOutbound {
         conversation_id,
         to: &valid.to,
@@ -296,7 +296,7 @@ pub async fn send(
         .await?;
     }
     crate::error::commit(tx).await?;
-    tracing::info!(message_id = %created.message_id, %conversation_id, to = %phone::mask(&valid.to),
+    tracing::info!(message_id = %created.message_id, %conversation_id, to = %valid.to.masked(),
         segments = created.segments, reply = created.is_reply, key = %key.name, "outbound message accepted");
     Ok((StatusCode::ACCEPTED, Json(response)))
 }

@@ -29,8 +29,8 @@ pub struct Sender {
 
 pub struct NewOutbound<'a> {
     pub conversation_id: Uuid,
-    /// E.164.
-    pub to: &'a str,
+    /// A number that takes texts (only `phone::recipient` makes one).
+    pub to: &'a crate::phone::Recipient,
     pub body: &'a str,
     pub media_urls: &'a [String],
     /// Hand it to Twilio at this time (stored `scheduled` until then), and why.
@@ -155,7 +155,7 @@ async fn quiet_hours(
         .and_then(crate::quiet_hours::parse_zone)
     {
         Some(zone) => vec![zone],
-        None => crate::quiet_hours::zones_for_number(msg.to),
+        None => crate::quiet_hours::zones_for_number(msg.to.as_str()),
     };
     let from = msg.schedule.map_or(now, |s| s.at.max(now));
     Ok(match policy.window.next_allowed(from, &zones) {
@@ -179,7 +179,8 @@ pub async fn create(
         return Ok(Err(refused));
     }
     if !msg.opt_out_confirmation
-        && let Some(o) = optout::opted_out(conn, sender.phone_number.as_deref(), msg.to).await?
+        && let Some(o) =
+            optout::opted_out(conn, sender.phone_number.as_deref(), msg.to.as_str()).await?
     {
         return Ok(Err(Refused::OptedOut(o)));
     }
@@ -216,7 +217,7 @@ pub async fn create(
         msg.conversation_id,
         msg.body,
         status.as_str(),
-        msg.to,
+        msg.to.as_str(),
         sender.phone_number,
         sender.messaging_service_sid,
         segments as i32,

@@ -230,10 +230,26 @@ fn short_code(r: &Read) -> bool {
     !r.letters && !r.international && (3..=6).contains(&r.digits)
 }
 
+/// A number a text may be sent to: only [`recipient`] makes one, so every send (the API's, an
+/// agent's reply, an opt-out confirmation) has passed the same check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recipient(E164);
+
+impl Recipient {
+    /// E.164.
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+
+    pub fn masked(&self) -> String {
+        self.0.masked()
+    }
+}
+
 /// The number a send goes to, or why it cannot be sent to: valid for its country in
 /// libphonenumber's metadata and of a type that takes texts. Letters are refused (never turned
 /// into keypad digits: a letter O typed for a zero would reach someone else).
-pub fn recipient(raw: &str, region: Id) -> Result<E164, Unsendable> {
+pub fn recipient(raw: &str, region: Id) -> Result<Recipient, Unsendable> {
     let r = read(raw, region);
     if r.letters {
         return Err(Unsendable::NotValid);
@@ -252,7 +268,7 @@ pub fn recipient(raw: &str, region: Id) -> Result<E164, Unsendable> {
         | Type::FixedLineOrMobile
         | Type::Voip
         | Type::PersonalNumber
-        | Type::TollFree => Ok(e164_of(&n)),
+        | Type::TollFree => Ok(Recipient(e164_of(&n))),
         _ => Err(Unsendable::NotTextable),
     }
 }

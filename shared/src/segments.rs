@@ -54,12 +54,9 @@ fn gsm_septets(grapheme: &str) -> Option<i64> {
 fn graphemes(body: &str) -> impl Iterator<Item = &str> {
     body.graphemes(true).flat_map(|g| {
         let pair = g == "\r\n";
-        [
-            if pair { "\r" } else { g },
-            if pair { "\n" } else { "" },
-        ]
-        .into_iter()
-        .filter(|g| !g.is_empty())
+        [if pair { "\r" } else { g }, if pair { "\n" } else { "" }]
+            .into_iter()
+            .filter(|g| !g.is_empty())
     })
 }
 

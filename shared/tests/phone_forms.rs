@@ -15,7 +15,7 @@ fn every_written_form_reads_as_libphonenumber_reads_it() {
         let cols: Vec<&str> = line.split('\t').collect();
         let written: String = serde_json::from_str(cols[0]).expect("a JSON string");
         let send = match phone::recipient(&written, Id::US) {
-            Ok(e164) => e164.as_str().to_owned(),
+            Ok(to) => to.as_str().to_owned(),
             Err(why) => format!("refuse: {why}"),
         };
         let inbound = match phone::normalize(&written, Id::US) {

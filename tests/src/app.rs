@@ -61,6 +61,8 @@ pub struct TestApp {
     pub pool: PgPool,
     pub settings: Settings,
     pub http: reqwest::Client,
+    /// The operations listener (`/metrics`, detailed readiness), as `METRICS_ADDR` opens it.
+    pub ops_url: String,
     shutdown: CancellationToken,
     workers: Vec<(CancellationToken, tokio::task::JoinHandle<()>)>,
 }
@@ -82,6 +84,13 @@ impl TestApp {
         let pool = shared::db::lazy_pool(&cfg.common).unwrap();
         let state = ingress::AppState::new(cfg, pool.clone());
         let shutdown = CancellationToken::new();
+        let ops = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let ops_url = format!("http://{}", ops.local_addr().unwrap());
+        tokio::spawn(ingress::server::serve_operations(
+            ops,
+            state.clone(),
+            shutdown.clone(),
+        ));
         tokio::spawn(ingress::serve(listener, state, shutdown.clone()));
         Self {
             base_url,
@@ -89,6 +98,7 @@ impl TestApp {
             pool,
             settings,
             http: reqwest::Client::new(),
+            ops_url,
             shutdown,
             workers: Vec::new(),
         }

@@ -342,7 +342,7 @@ async fn apply(
         .instrument(item.span.clone())
         .await?;
         if recorded.newly_opted_out && deps.opt_out_confirmation {
-            confirm_opt_out(deps, &mut tx, conv, &item.d)
+            confirm_opt_out(deps, &mut tx, conv, &item.d, recorded.event_id)
                 .instrument(item.span.clone())
                 .await?;
         }
@@ -716,6 +716,7 @@ async fn confirm_opt_out(
     tx: &mut PgConnection,
     conv: &Linked,
     d: &Decision,
+    event_id: Option<i64>,
 ) -> anyhow::Result<()> {
     let tenant_language = match &conv.tenant_id {
         Some(t) => sqlx::query_scalar!(
@@ -729,9 +730,26 @@ async fn confirm_opt_out(
     };
     let language =
         tenant_language.or_else(|| d.detection.map(|det| det.language.code().to_owned()));
+    // A number that takes no texts (a short code) gets no confirmation; the ledger says why.
+    let to = match phone::recipient(&d.number, deps.region) {
+        Ok(to) => to,
+        Err(why) => {
+            tracing::warn!(%why, "opt-out confirmation not sent: the number takes no texts");
+            if let Some(event) = event_id {
+                sqlx::query!(
+                    "UPDATE sms_opt_out_events SET note = $2 WHERE id = $1",
+                    event,
+                    format!("confirmation not sent: {why}")
+                )
+                .execute(&mut *tx)
+                .await?;
+            }
+            return Ok(());
+        }
+    };
     let confirmation = shared::outbound::NewOutbound {
         conversation_id: conv.id,
-        to: &d.number,
+        to: &to,
         body: optout::confirmation(language.as_deref()),
         media_urls: &[],
         schedule: None,

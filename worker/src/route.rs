@@ -519,9 +519,20 @@ async fn delivered(
         record(tx, job, entry, RoutingOutcome::Delivered, None).await?;
         return Ok(Outcome::Delivered);
     };
+    // A conversation's number may be one that takes no texts (a short code, an alphanumeric
+    // sender): the reply is not sent, and the decision says why.
+    let to = match shared::phone::recipient(&m.phone_number, deps.region) {
+        Ok(to) => to,
+        Err(why) => {
+            tracing::warn!(%why, "agent reply not sent: the number takes no texts");
+            let detail = format!("reply not sent: {why}");
+            record(tx, job, entry, RoutingOutcome::Delivered, Some(&detail)).await?;
+            return Ok(Outcome::Delivered);
+        }
+    };
     let reply = NewOutbound {
         conversation_id: m.conversation_id,
-        to: &m.phone_number,
+        to: &to,
         body: text,
         media_urls: &[],
         schedule: None,

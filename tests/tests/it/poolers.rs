@@ -210,8 +210,9 @@ async fn a_commit_whose_answer_is_lost_is_503_and_the_retry_applies_it_once() {
 }
 
 /// `/health/ready` says why the database cannot be used: nothing listening is `unreachable`, a
-/// database the server does not have is `refused` with the server's words, and a PgBouncer as
-/// installed accepts our connections (no startup parameter it refuses).
+/// database the server does not have is `refused` with the server's words (on the operations
+/// listener only), and a PgBouncer as installed accepts our connections (no startup parameter it
+/// refuses).
 #[tokio::test]
 async fn readiness_names_why_the_database_cannot_be_used() {
     let db = pg::fresh_db().await;
@@ -222,7 +223,25 @@ async fn readiness_names_why_the_database_cannot_be_used() {
             .set("DATABASE_ACQUIRE_TIMEOUT_MS", "500");
         async move {
             let app = TestApp::spawn(settings).await;
-            let resp = app.http.get(app.url("/health/ready")).send().await.unwrap();
+            let public: Value = app
+                .http
+                .get(app.url("/health/ready"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert!(
+                public["checks"].get("database_reason").is_none(),
+                "{public}"
+            );
+            let resp = app
+                .http
+                .get(format!("{}/health/ready", app.ops_url))
+                .send()
+                .await
+                .unwrap();
             let status = resp.status().as_u16();
             (status, resp.json::<Value>().await.unwrap())
         }

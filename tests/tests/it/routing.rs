@@ -26,9 +26,9 @@ async fn world(extra: &[(&str, &str)]) -> World {
     let db = pg::fresh_db().await;
     sqlx::query(
         "INSERT INTO tenant_profiles (tenant_id, name, phone_numbers) VALUES
-           ('t-a', 'Ana', '[\"+15559000001\", \"+15559000011\"]'),
-           ('t-b', 'Bo', '[\"+15559000002\"]'),
-           ('t-c', 'Cy', '[\"+15559000003\"]')",
+           ('t-a', 'Ana', '[\"+14159000001\", \"+14159000011\"]'),
+           ('t-b', 'Bo', '[\"+14159000002\"]'),
+           ('t-c', 'Cy', '[\"+14159000003\"]')",
     )
     .execute(&db.pool)
     .await
@@ -127,13 +127,13 @@ async fn tenant_route_wins_then_workflow_then_default() {
         201
     );
     // t-b's conversation is in the maintenance workflow; t-c falls to the default.
-    sqlx::query("INSERT INTO sms_conversations (phone_number, phone_number_original, tenant_id, workflow_type) VALUES ('+15559000002', '+15559000002', 't-b', 'maintenance')")
+    sqlx::query("INSERT INTO sms_conversations (phone_number, phone_number_original, tenant_id, workflow_type) VALUES ('+14159000002', '+14159000002', 't-b', 'maintenance')")
         .execute(&w.app.pool)
         .await
         .unwrap();
-    let a = w.app.inbound("+15559000011", "I will pay Friday").await;
-    let b = w.app.inbound("+15559000002", "The sink is leaking").await;
-    let c = w.app.inbound("+15559000003", "Hello").await;
+    let a = w.app.inbound("+14159000011", "I will pay Friday").await;
+    let b = w.app.inbound("+14159000002", "The sink is leaking").await;
+    let c = w.app.inbound("+14159000003", "Hello").await;
     for sid in [&a, &b, &c] {
         wait_route(&w.app, sid, "routed").await;
     }
@@ -165,7 +165,7 @@ async fn an_agent_reply_is_sent_back_on_the_same_conversation() {
     add_route(&w, json!({"tenant_id": "t-a"}), "echo").await;
     let sid = w
         .app
-        .inbound("+15559000001", "Can you fix the heater?")
+        .inbound("+14159000001", "Can you fix the heater?")
         .await;
     wait_route(&w.app, &sid, "routed").await;
     let ok = wait_until(Duration::from_secs(20), || async {
@@ -178,7 +178,7 @@ async fn an_agent_reply_is_sent_back_on_the_same_conversation() {
         .await
         .unwrap();
     assert_eq!(reply.message_content, "Echo: Can you fix the heater?");
-    assert_eq!(reply.to_number.as_deref(), Some("+15559000001"));
+    assert_eq!(reply.to_number.as_deref(), Some("+14159000001"));
     assert!(reply.priority > 0, "a reply goes ahead of bulk sends");
     let inbound_conv: Option<uuid::Uuid> =
         sqlx::query_scalar("SELECT conversation_id FROM sms_messages WHERE twilio_sid = $1")
@@ -191,13 +191,57 @@ async fn an_agent_reply_is_sent_back_on_the_same_conversation() {
     assert_eq!(decisions(&w.app, &sid).await[0].1, "replied");
 }
 
+/// A tenant may list a number libphonenumber does not know as assigned (it must not lose its
+/// messages to stale metadata), but a text cannot go there: the agent's reply is not sent, nor an
+/// opt-out confirmation, and each says why (the decision's detail in the API and the console; the
+/// ledger entry's note).
+#[tokio::test]
+async fn a_reply_to_a_number_that_takes_no_texts_is_not_sent_and_says_why() {
+    let w = world(&[("OPT_OUT_CONFIRMATION", "true")]).await;
+    sqlx::query("INSERT INTO tenant_profiles (tenant_id, name, phone_numbers) VALUES ('t-x', 'Xi', '[\"+15559000009\"]')")
+        .execute(&w.app.pool)
+        .await
+        .unwrap();
+    add_route(&w, json!({"default": true}), "echo").await;
+    let sid = w.app.inbound("+15559000009", "Is the office open?").await;
+    wait_route(&w.app, &sid, "routed").await;
+    assert_eq!(decisions(&w.app, &sid).await[0].1, "delivered");
+    let (status, view) = w
+        .app
+        .get_json("/conversations/+15559000009", Some(&w.admin))
+        .await;
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(
+        view["messages"][0]["routing"][0]["detail"], "reply not sent: not a valid number",
+        "{view}"
+    );
+    // STOP from it: recorded, in force, and no confirmation attempted.
+    let stop = w.app.inbound("+15559000009", "STOP").await;
+    let noted = wait_until(Duration::from_secs(20), || async {
+        w.app
+            .count("SELECT count(*) FROM sms_opt_out_events WHERE note = 'confirmation not sent: not a valid number'")
+            .await
+            == 1
+    })
+    .await;
+    assert!(noted.is_ok(), "the ledger says why ({stop})");
+    assert_eq!(
+        w.app
+            .count("SELECT count(*) FROM sms_messages WHERE direction = 'outbound'")
+            .await,
+        0,
+        "neither the reply nor the confirmation was created"
+    );
+    assert_eq!(w.twilio.stats().creates, 0, "nothing sent to Twilio");
+}
+
 #[tokio::test]
 async fn agent_failures_are_retried_then_quarantined_and_4xx_at_once() {
     let w = world(&[]).await;
     add_route(&w, json!({"tenant_id": "t-a"}), "fail").await;
     add_route(&w, json!({"tenant_id": "t-b"}), "reject").await;
-    let a = w.app.inbound("+15559000001", "hello").await;
-    let b = w.app.inbound("+15559000002", "hello").await;
+    let a = w.app.inbound("+14159000001", "hello").await;
+    let b = w.app.inbound("+14159000002", "hello").await;
     wait_route(&w.app, &a, "unroutable").await;
     wait_route(&w.app, &b, "unroutable").await;
     let outcomes = |d: Vec<(String, String)>| d.into_iter().map(|(_, o)| o).collect::<Vec<_>>();
@@ -223,7 +267,7 @@ async fn transient_agent_failure_then_success() {
         fail_status: 503,
         ..AgentFaults::default()
     });
-    let sid = w.app.inbound("+15559000001", "hello").await;
+    let sid = w.app.inbound("+14159000001", "hello").await;
     wait_route(&w.app, &sid, "routed").await;
     let d = decisions(&w.app, &sid).await;
     assert_eq!(
@@ -237,7 +281,7 @@ async fn unknown_numbers_are_quarantined_and_can_be_replayed() {
     let w = world(&[]).await;
     let sid = w
         .app
-        .inbound("+15559000099", "Who do I talk to about my lease?")
+        .inbound("+14159000099", "Who do I talk to about my lease?")
         .await;
     wait_route(&w.app, &sid, "unroutable").await;
     let list: Value = w.app.get_json("/unroutable", Some(&w.admin)).await.1;
@@ -247,7 +291,7 @@ async fn unknown_numbers_are_quarantined_and_can_be_replayed() {
     let message_id = list[0]["message_id"].as_str().unwrap().to_owned();
     // The operator learns whose number it is and adds a route, then replays.
     sqlx::query(
-        "UPDATE sms_conversations SET tenant_id = 't-c' WHERE phone_number = '+15559000099'",
+        "UPDATE sms_conversations SET tenant_id = 't-c' WHERE phone_number = '+14159000099'",
     )
     .execute(&w.app.pool)
     .await
@@ -279,14 +323,14 @@ async fn unknown_numbers_are_quarantined_and_can_be_replayed() {
 #[tokio::test]
 async fn no_route_is_quarantined_and_opt_out_keywords_are_not_routed() {
     let w = world(&[]).await;
-    let sid = w.app.inbound("+15559000001", "hello").await;
+    let sid = w.app.inbound("+14159000001", "hello").await;
     wait_route(&w.app, &sid, "unroutable").await;
     assert_eq!(
         decisions(&w.app, &sid).await,
         vec![("no_route".to_string(), "unroutable".to_string())]
     );
     add_route(&w, json!({"default": true}), "echo").await;
-    let stop = w.app.inbound("+15559000002", "STOP").await;
+    let stop = w.app.inbound("+14159000002", "STOP").await;
     w.app.drain(jobs::INBOUND).await;
     w.app.drain(jobs::ROUTE).await;
     assert_eq!(
@@ -360,13 +404,13 @@ async fn routes_admin_api_validates_and_isolates_tenants() {
         .unwrap();
     assert_eq!(resp.status(), 404);
     // The quarantine is per tenant too.
-    let sid = w.app.inbound("+15559000002", "hello").await; // t-b, whose agent is silent: routed
+    let sid = w.app.inbound("+14159000002", "hello").await; // t-b, whose agent is silent: routed
     wait_route(&w.app, &sid, "routed").await;
     sqlx::query("DELETE FROM agent_routes WHERE tenant_id = 't-b'")
         .execute(&w.app.pool)
         .await
         .unwrap();
-    let sid = w.app.inbound("+15559000002", "again").await;
+    let sid = w.app.inbound("+14159000002", "again").await;
     wait_route(&w.app, &sid, "unroutable").await;
     let list: Value = w.app.get_json("/unroutable", Some(&key_a)).await.1;
     assert!(
@@ -435,18 +479,18 @@ async fn a_reply_over_the_limit_or_to_an_opted_out_number_is_recorded_not_sent()
     let w = world(&[]).await;
     add_route(&w, json!({"tenant_id": "t-a"}), "echo").await;
     // "Echo: " + 1,600 characters is over Twilio's 1,600.
-    let long = w.app.inbound("+15559000001", &"a".repeat(1600)).await;
+    let long = w.app.inbound("+14159000001", &"a".repeat(1600)).await;
     wait_route(&w.app, &long, "routed").await;
     // t-b opted out of our number earlier.
     sqlx::query(
-        "INSERT INTO sms_opt_outs (our_number, their_number, opted_out, keyword) VALUES ($1, '+15559000002', true, 'STOP')",
+        "INSERT INTO sms_opt_outs (our_number, their_number, opted_out, keyword) VALUES ($1, '+14159000002', true, 'STOP')",
     )
     .bind(harness::app::OUR_NUMBER)
     .execute(&w.app.pool)
     .await
     .unwrap();
     add_route(&w, json!({"tenant_id": "t-b"}), "echo").await;
-    let opted = w.app.inbound("+15559000002", "Who is this?").await;
+    let opted = w.app.inbound("+14159000002", "Who is this?").await;
     wait_route(&w.app, &opted, "routed").await;
     for (sid, why) in [
         (&long, "reply not sent: is 1606 characters; at most 1600"),
@@ -485,7 +529,7 @@ async fn a_second_run_while_the_first_waits_on_the_agent_does_not_call_it_again(
         latency_ms: 800,
         ..AgentFaults::default()
     });
-    let sid = w.app.inbound("+15559000001", "hello").await;
+    let sid = w.app.inbound("+14159000001", "hello").await;
     let id: uuid::Uuid = {
         let found = wait_until(Duration::from_secs(20), || async {
             sqlx::query_scalar::<_, i32>(
