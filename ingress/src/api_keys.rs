@@ -139,16 +139,30 @@ pub async fn list(
     Ok(Json(all(&state.pool, tenant.as_deref()).await?))
 }
 
+/// A key's scope.
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)] // only its schema is used: the body keeps the strings it is given
+enum ScopeName {
+    Read,
+    Send,
+    Admin,
+}
+
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewKey {
-    /// Who uses it, e.g. `collections-service`; 1 to 100 characters.
+    /// Who uses it, e.g. `collections-service`; 1 to 100 characters, not only spaces.
+    #[schema(min_length = 1, max_length = 100, pattern = r"\S")]
     pub name: String,
-    /// `read`, `send`, `admin` (which implies the others). Default `["read"]`.
+    /// `read`, `send`, `admin` (which implies the others); at most 3, a repeated one counted
+    /// once. Default `["read"]`.
     #[serde(default = "read_only")]
+    #[schema(min_items = 1, max_items = 3, inline, value_type = Vec<ScopeName>)]
     pub scopes: Vec<String>,
     /// Confines the key to one tenant's data. A tenant-scoped admin key may create keys only for
     /// its own tenant (the default for it).
+    #[schema(min_length = 1, max_length = 100)]
     pub tenant_id: Option<String>,
     /// RFC 3339; after it the key is refused. Absent: never expires.
     pub expires_at: Option<DateTime<Utc>>,
@@ -231,7 +245,7 @@ pub async fn create(
     let issued = auth::issue(
         &state.pool,
         new.name.trim(),
-        &new.scopes,
+        &auth::distinct_scopes(&new.scopes),
         tenant.as_deref(),
         new.expires_at,
     )

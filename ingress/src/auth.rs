@@ -35,9 +35,18 @@ pub fn scope_problem(scopes: &[String]) -> Option<String> {
             SCOPES.join(", ")
         ));
     }
-    (1..scopes.len())
-        .any(|i| scopes[..i].contains(&scopes[i]))
-        .then(|| "each scope at most once".to_owned())
+    (scopes.len() > SCOPES.len()).then(|| format!("at most {} scopes", SCOPES.len()))
+}
+
+/// The scopes as stored: each once, in the order given.
+pub fn distinct_scopes(scopes: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for s in scopes {
+        if !out.contains(s) {
+            out.push(s.clone());
+        }
+    }
+    out
 }
 
 /// A key just made: the key itself exists only here (only its hash is stored).

@@ -31,9 +31,11 @@ pub struct PageParams {
     /// Messages per page, 1 to 200 (default 50).
     #[param(value_type = Option<i64>, minimum = 1, maximum = 200)]
     pub limit: Option<String>,
-    /// The previous page's `next_cursor`.
+    /// The previous page's `next_cursor` (only a cursor this API returned is accepted).
+    #[param(min_length = 1, max_length = 200, pattern = "^[A-Za-z0-9_-]+$")]
     pub cursor: Option<String>,
     /// Only this tenant's part of the history (a tenant-scoped key always sees only its own).
+    #[param(min_length = 1, max_length = 100)]
     pub tenant_id: Option<String>,
 }
 

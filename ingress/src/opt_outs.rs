@@ -34,17 +34,26 @@ pub struct LedgerParams {
     /// Only this number, in any written form.
     pub phone_number: Option<String>,
     /// Only this tenant's (a tenant-scoped key always sees only its own).
+    #[param(min_length = 1, max_length = 100)]
     pub tenant_id: Option<String>,
     /// From, inclusive: RFC 3339 or YYYY-MM-DD.
+    #[param(
+        pattern = r"^\d{4}-\d{2}-\d{2}([Tt ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?([Zz]|[+-]\d{2}:\d{2}))?$"
+    )]
     pub from: Option<String>,
     /// To, exclusive: RFC 3339 or YYYY-MM-DD.
+    #[param(
+        pattern = r"^\d{4}-\d{2}-\d{2}([Tt ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?([Zz]|[+-]\d{2}:\d{2}))?$"
+    )]
     pub to: Option<String>,
     /// Entries per page, 1 to 200 (default 50); ignored for CSV.
     #[param(value_type = Option<i64>, minimum = 1, maximum = 200)]
     pub limit: Option<String>,
-    /// The previous page's `next_cursor`.
+    /// The previous page's `next_cursor` (only a cursor this API returned is accepted).
+    #[param(min_length = 1, max_length = 200, pattern = "^[A-Za-z0-9_-]+$")]
     pub cursor: Option<String>,
     /// `json` (default) or `csv`: every matching entry (up to 100,000) as an attachment.
+    #[param(pattern = "^(json|csv)$")]
     pub format: Option<String>,
 }
 
@@ -84,12 +93,17 @@ pub struct NewOptOut {
     #[schema(example = "(415) 555-0101")]
     pub phone_number: String,
     /// `opt_out` (default) or `opt_in`.
+    #[schema(pattern = "^(opt_out|opt_in)$")]
     pub change: Option<String>,
     /// How the recipient told you: `phone_call`, `letter`, `email`, `in_person`, `web_form`,
     /// `other`.
-    #[schema(example = "phone_call")]
+    #[schema(
+        example = "phone_call",
+        pattern = "^(phone_call|letter|email|in_person|web_form|other)$"
+    )]
     pub method: String,
     /// At most 500 characters.
+    #[schema(max_length = 500)]
     pub note: Option<String>,
     /// When the recipient said it (RFC 3339; default now).
     pub occurred_at: Option<DateTime<Utc>>,

@@ -27,6 +27,23 @@ use crate::{
 
 pub const MAX_MEDIA: usize = 10;
 
+/// An http(s) URL of a media file (the schema of `media_urls`' items).
+struct MediaUrl;
+
+impl utoipa::PartialSchema for MediaUrl {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some(
+                r"^[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[!-~]*)?$",
+            ))
+            .max_length(Some(2048))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for MediaUrl {}
+
 #[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SendRequest {
@@ -48,7 +65,7 @@ pub struct SendRequest {
     #[schema(max_length = 200)]
     pub workflow_id: Option<String>,
     /// At most 10 http(s) URLs (MMS).
-    #[schema(max_items = 10)]
+    #[schema(max_items = 10, value_type = Option<Vec<MediaUrl>>)]
     pub media_urls: Option<Vec<String>>,
     /// Hand it to Twilio at this time (RFC 3339, at most 35 days ahead); stored `scheduled`
     /// until then and cancelable with `DELETE /sms/{message_id}`. A time already past sends now.
@@ -186,7 +203,8 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     operation_id = "sendSms",
     security(("api_key" = ["send"])),
     params(
-        ("Idempotency-Key" = Option<String>, Header,
+        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255,
+         pattern = "^[\\x20-\\x7E]+$",
          description = "1 to 255 ASCII characters, per API key. The same key with the same \
              request answers the first answer again; with a different request, 422."),
     ),

@@ -26,6 +26,7 @@ pub struct ListParams {
     #[serde(default)]
     pub include_replayed: bool,
     /// Only this reason: `unknown_number`, `no_route`, `agent_rejected`, `agent_unavailable`.
+    #[param(pattern = "^(unknown_number|no_route|agent_rejected|agent_unavailable)$")]
     pub reason: Option<String>,
 }
 
