@@ -238,3 +238,25 @@ pub async fn openapi_json() -> impl IntoResponse {
 pub async fn docs() -> Html<&'static str> {
     Html(include_str!("docs.html"))
 }
+
+/// A query's time: a day (`YYYY-MM-DD`) or an RFC 3339 time, as `usage::parse_time` reads it.
+pub struct TimeOrDay;
+
+impl utoipa::PartialSchema for TimeOrDay {
+    fn schema() -> RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{
+            KnownFormat, ObjectBuilder, OneOfBuilder, SchemaFormat, Type,
+        };
+        let of = |format| {
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .format(Some(SchemaFormat::KnownFormat(format)))
+        };
+        OneOfBuilder::new()
+            .item(of(KnownFormat::Date))
+            .item(of(KnownFormat::DateTime))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for TimeOrDay {}

@@ -37,14 +37,10 @@ pub struct LedgerParams {
     #[param(min_length = 1, max_length = 100)]
     pub tenant_id: Option<String>,
     /// From, inclusive: RFC 3339 or YYYY-MM-DD.
-    #[param(
-        pattern = r"^\d{4}-\d{2}-\d{2}([Tt ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?([Zz]|[+-]\d{2}:\d{2}))?$"
-    )]
+    #[param(value_type = Option<crate::openapi::TimeOrDay>, inline)]
     pub from: Option<String>,
     /// To, exclusive: RFC 3339 or YYYY-MM-DD.
-    #[param(
-        pattern = r"^\d{4}-\d{2}-\d{2}([Tt ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?([Zz]|[+-]\d{2}:\d{2}))?$"
-    )]
+    #[param(value_type = Option<crate::openapi::TimeOrDay>, inline)]
     pub to: Option<String>,
     /// Entries per page, 1 to 200 (default 50); ignored for CSV.
     #[param(value_type = Option<i64>, minimum = 1, maximum = 200)]

@@ -15,16 +15,10 @@ pub struct UsageParams {
     #[param(min_length = 1, max_length = 100)]
     pub tenant_id: Option<String>,
     /// Start, inclusive: RFC 3339 or YYYY-MM-DD (default: 30 days before `to`).
-    #[param(
-        example = "2026-11-01",
-        pattern = r"^\d{4}-\d{2}-\d{2}([Tt ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?([Zz]|[+-]\d{2}:\d{2}))?$"
-    )]
+    #[param(value_type = Option<crate::openapi::TimeOrDay>, inline, example = "2026-11-01")]
     pub from: Option<String>,
     /// End, exclusive: RFC 3339 or YYYY-MM-DD (default: now).
-    #[param(
-        example = "2026-12-01",
-        pattern = r"^\d{4}-\d{2}-\d{2}([Tt ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?([Zz]|[+-]\d{2}:\d{2}))?$"
-    )]
+    #[param(value_type = Option<crate::openapi::TimeOrDay>, inline, example = "2026-12-01")]
     pub to: Option<String>,
 }
 
