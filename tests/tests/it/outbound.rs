@@ -1319,3 +1319,85 @@ async fn a_burst_of_status_callbacks_is_answered_200_and_applied_once() {
         "each stored once and applied once"
     );
 }
+
+/// What a backfill pass costs with 20,000 inbound messages in Twilio's log
+/// (`BACKFILL_LOG_SIZE`), 18,000 of them already stored: each pass stores at most 1,000 of those
+/// missing, oldest first, so a pass stays bounded while the queues run; the passes together store
+/// each missing message once. Prints each pass's time (a figure, not an assertion).
+#[tokio::test]
+async fn a_backfill_pass_over_a_large_log_is_bounded() {
+    let size: usize = std::env::var("BACKFILL_LOG_SIZE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let missing = size / 10;
+    let tw = twilio().await;
+    let app = app_with(&tw, &[("INBOUND_BACKFILL_INTERVAL_SECS", "1")]).await;
+    // The stored part goes straight to the table (what the ingress would have stored); Twilio's
+    // log has everything.
+    let mut sids = Vec::with_capacity(size);
+    for i in 0..size {
+        let sms = sim::webhook::InboundSms::new(
+            format!("+1415769{:04}", i % 10_000),
+            harness::app::OUR_NUMBER,
+            format!("backlog {i}"),
+        );
+        tw.receive_inbound(&sms.message_sid, &sms.from, &sms.to, &sms.body, &[]);
+        sids.push((sms.message_sid, sms.from, sms.body));
+    }
+    let stored: Vec<&(String, String, String)> = sids[missing..].iter().collect();
+    for chunk in stored.chunks(2_000) {
+        let (s, f, b): (Vec<&str>, Vec<&str>, Vec<&str>) = chunk
+            .iter()
+            .map(|(s, f, b)| (s.as_str(), f.as_str(), b.as_str()))
+            .fold(
+                (vec![], vec![], vec![]),
+                |(mut a, mut c, mut d), (x, y, z)| {
+                    a.push(x);
+                    c.push(y);
+                    d.push(z);
+                    (a, c, d)
+                },
+            );
+        sqlx::query(
+            "INSERT INTO sms_messages (direction, twilio_sid, from_number, to_number, message_content, delivery_status, raw_webhook_data)
+             SELECT 'inbound', s, f, $4, b, 'received', '{}'::jsonb FROM UNNEST($1::text[], $2::text[], $3::text[]) AS u(s, f, b)",
+        )
+        .bind(&s)
+        .bind(&f)
+        .bind(&b)
+        .bind(harness::app::OUR_NUMBER)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    }
+    let cfg = shared::config::Worker::load(&app.settings.0).unwrap();
+    let deps = worker::Deps::new(&cfg, app.pool.clone());
+    let (mut total, mut passes, mut times) = (0usize, 0, Vec::new());
+    while total < missing && passes < 20 {
+        // A pass backfills at most once per INBOUND_BACKFILL_INTERVAL_SECS.
+        if passes > 0 {
+            tokio::time::sleep(Duration::from_millis(1_100)).await;
+        }
+        let started = std::time::Instant::now();
+        let report = worker::reconcile::once(&deps).await.unwrap();
+        times.push(started.elapsed().as_millis());
+        assert!(
+            report.backfilled <= 1_000,
+            "a pass stores at most 1,000 ({})",
+            report.backfilled
+        );
+        total += report.backfilled;
+        passes += 1;
+    }
+    println!(
+        "backfill: {size} messages in Twilio's log, {missing} missing: {passes} passes, ms each {times:?}"
+    );
+    assert_eq!(total, missing, "every missing message stored");
+    assert_eq!(
+        app.count("SELECT count(*) FROM sms_messages WHERE direction = 'inbound'")
+            .await as usize,
+        size,
+        "each once"
+    );
+}

@@ -90,11 +90,15 @@ async fn a_worker_finishes_running_jobs_and_hands_back_the_rest_on_sigterm() {
     assert_eq!(code, Some(0), "clean exit after SIGTERM");
     println!("worker stopped {took:?} after SIGTERM");
     // Whatever it had started reached the agent and was recorded; nothing stays locked to it.
-    assert_eq!(
-        locked_jobs(&app).await,
-        0,
-        "jobs left locked by the stopped worker"
-    );
+    let left = locked_jobs(&app).await;
+    let which: Vec<(String, String, Option<String>, i32)> = sqlx::query_as(
+        "SELECT job_type, status, lock_by, attempts FROM apalis.jobs
+         WHERE status IN ('Queued', 'Running') OR lock_by IS NOT NULL AND status = 'Pending'",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(left, 0, "jobs left locked by the stopped worker: {which:?}");
     let started = agent.stats().requests as i64;
     let recorded: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM sms_routing_decisions WHERE agent_status IS NOT NULL",
