@@ -122,6 +122,18 @@ impl Fixture<'_> {
             body: None,
             ok: 200,
         };
+        let delete = |path: String, ok: u16| Call {
+            method: "DELETE",
+            path,
+            body: None,
+            ok,
+        };
+        let post = |path: &str, body: Value, ok: u16| Call {
+            method: "POST",
+            path: path.to_owned(),
+            body: Some(body),
+            ok,
+        };
         let tenant_query = |path: &str| match tenant {
             Some(t) => format!("{path}?tenant_id={t}"),
             None => path.to_owned(),
@@ -139,12 +151,11 @@ impl Fixture<'_> {
                 (
                     Action::Send,
                     record,
-                    Call {
-                        method: "POST",
-                        path: "/sms/send".into(),
-                        body: Some(json!({"to": num, "body": format!("matrix {n}")})),
-                        ok: 202,
-                    },
+                    post(
+                        "/sms/send",
+                        json!({"to": num, "body": format!("matrix {n}")}),
+                        202,
+                    ),
                 )
             }
             "cancelSms" => {
@@ -158,16 +169,7 @@ impl Fixture<'_> {
                     )
                     .await;
                 let id = sent["message_id"].as_str().unwrap().to_owned();
-                (
-                    Action::Send,
-                    record,
-                    Call {
-                        method: "DELETE",
-                        path: format!("/sms/{id}"),
-                        body: None,
-                        ok: 200,
-                    },
-                )
+                (Action::Send, record, delete(format!("/sms/{id}"), 200))
             }
             "listRoutes" => (Action::Read, Shape::Confined, get("/routes".into())),
             "createRoute" => {
@@ -175,42 +177,20 @@ impl Fixture<'_> {
                     Some(t) => json!({"tenant_id": t}),
                     None => json!({"default": true}),
                 };
-                let mut body = json!({"agent_url": DEFAULT_AGENT.replace("default-agent", "agent"),
-                                      "signing_secret": "s3cret-s3cret-s3cret"});
-                body.as_object_mut()
-                    .unwrap()
-                    .extend(target.as_object().unwrap().clone());
-                (
-                    Action::Administer,
-                    config,
-                    Call {
-                        method: "POST",
-                        path: "/routes".into(),
-                        body: Some(body),
-                        ok: 201,
-                    },
-                )
+                let body = route_body(target, "http://93.184.216.34/agent");
+                (Action::Administer, config, post("/routes", body, 201))
             }
             "deleteRoute" => {
                 let target = match tenant {
                     Some(t) => json!({"tenant_id": t}),
                     None => json!({"workflow_type": format!("wf-{n}")}),
                 };
-                let mut body = json!({"agent_url": "http://93.184.216.34/route",
-                                      "signing_secret": "s3cret-s3cret-s3cret"});
-                body.as_object_mut()
-                    .unwrap()
-                    .extend(target.as_object().unwrap().clone());
+                let body = route_body(target, "http://93.184.216.34/route");
                 let made = self.root_json("POST", "/routes", body).await;
                 (
                     Action::Administer,
                     config,
-                    Call {
-                        method: "DELETE",
-                        path: format!("/routes/{}", made["id"].as_str().unwrap()),
-                        body: None,
-                        ok: 204,
-                    },
+                    delete(format!("/routes/{}", made["id"].as_str().unwrap()), 204),
                 )
             }
             "listUnroutable" => (
@@ -245,12 +225,11 @@ impl Fixture<'_> {
             "recordOptOut" => (
                 Action::Send,
                 record,
-                Call {
-                    method: "POST",
-                    path: "/opt-outs".into(),
-                    body: Some(json!({"phone_number": num, "method": "phone_call"})),
-                    ok: 201,
-                },
+                post(
+                    "/opt-outs",
+                    json!({"phone_number": num, "method": "phone_call"}),
+                    201,
+                ),
             ),
             "listTenantPhones" => {
                 let Some(t) = tenant else {
@@ -273,12 +252,7 @@ impl Fixture<'_> {
                 (
                     action,
                     Shape::Claim,
-                    Call {
-                        method: "POST",
-                        path: path.into(),
-                        body: Some(json!({"phone_number": fresh})),
-                        ok: 201,
-                    },
+                    post(path, json!({"phone_number": fresh}), 201),
                 )
             }
             "removeTenantPhone" => {
@@ -290,12 +264,7 @@ impl Fixture<'_> {
                 (
                     Action::Administer,
                     config,
-                    Call {
-                        method: "DELETE",
-                        path: format!("/tenants/{t}/phones/{fresh}"),
-                        body: None,
-                        ok: 200,
-                    },
+                    delete(format!("/tenants/{t}/phones/{fresh}"), 200),
                 )
             }
             "listApiKeys" => (Action::Administer, Shape::Confined, get("/api-keys".into())),
@@ -307,12 +276,7 @@ impl Fixture<'_> {
                 (
                     Action::Administer,
                     Shape::Listing,
-                    Call {
-                        method: "POST",
-                        path: "/api-keys".into(),
-                        body: Some(body),
-                        ok: 201,
-                    },
+                    post("/api-keys", body, 201),
                 )
             }
             "revokeApiKey" => {
@@ -323,12 +287,7 @@ impl Fixture<'_> {
                 (
                     Action::Administer,
                     config,
-                    Call {
-                        method: "DELETE",
-                        path: format!("/api-keys/{}", issued.id),
-                        body: None,
-                        ok: 200,
-                    },
+                    delete(format!("/api-keys/{}", issued.id), 200),
                 )
             }
             _ => return Cell::Unknown,
@@ -344,6 +303,15 @@ impl Fixture<'_> {
             .await
             .unwrap();
     }
+}
+
+/// A route's body: its target (`{"tenant_id": ..}`, `{"default": true}`...) and an agent.
+fn route_body(target: Value, agent_url: &str) -> Value {
+    let mut body = json!({"agent_url": agent_url, "signing_secret": "s3cret-s3cret-s3cret"});
+    body.as_object_mut()
+        .unwrap()
+        .extend(target.as_object().unwrap().clone());
+    body
 }
 
 /// Lists `number` for `tenant` directly (the fixture, not under test).

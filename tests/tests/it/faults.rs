@@ -196,9 +196,28 @@ async fn a_worker_killed_mid_run_loses_nothing_repeats_nothing_and_its_jobs_are_
         picked_up <= Duration::from_secs(30),
         "picked up after {picked_up:?}"
     );
+    // What a stuck send looks like, to diagnose it: its state, its attempts, its callbacks and
+    // its jobs.
+    let stuck: Vec<(String,)> = if drained.is_ok() {
+        Vec::new()
+    } else {
+        sqlx::query_as(
+            "SELECT concat_ws(' | ', m.id, m.delivery_status, m.twilio_sid, m.send_attempts, m.reconcile_note,
+                    (SELECT string_agg(concat_ws('/', a.attempt, a.outcome, a.evidence, a.http_status), '; ' ORDER BY a.attempt)
+                     FROM sms_send_attempts a WHERE a.message_id = m.id),
+                    (SELECT string_agg(concat_ws('/', c.message_status, c.applied_at IS NOT NULL), '; ' ORDER BY c.id)
+                     FROM sms_status_callbacks c WHERE c.message_sid = m.twilio_sid),
+                    (SELECT string_agg(concat_ws('/', j.job_type, j.status, j.attempts, j.last_result::text), '; ')
+                     FROM apalis.jobs j WHERE convert_from(j.job, 'UTF8') LIKE '%' || m.id::text || '%'))
+             FROM sms_messages m WHERE m.direction = 'outbound' AND m.delivery_status <> 'delivered' LIMIT 5",
+        )
+        .fetch_all(&app.pool)
+        .await
+        .unwrap_or_default()
+    };
     assert!(
         drained.is_ok(),
-        "not drained: {} inbound processed, {} sends delivered",
+        "not drained: {} inbound processed, {} sends delivered; not delivered: {stuck:?}",
         app.count("SELECT count(*) FROM sms_messages WHERE direction = 'inbound' AND processed_at IS NOT NULL").await,
         app.count("SELECT count(*) FROM sms_messages WHERE direction = 'outbound' AND delivery_status = 'delivered'").await
     );
