@@ -310,13 +310,20 @@ pub(crate) async fn messages_page(
 /// the policy does not show global routes to: the URL is the operator's configuration.
 pub(crate) fn hide_global_routes(key: &ApiKey, messages: &mut [MessageView]) {
     for m in messages {
-        for d in &mut m.routing {
-            let route_owner = (d.reason == "tenant")
-                .then_some(m.tenant_id.as_deref())
-                .flatten();
-            if !policy::sees(key, Action::Read, Owner::config(route_owner)) {
-                d.agent_url = None;
-            }
+        hide_global_route_urls(key, m.tenant_id.as_deref(), &mut m.routing);
+    }
+}
+
+/// The same for one message's decisions (`tenant`: the message's).
+pub(crate) fn hide_global_route_urls(
+    key: &ApiKey,
+    tenant: Option<&str>,
+    decisions: &mut [RoutingDecision],
+) {
+    for d in decisions {
+        let route_owner = (d.reason == "tenant").then_some(tenant).flatten();
+        if !policy::sees(key, Action::Read, Owner::config(route_owner)) {
+            d.agent_url = None;
         }
     }
 }

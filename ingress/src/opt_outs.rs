@@ -295,6 +295,36 @@ fn csv_response(events: &[OptOutEvent]) -> Response {
         .into_response()
 }
 
+/// The number in E.164 and the change, or every invalid field.
+fn validate(
+    req: &NewOptOut,
+    region: phonenumber::country::Id,
+) -> Result<(phone::E164, optout::OptChange), ApiError> {
+    let mut errors = Vec::new();
+    let number = phone::normalize(&req.phone_number, region).ok();
+    if number.is_none() {
+        errors.push(("phone_number", "not a phone number".to_owned()));
+    }
+    let change = match req.change.as_deref() {
+        None | Some("opt_out") => optout::OptChange::OptOut,
+        Some("opt_in") => optout::OptChange::OptIn,
+        Some(_) => {
+            errors.push(("change", "opt_out or opt_in".to_owned()));
+            optout::OptChange::OptOut
+        }
+    };
+    if !METHODS.contains(&req.method.as_str()) {
+        errors.push(("method", format!("one of {}", METHODS.join(", "))));
+    }
+    if req.note.as_ref().is_some_and(|n| n.chars().count() > 500) {
+        errors.push(("note", "at most 500 characters".to_owned()));
+    }
+    match (number, errors.is_empty()) {
+        (Some(number), true) => Ok((number, change)),
+        _ => Err(ApiError::Validation(errors)),
+    }
+}
+
 /// An opt change that changed nothing.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct NotRecorded {
@@ -338,35 +368,9 @@ pub async fn record(
     policy::require(&key, Action::Send)?;
     let Json(req) =
         body.map_err(|e| crate::extract::json_rejection(e, state.cfg.max_body_bytes))?;
-    let mut errors = Vec::new();
-    let number = phone::normalize(&req.phone_number, state.cfg.common.default_region).ok();
-    if number.is_none() {
-        errors.push(("phone_number", "not a phone number".to_owned()));
-    }
-    let change = match req.change.as_deref() {
-        None | Some("opt_out") => optout::OptChange::OptOut,
-        Some("opt_in") => optout::OptChange::OptIn,
-        Some(_) => {
-            errors.push(("change", "opt_out or opt_in".to_owned()));
-            optout::OptChange::OptOut
-        }
-    };
-    if !METHODS.contains(&req.method.as_str()) {
-        errors.push(("method", format!("one of {}", METHODS.join(", "))));
-    }
-    if req.note.as_ref().is_some_and(|n| n.chars().count() > 500) {
-        errors.push(("note", "at most 500 characters".to_owned()));
-    }
-    let (Some(number), true) = (number, errors.is_empty()) else {
-        return Err(ApiError::Validation(errors));
-    };
+    let (number, change) = validate(&req, state.cfg.common.default_region)?;
     let mut tx = state.pool.begin().await?;
-    let owner = sqlx::query_scalar!(
-        "SELECT tenant_id FROM tenant_profiles WHERE phone_numbers ? $1 ORDER BY created_at, tenant_id LIMIT 1",
-        number.as_str()
-    )
-    .fetch_optional(&mut *tx)
-    .await?;
+    let owner = crate::tenants::owner_of(&mut tx, number.as_str()).await?;
     policy::authorize(
         &key,
         Action::Send,

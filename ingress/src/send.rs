@@ -254,7 +254,7 @@ pub async fn send(
     {
         return Ok(first);
     }
-    let owner = recipient_owner(&mut tx, valid.to.as_str()).await?;
+    let owner = crate::tenants::owner_of(&mut tx, valid.to.as_str()).await?;
     policy::authorize(
         &key,
         Action::Send,
@@ -361,17 +361,6 @@ async fn first_answer(
     };
     let status = StatusCode::from_u16(code as u16).unwrap_or(StatusCode::ACCEPTED);
     Ok(Some((status, Json(response))))
-}
-
-/// The tenant the directory gives `to` (the policy then decides whether the key may send to it).
-async fn recipient_owner(tx: &mut PgConnection, to: &str) -> Result<Option<String>, ApiError> {
-    // The directory's rule (shared::tenants::owners): the first-listed tenant.
-    Ok(sqlx::query_scalar!(
-        "SELECT tenant_id FROM tenant_profiles WHERE phone_numbers ? $1 ORDER BY created_at, tenant_id LIMIT 1",
-        to
-    )
-    .fetch_optional(&mut *tx)
-    .await?)
 }
 
 /// The conversation to send on: the one named (it must be the recipient's and visible to the

@@ -51,6 +51,20 @@ async fn load(state: &AppState, tenant_id: &str) -> Result<Phones, ApiError> {
     })
 }
 
+/// The tenant the directory gives `number`, by its rule (shared::tenants::owners): the
+/// first-listed one. The policy then decides what a key may do with the number.
+pub(crate) async fn owner_of(
+    conn: &mut sqlx::PgConnection,
+    number: &str,
+) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar!(
+        "SELECT tenant_id FROM tenant_profiles WHERE phone_numbers ? $1 ORDER BY created_at, tenant_id LIMIT 1",
+        number
+    )
+    .fetch_optional(conn)
+    .await
+}
+
 /// A tenant's phone numbers
 #[utoipa::path(
     get,

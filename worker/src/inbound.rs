@@ -120,9 +120,6 @@ pub fn decide(msg: &Stored, region: phonenumber::country::Id) -> Decision {
 /// Messages of one job applied per transaction.
 const CHUNK: usize = 128;
 
-/// Times a chunk's transaction is tried again after Postgres broke a deadlock with it.
-const DEADLOCK_RETRIES: u32 = 3;
-
 /// How long a stored message waits before another job may take it along: past this, its own
 /// job is behind.
 const BEHIND: std::time::Duration = std::time::Duration::from_secs(2);
@@ -222,16 +219,7 @@ async fn process_chunk(
     if items.is_empty() {
         return Ok(outcomes);
     }
-    let mut tries = 0;
-    let applied = loop {
-        match apply(deps, &items, along).await {
-            Err(e) if crate::is_deadlock(&e) && tries < DEADLOCK_RETRIES => {
-                tries += 1;
-                tracing::warn!(tries, "inbound batch deadlocked with another; trying again");
-            }
-            other => break other?,
-        }
-    };
+    let applied = crate::retrying_deadlocks("inbound", || apply(deps, &items, along)).await?;
     for item in &items {
         let outcome = match applied.get(&item.id) {
             Some(conv) => {

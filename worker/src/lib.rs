@@ -107,3 +107,25 @@ pub fn is_deadlock(e: &anyhow::Error) -> bool {
         )
     })
 }
+
+/// Times a batch's transaction is tried again after Postgres broke a deadlock with it.
+const DEADLOCK_RETRIES: u32 = 3;
+
+/// Runs a batch's transaction, again (up to [`DEADLOCK_RETRIES`] times) when Postgres breaks a
+/// deadlock with it: the batches that lock rows in one order can still meet another writer.
+pub async fn retrying_deadlocks<T, F, Fut>(batch: &'static str, mut attempt: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let mut tries = 0;
+    loop {
+        match attempt().await {
+            Err(e) if is_deadlock(&e) && tries < DEADLOCK_RETRIES => {
+                tries += 1;
+                tracing::warn!(tries, batch, "batch deadlocked with another; trying again");
+            }
+            other => return other,
+        }
+    }
+}

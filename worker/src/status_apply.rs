@@ -87,9 +87,6 @@ struct Target {
 /// Callbacks of one job applied per transaction.
 const CHUNK: usize = 256;
 
-/// Times a chunk's transaction is tried again after Postgres broke a deadlock with it.
-const DEADLOCK_RETRIES: u32 = 3;
-
 /// Applies a job's callbacks, a chunk of them per transaction, set-based: the messages are
 /// locked in id order, each message's pending callbacks decided at once, and the changes
 /// written with one statement per table. A re-run finds the applied callbacks settled.
@@ -99,19 +96,10 @@ pub async fn process_all(deps: &Deps, job: ApplyStatuses) -> anyhow::Result<()> 
         if let Some(first) = chunk.first() {
             shared::telemetry::continue_trace_in(&span, first.trace.as_ref());
         }
-        let mut tries = 0;
-        loop {
-            match apply_chunk(deps, chunk).instrument(span.clone()).await {
-                Err(e) if crate::is_deadlock(&e) && tries < DEADLOCK_RETRIES => {
-                    tries += 1;
-                    tracing::warn!(tries, "status batch deadlocked with another; trying again");
-                }
-                other => {
-                    other?;
-                    break;
-                }
-            }
-        }
+        crate::retrying_deadlocks("status", || {
+            apply_chunk(deps, chunk).instrument(span.clone())
+        })
+        .await?;
     }
     Ok(())
 }
@@ -128,47 +116,8 @@ pub async fn process(deps: &Deps, job: ApplyStatus) -> anyhow::Result<Outcome> {
 async fn apply_chunk(deps: &Deps, chunk: &[ApplyStatus]) -> anyhow::Result<Vec<Outcome>> {
     let mut tx = deps.pool.begin().await?;
     let targets = lock_messages(&mut tx, chunk).await?;
-    // Each callback's message: by our id when it carried one of our outbound messages, else by SID.
-    let target_of: Vec<Option<usize>> = chunk
-        .iter()
-        .map(|c| {
-            c.our_message_id
-                .and_then(|id| targets.iter().position(|t| t.id == id))
-                .or_else(|| {
-                    targets
-                        .iter()
-                        .position(|t| t.sid.as_deref() == Some(c.message_sid.as_str()))
-                })
-        })
-        .collect();
-    let mut sid_target: HashMap<&str, usize> = HashMap::new();
-    for (c, t) in chunk.iter().zip(&target_of) {
-        if let Some(t) = t {
-            sid_target.entry(c.message_sid.as_str()).or_insert(*t);
-        }
-    }
-    let sids: Vec<String> = sid_target.keys().map(|s| (*s).to_owned()).collect();
-    let rows = sqlx::query!(
-        "SELECT id, message_sid, message_status, error_code FROM sms_status_callbacks
-         WHERE message_sid = ANY($1) AND applied_at IS NULL ORDER BY id FOR UPDATE",
-        &sids
-    )
-    .fetch_all(&mut *tx)
-    .await?;
-    // Statuses we do not know are kept in the ledger but never applied.
-    let mut pending: Vec<Vec<Callback>> = targets.iter().map(|_| Vec::new()).collect();
-    for r in rows {
-        if let (Some(t), Ok(status)) = (
-            sid_target.get(r.message_sid.as_str()),
-            r.message_status.parse(),
-        ) {
-            pending[*t].push(Callback {
-                id: r.id,
-                status,
-                error_code: r.error_code,
-            });
-        }
-    }
+    let target_of = match_targets(chunk, &targets);
+    let pending = pending_callbacks(&mut tx, chunk, &target_of, targets.len()).await?;
     let decisions: Vec<Decision> = targets
         .iter()
         .zip(&pending)
@@ -208,6 +157,61 @@ async fn apply_chunk(deps: &Deps, chunk: &[ApplyStatus]) -> anyhow::Result<Vec<O
             Some(_) => Outcome::Unchanged,
         })
         .collect())
+}
+
+/// Each callback's message (an index into `targets`): by our id when it carried one of our
+/// outbound messages, else by SID.
+fn match_targets(chunk: &[ApplyStatus], targets: &[Target]) -> Vec<Option<usize>> {
+    chunk
+        .iter()
+        .map(|c| {
+            c.our_message_id
+                .and_then(|id| targets.iter().position(|t| t.id == id))
+                .or_else(|| {
+                    targets
+                        .iter()
+                        .position(|t| t.sid.as_deref() == Some(c.message_sid.as_str()))
+                })
+        })
+        .collect()
+}
+
+/// The callbacks not yet applied of each matched message (by the SIDs the chunk's callbacks
+/// carry), locked. Statuses we do not know are kept in the ledger but never applied.
+async fn pending_callbacks(
+    tx: &mut sqlx::PgConnection,
+    chunk: &[ApplyStatus],
+    target_of: &[Option<usize>],
+    targets: usize,
+) -> anyhow::Result<Vec<Vec<Callback>>> {
+    let mut sid_target: HashMap<&str, usize> = HashMap::new();
+    for (c, t) in chunk.iter().zip(target_of) {
+        if let Some(t) = t {
+            sid_target.entry(c.message_sid.as_str()).or_insert(*t);
+        }
+    }
+    let sids: Vec<String> = sid_target.keys().map(|s| (*s).to_owned()).collect();
+    let rows = sqlx::query!(
+        "SELECT id, message_sid, message_status, error_code FROM sms_status_callbacks
+         WHERE message_sid = ANY($1) AND applied_at IS NULL ORDER BY id FOR UPDATE",
+        &sids
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut pending: Vec<Vec<Callback>> = vec![Vec::new(); targets];
+    for r in rows {
+        if let (Some(t), Ok(status)) = (
+            sid_target.get(r.message_sid.as_str()),
+            r.message_status.parse(),
+        ) {
+            pending[*t].push(Callback {
+                id: r.id,
+                status,
+                error_code: r.error_code,
+            });
+        }
+    }
+    Ok(pending)
 }
 
 /// The messages the callbacks name (our ids of outbound messages, and SIDs), locked in id order.

@@ -332,14 +332,7 @@ pub async fn message(
         .await?
         .remove(&m.id)
         .unwrap_or_default();
-    for d in &mut decisions {
-        let route_owner = (d.reason == "tenant")
-            .then_some(m.tenant_id.as_deref())
-            .flatten();
-        if !policy::sees(&operator.key, Action::Read, Owner::config(route_owner)) {
-            d.agent_url = None;
-        }
-    }
+    conversations::hide_global_route_urls(&operator.key, m.tenant_id.as_deref(), &mut decisions);
     let number = m.conversation_number.clone().unwrap_or_default();
     let body = format!(
         r#"<dl class="facts">
