@@ -21,9 +21,20 @@ const B_NUM: &str = "+14159400002";
 const U_NUM: &str = "+14159400003";
 const DEFAULT_AGENT: &str = "http://93.184.216.34/default-agent";
 
-/// What a tenant-scoped key must never see: the other tenant and the operator's configuration.
-fn foreign_markers() -> [&'static str; 4] {
-    ["t-b", "4159400002", "default-agent", "4159400003"]
+/// The inbound messages' texts: own, other tenant's, unowned.
+const BODIES: [&str; 3] = ["a-own-text", "b-secret-text", "u-unowned-text"];
+
+/// What a tenant-scoped key must never see: the other tenant, unowned records and the
+/// operator's configuration.
+fn foreign_markers() -> [&'static str; 6] {
+    [
+        "t-b",
+        "4159400002",
+        "default-agent",
+        "4159400003",
+        BODIES[1],
+        BODIES[2],
+    ]
 }
 
 /// The columns of the matrix.
@@ -327,6 +338,53 @@ async fn list(app: &TestApp, tenant: &str, number: &str) {
     .unwrap();
 }
 
+/// Two tenants, each with an inbound message, and one from a number no tenant lists: the ids
+/// of those three messages (own, other, unowned).
+async fn world() -> (TestApp, [uuid::Uuid; 3]) {
+    let db = pg::fresh_db().await;
+    sqlx::query(
+        "INSERT INTO tenant_profiles (tenant_id, name, phone_numbers) VALUES
+           ('t-a', 'Ana', '[\"+14159400001\"]'), ('t-b', 'Bo', '[\"+14159400002\"]')",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let mut app = TestApp::spawn(
+        Settings::new(&db)
+            .set("SEND_RATE_PER_SENDER", "0")
+            .set("AGENT_ALLOWED_NETWORKS", ""),
+    )
+    .await;
+    app.start_worker(&[jobs::INBOUND]).await;
+    let mut sids = Vec::new();
+    for (num, body) in [A_NUM, B_NUM, U_NUM].iter().zip(BODIES) {
+        sids.push(app.inbound(num, body).await);
+    }
+    app.drain(jobs::INBOUND).await;
+    let mut ids = [uuid::Uuid::nil(); 3];
+    for (id, sid) in ids.iter_mut().zip(&sids) {
+        *id = sqlx::query_scalar("SELECT id FROM sms_messages WHERE twilio_sid = $1")
+            .bind(sid)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    }
+    (app, ids)
+}
+
+/// The six key kinds: (name, scopes, tenant).
+fn key_kinds() -> Vec<(&'static str, Vec<String>, Option<&'static str>)> {
+    let s = |scope: &str| vec![scope.to_owned()];
+    vec![
+        ("unscoped admin", s("admin"), None),
+        ("unscoped read", s("read"), None),
+        ("unscoped send", s("send"), None),
+        ("tenant admin", s("admin"), Some("t-a")),
+        ("tenant read", s("read"), Some("t-a")),
+        ("tenant send", s("send"), Some("t-a")),
+    ]
+}
+
 /// The status the policy's verdict answers.
 fn status_of(verdict: Verdict, ok: u16) -> u16 {
     match verdict {
@@ -362,42 +420,12 @@ fn expected(caller: Caller<'_>, action: Action, shape: Shape, target: Target) ->
 
 #[tokio::test]
 async fn every_operation_every_key_kind_and_owner() {
-    let db = pg::fresh_db().await;
-    sqlx::query(
-        "INSERT INTO tenant_profiles (tenant_id, name, phone_numbers) VALUES
-           ('t-a', 'Ana', '[\"+14159400001\"]'), ('t-b', 'Bo', '[\"+14159400002\"]')",
-    )
-    .execute(&db.pool)
-    .await
-    .unwrap();
-    let mut app = TestApp::spawn(
-        Settings::new(&db)
-            .set("SEND_RATE_PER_SENDER", "0")
-            .set("AGENT_ALLOWED_NETWORKS", ""),
-    )
-    .await;
-    app.start_worker(&[jobs::INBOUND]).await;
-    let mut inbound = Vec::new();
-    for num in [A_NUM, B_NUM, U_NUM] {
-        let sid = app.inbound(num, &format!("hello from {num}")).await;
-        inbound.push(sid);
-    }
-    app.drain(jobs::INBOUND).await;
-    let mut ids = Vec::new();
-    for sid in &inbound {
-        let id: uuid::Uuid =
-            sqlx::query_scalar("SELECT id FROM sms_messages WHERE twilio_sid = $1")
-                .bind(sid)
-                .fetch_one(&app.pool)
-                .await
-                .unwrap();
-        ids.push(id.to_string());
-    }
+    let (mut app, ids) = world().await;
     let root = app.api_key(&["admin"], None).await;
     let fx = Fixture {
         app: &app,
         root: root.clone(),
-        inbound: [ids[0].clone(), ids[1].clone(), ids[2].clone()],
+        inbound: ids.map(|id| id.to_string()),
         n: Default::default(),
     };
     // Configuration everywhere: both tenants' routes and the default route.
@@ -409,14 +437,7 @@ async fn every_operation_every_key_kind_and_owner() {
     .await;
 
     // The key kinds, and keys that are no keys.
-    let kinds: Vec<(&str, Vec<String>, Option<&str>)> = vec![
-        ("unscoped admin", vec!["admin".into()], None),
-        ("unscoped read", vec!["read".into()], None),
-        ("unscoped send", vec!["send".into()], None),
-        ("tenant admin", vec!["admin".into()], Some("t-a")),
-        ("tenant read", vec!["read".into()], Some("t-a")),
-        ("tenant send", vec!["send".into()], Some("t-a")),
-    ];
+    let kinds = key_kinds();
     let mut keys = Vec::new();
     for (name, scopes, tenant) in &kinds {
         let key = ingress::auth::create_key(&app.pool, name, scopes, *tenant)
@@ -588,40 +609,8 @@ async fn console_session(app: &TestApp, key: &str) -> Option<(String, String)> {
 /// service-wide figures.
 #[tokio::test]
 async fn the_console_answers_every_key_kind_by_the_same_table() {
-    let db = pg::fresh_db().await;
-    sqlx::query(
-        "INSERT INTO tenant_profiles (tenant_id, name, phone_numbers) VALUES
-           ('t-a', 'Ana', '[\"+14159400001\"]'), ('t-b', 'Bo', '[\"+14159400002\"]')",
-    )
-    .execute(&db.pool)
-    .await
-    .unwrap();
-    let mut app = TestApp::spawn(Settings::new(&db)).await;
-    app.start_worker(&[jobs::INBOUND]).await;
-    let bodies = ["a-own-text", "b-secret-text", "u-unowned-text"];
-    let mut sids = Vec::new();
-    for (num, body) in [A_NUM, B_NUM, U_NUM].iter().zip(bodies) {
-        sids.push(app.inbound(num, body).await);
-    }
-    app.drain(jobs::INBOUND).await;
-    let mut ids = Vec::new();
-    for sid in &sids {
-        let id: uuid::Uuid =
-            sqlx::query_scalar("SELECT id FROM sms_messages WHERE twilio_sid = $1")
-                .bind(sid)
-                .fetch_one(&app.pool)
-                .await
-                .unwrap();
-        ids.push(id);
-    }
-    let kinds: Vec<(&str, Vec<String>, Option<&str>)> = vec![
-        ("unscoped admin", vec!["admin".into()], None),
-        ("unscoped read", vec!["read".into()], None),
-        ("unscoped send", vec!["send".into()], None),
-        ("tenant admin", vec!["admin".into()], Some("t-a")),
-        ("tenant read", vec!["read".into()], Some("t-a")),
-        ("tenant send", vec!["send".into()], Some("t-a")),
-    ];
+    let (mut app, ids) = world().await;
+    let kinds = key_kinds();
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
