@@ -22,7 +22,7 @@ use sim::{
 };
 
 const SECRET: &str = "agent-secret-0123456789";
-const TENANT_PHONE: &str = "+15559300001";
+const TENANT_PHONE: &str = "+14159300001";
 
 /// A process killed when the test ends, however it ends.
 struct Killed(Child);
