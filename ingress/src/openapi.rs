@@ -197,8 +197,139 @@ pub struct TwilioStatusCallback {
 
 /// The document, generated once from the registered routes.
 pub fn document() -> &'static utoipa::openapi::OpenApi {
-    static DOC: LazyLock<utoipa::openapi::OpenApi> = LazyLock::new(|| crate::api().into_openapi());
+    static DOC: LazyLock<utoipa::openapi::OpenApi> = LazyLock::new(|| {
+        let mut doc = crate::api().into_openapi();
+        state_cross_field_rules(&mut doc);
+        state_no_nul(doc)
+    });
     &DOC
+}
+
+/// Every text refuses NUL (400 `invalid_text`: Postgres cannot store it): stated on every string
+/// a client sends (request schemas and parameters) without a format, enumeration or pattern of
+/// its own.
+fn state_no_nul(mut doc: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
+    use utoipa::openapi::schema::{AdditionalProperties, ArrayItems, Schema, SchemaType, Type};
+    fn walk(schema: &mut RefOr<Schema>) {
+        let RefOr::T(schema) = schema else { return };
+        match schema {
+            Schema::Object(o) => {
+                let is_string = match &o.schema_type {
+                    SchemaType::Type(t) => *t == Type::String,
+                    SchemaType::Array(ts) => ts.contains(&Type::String),
+                    SchemaType::AnyValue => false,
+                };
+                if is_string && o.format.is_none() && o.enum_values.is_none() && o.pattern.is_none()
+                {
+                    o.pattern = Some(NO_NUL.to_owned());
+                }
+                o.properties.values_mut().for_each(walk);
+                if let Some(AdditionalProperties::RefOr(values)) =
+                    o.additional_properties.as_deref_mut()
+                {
+                    walk(values);
+                }
+                if let Some(names) = o.property_names.take() {
+                    let mut names = RefOr::T(*names);
+                    walk(&mut names);
+                    if let RefOr::T(names) = names {
+                        o.property_names = Some(Box::new(names));
+                    }
+                }
+            }
+            Schema::Array(a) => {
+                if let ArrayItems::RefOrSchema(items) = &mut a.items {
+                    walk(items);
+                }
+            }
+            Schema::OneOf(c) => c.items.iter_mut().for_each(walk),
+            Schema::AllOf(c) => c.items.iter_mut().for_each(walk),
+            Schema::AnyOf(c) => c.items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    if let Some(components) = doc.components.as_mut() {
+        components.schemas.values_mut().for_each(walk);
+    }
+    for item in doc.paths.paths.values_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ];
+        for op in operations.into_iter().flatten() {
+            for p in op.parameters.iter_mut().flatten() {
+                p.schema.iter_mut().for_each(walk);
+            }
+            for content in op
+                .request_body
+                .iter_mut()
+                .flat_map(|b| b.content.values_mut())
+            {
+                content.schema.iter_mut().for_each(walk);
+            }
+        }
+    }
+    doc
+}
+
+/// Any text without NUL (ECMA-262, as JSON Schema reads patterns).
+pub const NO_NUL: &str = r"^[^\u0000]*$";
+
+/// The rules between fields that JSON Schema can state, added to the request schemas so that a
+/// client (or a schema-based fuzzer) knows them: a route has exactly one target; a send has a
+/// body with a visible character or at least one media URL. Rules that depend on the world
+/// (a number's validity, a window's order, a cursor's conversation, an idempotency key's earlier
+/// use) stay in the operations' descriptions and answer 422 with the field and the reason.
+fn state_cross_field_rules(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::schema::{
+        AllOfBuilder, AnyOfBuilder, ArrayBuilder, ObjectBuilder, OneOfBuilder, Type,
+    };
+    let string = || ObjectBuilder::new().schema_type(Type::String);
+    let with = |field: &str, schema: RefOr<utoipa::openapi::schema::Schema>| {
+        ObjectBuilder::new().property(field, schema).required(field)
+    };
+    let route_target = OneOfBuilder::new()
+        .description(Some(
+            "Exactly one target: a tenant, a workflow type, or the default.",
+        ))
+        .item(with("tenant_id", string().into()))
+        .item(with("workflow_type", string().into()))
+        .item(with(
+            "default",
+            ObjectBuilder::new()
+                .schema_type(Type::Boolean)
+                .enum_values(Some([true]))
+                .into(),
+        ));
+    let content = AnyOfBuilder::new()
+        .description(Some(
+            "A body with a visible character, or at least one media URL.",
+        ))
+        .item(with("body", string().pattern(Some(r"\S")).into()))
+        .item(with(
+            "media_urls",
+            ArrayBuilder::new()
+                .items(string())
+                .min_items(Some(1))
+                .into(),
+        ));
+    let Some(components) = doc.components.as_mut() else {
+        return;
+    };
+    for (name, rule) in [
+        ("NewRoute", RefOr::T(route_target.into())),
+        ("SendRequest", RefOr::T(content.into())),
+    ] {
+        if let Some(schema) = components.schemas.remove(name) {
+            let both = AllOfBuilder::new().item(schema).item(rule);
+            components
+                .schemas
+                .insert(name.to_owned(), RefOr::T(both.into()));
+        }
+    }
 }
 
 static DOC_JSON: LazyLock<String> = LazyLock::new(|| {

@@ -63,7 +63,7 @@ pub fn connect_options(url: &str, mode: PoolMode) -> Result<PgConnectOptions, sq
     })
 }
 
-/// Applies our migrations and apalis-postgres's (kept in its own `apalis` schema and history
+/// Applies apalis-postgres's migrations and ours (apalis's kept in its own `apalis` schema and history
 /// table); applied ones are skipped.
 ///
 /// Concurrent runs (several replicas starting) are serialised by a transaction-scoped advisory
@@ -87,12 +87,13 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
         tx.rollback().await?;
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    let mut ours = sqlx::migrate!("../migrations");
-    ours.set_locking(false);
-    ours.run(pool).await?;
+    // apalis's first: ours may index its tables.
     let mut apalis = apalis_postgres::PostgresStorage::migrations();
     apalis.set_locking(false);
     apalis.run(pool).await?;
+    let mut ours = sqlx::migrate!("../migrations");
+    ours.set_locking(false);
+    ours.run(pool).await?;
     guard.commit().await?;
     Ok(())
 }

@@ -234,7 +234,21 @@ impl Drop for TestApp {
 }
 
 /// Polls `cond` until it holds or `timeout` passes.
-pub async fn wait_until<F, Fut>(timeout: Duration, mut cond: F) -> Result<(), ()>
+pub async fn wait_until<F, Fut>(timeout: Duration, cond: F) -> Result<(), ()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    wait_until_every(timeout, Duration::from_millis(25), cond).await
+}
+
+/// [`wait_until`] checking every `period`: for conditions that cost the database real work
+/// (counts over large tables), so the check does not slow what it waits for.
+pub async fn wait_until_every<F, Fut>(
+    timeout: Duration,
+    period: Duration,
+    mut cond: F,
+) -> Result<(), ()>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
@@ -247,7 +261,7 @@ where
         if tokio::time::Instant::now() >= deadline {
             return Err(());
         }
-        tokio::time::sleep(Duration::from_millis(25)).await;
+        tokio::time::sleep(period).await;
     }
 }
 
@@ -260,6 +274,16 @@ fn init_logs() {
 /// A built binary of the workspace (`sms-worker`, ...), built on first use when a narrower
 /// `cargo test -p` did not build it.
 pub fn workspace_binary(name: &str) -> std::path::PathBuf {
+    // SMS_BIN_DIR runs the tests against other builds (e.g. target/release for measurements).
+    if let Some(dir) = std::env::var_os("SMS_BIN_DIR") {
+        let path = std::path::PathBuf::from(dir).join(name);
+        assert!(
+            path.exists(),
+            "SMS_BIN_DIR has no {name}: {}",
+            path.display()
+        );
+        return path;
+    }
     let exe = std::env::current_exe().expect("test binary path");
     // target/<profile>/deps/<test> -> target/<profile>/<name>
     let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");

@@ -311,7 +311,6 @@ async fn apply(
         .filter(|i| linked.contains_key(&i.id))
         .collect();
     merge_conversation_languages(&mut tx, &mine, &conversations).await?;
-    update_tenants(deps, &mut tx, &mine, &linked).await?;
     // Opt changes in one order (per number, by arrival) so concurrent batches lock alike.
     let mut opt: Vec<&&Item> = mine.iter().filter(|i| i.d.opt_change.is_some()).collect();
     opt.sort_by(|a, b| (&a.d.number, a.msg.created_at).cmp(&(&b.d.number, b.msg.created_at)));
@@ -345,6 +344,9 @@ async fn apply(
         })
         .collect();
     jobs::schedule(&mut tx, &routes, When::NOW).await?;
+    // Last: a tenant's row is shared by all its residents' batches, so its lock is held for
+    // the commit alone.
+    update_tenants(deps, &mut tx, &mine, &linked).await?;
     tx.commit().await?;
     Ok(linked)
 }
@@ -565,6 +567,27 @@ async fn update_tenants(
         entry.0 = item.d.number.as_str();
         entry.1.extend(item.d.detection);
     }
+    // Read first; lock and write only the tenants this batch changes.
+    let stored = sqlx::query!(
+        "SELECT tenant_id, last_used_phone_number, language_preference, language_confidence
+         FROM tenant_profiles WHERE tenant_id = ANY($1)",
+        &tenants.keys().copied().collect::<Vec<&str>>() as &[&str]
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    let unchanged = stored.iter().filter(|row| {
+        tenants
+            .get(row.tenant_id.as_str())
+            .is_some_and(|(number, detections)| {
+                let current =
+                    stored_detection(row.language_preference.as_deref(), row.language_confidence);
+                row.last_used_phone_number.as_deref() == Some(*number)
+                    && merged_detection(current, detections) == current
+            })
+    });
+    for row in unchanged.map(|r| r.tenant_id.clone()).collect::<Vec<_>>() {
+        tenants.remove(row.as_str());
+    }
     if tenants.is_empty() {
         return Ok(());
     }
@@ -587,10 +610,7 @@ async fn update_tenants(
             continue;
         };
         let current = stored_detection(row.language_preference.as_deref(), row.language_confidence);
-        let Some(merged) = detections
-            .iter()
-            .fold(current, |acc, new| Some(language::merge(acc, *new)))
-        else {
+        let Some(merged) = merged_detection(current, detections) else {
             continue;
         };
         if Some(merged) == current {
@@ -618,6 +638,13 @@ async fn update_tenants(
     set_tenant_languages(tx, &changed).await?;
     jobs::schedule(tx, &notify, When::NOW).await?;
     Ok(())
+}
+
+/// A stored preference with a batch's detections merged in, in arrival order.
+fn merged_detection(current: Option<Detection>, detections: &[Detection]) -> Option<Detection> {
+    detections
+        .iter()
+        .fold(current, |acc, new| Some(language::merge(acc, *new)))
 }
 
 /// Stores the tenants' merged language preferences, one statement.

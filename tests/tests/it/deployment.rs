@@ -12,7 +12,7 @@ use std::{
 
 use futures::StreamExt;
 use harness::{
-    app::{Settings, wait_until},
+    app::{Settings, wait_until, wait_until_every},
     fleet::Service,
     pg::{self, TestDb},
     pgbouncer::PgBouncer,
@@ -260,7 +260,8 @@ async fn assert_everything_once(w: &World, load: &Load) -> Duration {
     );
     let inbound = hooks.len() as i64;
     let outbound = (sends.len() + hooks.len()) as i64;
-    let done = wait_until(Duration::from_secs(180), || async {
+    // Checked every 500 ms: two counts over every message are real work for a busy database.
+    let done = wait_until_every(Duration::from_secs(180), Duration::from_millis(500), || async {
         w.count("SELECT count(*) FROM sms_messages WHERE direction = 'inbound' AND processed_at IS NOT NULL AND route_status = 'routed'").await == inbound
             && w.count("SELECT count(*) FROM sms_messages WHERE direction = 'outbound' AND delivery_status = 'delivered'").await == outbound
     })

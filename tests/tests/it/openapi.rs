@@ -395,3 +395,70 @@ async fn the_docs_page_renders_the_document_offline() {
         assert!(!html.contains(external), "the page loads {external}...");
     }
 }
+
+/// The rules a client can read from the schemas: every text a client sends states it takes no
+/// NUL (or has a format, enumeration or pattern of its own); a route names exactly one target;
+/// a send has a visible body or media. Each stated rule is what the server enforces (the
+/// handlers' tests); a schema-based fuzzer then finds only rules that depend on stored data.
+#[test]
+fn request_schemas_state_the_rules_between_fields_and_refuse_nul() {
+    let doc = serde_json::to_value(ingress::openapi::document()).unwrap();
+    let schemas = &doc["components"]["schemas"];
+    let rule = |name: &str, of: &str| {
+        schemas[name]["allOf"]
+            .as_array()
+            .and_then(|parts| parts.iter().find_map(|p| p[of].as_array()))
+            .map(|variants| {
+                variants
+                    .iter()
+                    .map(|v| v["required"][0].as_str().unwrap_or("").to_owned())
+                    .collect::<Vec<_>>()
+            })
+    };
+    assert_eq!(
+        rule("NewRoute", "oneOf"),
+        Some(vec![
+            "tenant_id".into(),
+            "workflow_type".into(),
+            "default".into()
+        ])
+    );
+    assert_eq!(
+        rule("SendRequest", "anyOf"),
+        Some(vec!["body".into(), "media_urls".into()])
+    );
+    // Every string schema reachable from a request (components and parameters).
+    fn strings<'a>(v: &'a Value, out: &mut Vec<&'a Value>) {
+        match v {
+            Value::Object(map) => {
+                let is_string = match map.get("type") {
+                    Some(Value::String(t)) => t == "string",
+                    Some(Value::Array(ts)) => ts.iter().any(|t| t == "string"),
+                    _ => false,
+                };
+                if is_string {
+                    out.push(v);
+                }
+                map.values().for_each(|v| strings(v, out));
+            }
+            Value::Array(items) => items.iter().for_each(|v| strings(v, out)),
+            _ => {}
+        }
+    }
+    let ops = operations(&doc);
+    let mut found = Vec::new();
+    strings(schemas, &mut found);
+    for (_, _, op) in &ops {
+        strings(&op["parameters"], &mut found);
+    }
+    let open: Vec<&&Value> = found
+        .iter()
+        .filter(|s| {
+            ["format", "enum", "pattern"]
+                .iter()
+                .all(|k| s.get(k).is_none())
+        })
+        .collect();
+    assert!(found.len() > 20, "string schemas found: {}", found.len());
+    assert!(open.is_empty(), "strings that may carry NUL: {open:?}");
+}
