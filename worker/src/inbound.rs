@@ -575,19 +575,22 @@ async fn update_tenants(
     )
     .fetch_all(&mut *tx)
     .await?;
-    let unchanged = stored.iter().filter(|row| {
-        tenants
-            .get(row.tenant_id.as_str())
-            .is_some_and(|(number, detections)| {
-                let current =
-                    stored_detection(row.language_preference.as_deref(), row.language_confidence);
-                row.last_used_phone_number.as_deref() == Some(*number)
-                    && merged_detection(current, detections) == current
-            })
-    });
-    for row in unchanged.map(|r| r.tenant_id.clone()).collect::<Vec<_>>() {
-        tenants.remove(row.as_str());
+    let mut numbers_only: BTreeMap<&str, &str> = BTreeMap::new();
+    for row in &stored {
+        let Some((&tenant_id, (number, detections))) =
+            tenants.get_key_value(row.tenant_id.as_str())
+        else {
+            continue;
+        };
+        let current = stored_detection(row.language_preference.as_deref(), row.language_confidence);
+        if merged_detection(current, detections) == current {
+            if row.last_used_phone_number.as_deref() != Some(*number) {
+                numbers_only.insert(tenant_id, number);
+            }
+            tenants.remove(tenant_id);
+        }
     }
+    set_last_numbers(tx, &numbers_only).await?;
     if tenants.is_empty() {
         return Ok(());
     }
@@ -637,6 +640,32 @@ async fn update_tenants(
     }
     set_tenant_languages(tx, &changed).await?;
     jobs::schedule(tx, &notify, When::NOW).await?;
+    Ok(())
+}
+
+/// Records each tenant's most recently used number, skipping a tenant another batch is writing
+/// at this moment (it keeps that batch's number, as recent as ours): every resident's batch
+/// writes its tenant's row, and waiting for each other's commits serialised them.
+async fn set_last_numbers(
+    tx: &mut PgConnection,
+    numbers: &BTreeMap<&str, &str>,
+) -> anyhow::Result<()> {
+    if numbers.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<&str> = numbers.keys().copied().collect();
+    let values: Vec<&str> = numbers.values().copied().collect();
+    sqlx::query!(
+        r#"UPDATE tenant_profiles t SET last_used_phone_number = u.number, updated_at = now()
+           FROM UNNEST($1::text[], $2::text[]) AS u(tenant_id, number)
+           WHERE t.tenant_id = u.tenant_id
+             AND t.tenant_id IN (SELECT tenant_id FROM tenant_profiles WHERE tenant_id = ANY($1)
+                                 ORDER BY tenant_id FOR UPDATE SKIP LOCKED)"#,
+        &ids as &[&str],
+        &values as &[&str]
+    )
+    .execute(&mut *tx)
+    .await?;
     Ok(())
 }
 
