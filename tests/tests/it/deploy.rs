@@ -19,6 +19,10 @@ fn promtool() -> PathBuf {
         })
 }
 
+fn read(path: &str) -> String {
+    std::fs::read_to_string(root().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
 fn run(args: &[&str]) {
     let out = Command::new(promtool())
         .args(args)
@@ -60,8 +64,6 @@ fn metric_names(text: &str) -> BTreeSet<String> {
 
 #[test]
 fn dashboards_and_alerts_read_only_metrics_the_service_exports() {
-    let read =
-        |p: &str| std::fs::read_to_string(root().join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
     // Registered names are string literals in the three metrics modules.
     let exported: BTreeSet<String> = [
         "ingress/src/metrics.rs",
@@ -119,4 +121,54 @@ fn dashboards_and_alerts_read_only_metrics_the_service_exports() {
         .filter(|m| !m.ends_with("scrape_errors_total"))
         .collect();
     assert!(missing.is_empty(), "exported but on no panel: {missing:?}");
+}
+
+/// Every alert carries a `runbook_url` to its own section of docs/runbooks.md, each section
+/// answers what it means, what to look at first, the usual causes and what not to do, and
+/// every section belongs to an alert.
+#[test]
+fn every_alert_has_a_runbook_section() {
+    let rules = read("deploy/prometheus/alerts.yml");
+    let runbooks = read("docs/runbooks.md");
+    let alerts: Vec<&str> = rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert: "))
+        .collect();
+    assert!(alerts.len() >= 6, "alerts found: {alerts:?}");
+    // Sections: "## Name" up to the next "## ".
+    let sections: Vec<(&str, &str)> = runbooks
+        .split("\n## ")
+        .skip(1)
+        .map(|s| s.split_once('\n').unwrap_or((s, "")))
+        .collect();
+    for alert in &alerts {
+        let block: String = rules
+            .split("- alert: ")
+            .find(|b| b.starts_with(&format!("{alert}\n")))
+            .unwrap_or_default()
+            .to_owned();
+        let url = format!("runbook_url: \"docs/runbooks.md#{}\"", alert.to_lowercase());
+        assert!(block.contains(&url), "{alert} lacks `{url}`");
+        let (_, body) = sections
+            .iter()
+            .find(|(title, _)| title.trim() == *alert)
+            .unwrap_or_else(|| panic!("docs/runbooks.md has no section `## {alert}`"));
+        for part in [
+            "**Means.**",
+            "**Look first.**",
+            "**Usual causes and fixes.**",
+            "**Do not.**",
+        ] {
+            assert!(body.contains(part), "{alert}'s runbook lacks {part}");
+        }
+    }
+    let orphans: Vec<&str> = sections
+        .iter()
+        .map(|(t, _)| t.trim())
+        .filter(|t| !alerts.contains(t))
+        .collect();
+    assert!(
+        orphans.is_empty(),
+        "runbook sections with no alert: {orphans:?}"
+    );
 }
