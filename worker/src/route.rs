@@ -213,13 +213,12 @@ pub async fn process(deps: &Deps, job: RouteMessage) -> anyhow::Result<Outcome> 
     let call = call_agent(deps, route, &m.payload).await?;
     let decision = decide(call.status, job.attempt, &deps.route_retry);
     let mut tx = deps.pool.begin().await?;
-    release(&mut tx, job.message_id, run).await?;
     let entry = Entry {
         reason: route.reason,
         route: Some(route),
         call: Some(&call),
     };
-    let outcome = apply(deps, &mut tx, &job, &m, &entry, decision).await?;
+    let outcome = apply(deps, &mut tx, &job, run, &m, &entry, decision).await?;
     if outcome == Outcome::AlreadyDone {
         return Ok(outcome); // another run routed it: roll back
     }
@@ -289,7 +288,8 @@ async fn claim(
     })
 }
 
-/// Gives the claim back with the decision (in its transaction), so a retry may claim at once.
+/// Gives the claim back with a retry's decision (in its transaction), so the retry may claim at
+/// once; a final decision clears the claim in the same statement that settles the message.
 async fn release(tx: &mut PgConnection, message_id: Uuid, run: Uuid) -> anyhow::Result<()> {
     sqlx::query!(
         "UPDATE sms_messages SET route_claimed_by = NULL, route_claimed_until = NULL
@@ -334,6 +334,7 @@ async fn apply(
     deps: &Deps,
     tx: &mut PgConnection,
     job: &RouteMessage,
+    run: Uuid,
     m: &Loaded,
     entry: &Entry<'_>,
     decision: Decision,
@@ -341,6 +342,7 @@ async fn apply(
     match decision {
         Decision::Delivered => delivered(deps, tx, job, m, entry).await,
         Decision::Retry { failed, detail } => {
+            release(tx, job.message_id, run).await?;
             let after = deps.route_retry.delay(failed, None);
             let detail = format!("{detail}; retry in {} ms", after.as_millis());
             record(tx, job, entry, RoutingOutcome::Retry, Some(&detail)).await?;
@@ -359,6 +361,9 @@ async fn apply(
     }
 }
 
+/// The message, its conversation and tenant, and the route that serves it, in one statement:
+/// the tenant's own route, else its conversation's workflow type's, else the default (none
+/// without a tenant).
 async fn load(deps: &Deps, message_id: Uuid) -> anyhow::Result<Option<Loaded>> {
     let Some(m) = sqlx::query!(
         r#"SELECT m.id, m.message_content, m.twilio_sid, m.created_at, m.route_status,
@@ -366,10 +371,20 @@ async fn load(deps: &Deps, message_id: Uuid) -> anyhow::Result<Option<Loaded>> {
                   c.id AS "conversation_id!", c.phone_number, c.workflow_type, c.workflow_id,
                   COALESCE(m.tenant_id, c.tenant_id) AS tenant_id,
                   c.language_detected AS conv_language,
-                  t.name AS "tenant_name?", t.language_preference AS "tenant_language?"
+                  t.name AS "tenant_name?", t.language_preference AS "tenant_language?",
+                  r.id AS "route_id?", r.tenant_id AS "route_tenant_id?",
+                  r.workflow_type AS "route_workflow_type?", r.agent_url AS "agent_url?",
+                  r.signing_secret AS "signing_secret?"
            FROM sms_messages m
            JOIN sms_conversations c ON c.id = m.conversation_id
            LEFT JOIN tenant_profiles t ON t.tenant_id = COALESCE(m.tenant_id, c.tenant_id)
+           LEFT JOIN LATERAL (
+               SELECT id, tenant_id, workflow_type, agent_url, signing_secret FROM agent_routes
+               WHERE COALESCE(m.tenant_id, c.tenant_id) IS NOT NULL
+                 AND (tenant_id = COALESCE(m.tenant_id, c.tenant_id) OR workflow_type = c.workflow_type OR is_default)
+               ORDER BY (tenant_id IS NOT NULL) DESC, (workflow_type IS NOT NULL) DESC
+               LIMIT 1
+           ) r ON true
            WHERE m.id = $1 AND m.direction = 'inbound'"#,
         message_id
     )
@@ -378,28 +393,18 @@ async fn load(deps: &Deps, message_id: Uuid) -> anyhow::Result<Option<Loaded>> {
     else {
         return Ok(None);
     };
-    let route = match &m.tenant_id {
-        Some(tenant_id) => sqlx::query!(
-            r#"SELECT id, tenant_id, workflow_type, agent_url, signing_secret FROM agent_routes
-               WHERE tenant_id = $1 OR workflow_type = $2 OR is_default
-               ORDER BY (tenant_id IS NOT NULL) DESC, (workflow_type IS NOT NULL) DESC
-               LIMIT 1"#,
-            tenant_id,
-            m.workflow_type
-        )
-        .fetch_optional(&deps.pool)
-        .await?
-        .map(|r| Route {
-            id: r.id,
-            reason: match (&r.tenant_id, &r.workflow_type) {
+    let route = match (m.route_id, &m.agent_url, &m.signing_secret) {
+        (Some(id), Some(url), Some(secret)) => Some(Route {
+            id,
+            reason: match (&m.route_tenant_id, &m.route_workflow_type) {
                 (Some(_), _) => "tenant",
                 (None, Some(_)) => "workflow_type",
                 (None, None) => "default",
             },
-            url: r.agent_url,
-            secret: r.signing_secret.into(),
+            url: url.clone(),
+            secret: secret.clone().into(),
         }),
-        None => None,
+        _ => None,
     };
     let payload = json!({
         "message": {
@@ -504,7 +509,8 @@ async fn delivered(
 ) -> anyhow::Result<Outcome> {
     let claimed = sqlx::query!(
         // A message stored without a tenant is attached to the one it is routed for.
-        "UPDATE sms_messages SET route_status = $2, tenant_id = COALESCE(tenant_id, $3), updated_at = now()
+        "UPDATE sms_messages SET route_status = $2, tenant_id = COALESCE(tenant_id, $3), updated_at = now(),
+                route_claimed_by = NULL, route_claimed_until = NULL
          WHERE id = $1 AND route_status IS DISTINCT FROM $2",
         job.message_id,
         RouteStatus::Routed.as_str(),
@@ -591,7 +597,9 @@ async fn quarantine(
     detail: &str,
 ) -> anyhow::Result<Outcome> {
     sqlx::query!(
-        "UPDATE sms_messages SET route_status = $2, tenant_id = COALESCE(tenant_id, $3), updated_at = now() WHERE id = $1",
+        "UPDATE sms_messages SET route_status = $2, tenant_id = COALESCE(tenant_id, $3), updated_at = now(),
+                route_claimed_by = NULL, route_claimed_until = NULL
+         WHERE id = $1",
         job.message_id,
         RouteStatus::Unroutable.as_str(),
         tenant_id

@@ -23,6 +23,7 @@ mod poolers;
 mod quiet_hours;
 mod routing;
 mod scheduled;
+mod schema;
 mod security;
 mod shutdown;
 
