@@ -130,24 +130,17 @@ pub fn priority(is_reply: bool) -> i16 {
 /// The hand-over time once quiet hours are applied: the requested time (or now), moved to the
 /// next moment inside the window in every time zone the recipient may be in (the tenant's own
 /// zone when its profile has one, else those of the number's prefix).
-async fn quiet_hours(
-    conn: &mut sqlx::PgConnection,
+fn quiet_hours(
     msg: &NewOutbound<'_>,
-    is_reply: bool,
+    conv: &Conversation,
     now: chrono::DateTime<chrono::Utc>,
-) -> Result<Result<Option<Schedule>, Refused>, sqlx::Error> {
+) -> Result<Option<Schedule>, Refused> {
     let Some(policy) = msg.quiet_hours else {
-        return Ok(Ok(msg.schedule));
+        return Ok(msg.schedule);
     };
-    let conv = sqlx::query!(
-        r#"SELECT c.workflow_type, t.timezone AS "timezone?" FROM sms_conversations c
-           LEFT JOIN tenant_profiles t ON t.tenant_id = c.tenant_id WHERE c.id = $1"#,
-        msg.conversation_id
-    )
-    .fetch_one(&mut *conn)
-    .await?;
+    let is_reply = conv.is_reply;
     if msg.quiet_hours_override || !policy.applies(conv.workflow_type.as_deref(), is_reply) {
-        return Ok(Ok(msg.schedule));
+        return Ok(msg.schedule);
     }
     let zones = match conv
         .timezone
@@ -158,14 +151,41 @@ async fn quiet_hours(
         None => crate::quiet_hours::zones_for_number(msg.to.as_str()),
     };
     let from = msg.schedule.map_or(now, |s| s.at.max(now));
-    Ok(match policy.window.next_allowed(from, &zones) {
+    match policy.window.next_allowed(from, &zones) {
         None => Err(Refused::NoAllowedTime),
         Some(at) if at > from => Ok(Some(Schedule {
             at,
             reason: ScheduleReason::QuietHours,
         })),
         Some(_) => Ok(msg.schedule),
-    })
+    }
+}
+
+/// What a send needs to know of its conversation, read in one statement: whether it answers a
+/// resident (an inbound message within [`REPLY_WINDOW_MINUTES`]), its workflow type and the
+/// tenant's time zone (for quiet hours).
+struct Conversation {
+    is_reply: bool,
+    workflow_type: Option<String>,
+    timezone: Option<String>,
+}
+
+async fn conversation(
+    conn: &mut sqlx::PgConnection,
+    conversation_id: uuid::Uuid,
+) -> Result<Conversation, sqlx::Error> {
+    sqlx::query_as!(
+        Conversation,
+        r#"SELECT EXISTS (SELECT 1 FROM sms_messages WHERE conversation_id = c.id AND direction = 'inbound'
+                          AND created_at > now() - make_interval(mins => $2)) AS "is_reply!",
+                  c.workflow_type, t.timezone AS "timezone?"
+           FROM sms_conversations c LEFT JOIN tenant_profiles t ON t.tenant_id = c.tenant_id
+           WHERE c.id = $1"#,
+        conversation_id,
+        REPLY_WINDOW_MINUTES
+    )
+    .fetch_one(conn)
+    .await
 }
 
 /// Stores the message (`pending`) and its send job on `conn` (the caller's transaction), or says
@@ -184,19 +204,13 @@ pub async fn create(
     {
         return Ok(Err(Refused::OptedOut(o)));
     }
-    let is_reply = sqlx::query_scalar!(
-        r#"SELECT EXISTS (SELECT 1 FROM sms_messages WHERE conversation_id = $1 AND direction = 'inbound'
-                          AND created_at > now() - make_interval(mins => $2)) AS "reply!""#,
-        msg.conversation_id,
-        REPLY_WINDOW_MINUTES
-    )
-    .fetch_one(&mut *conn)
-    .await?;
+    let conv = conversation(conn, msg.conversation_id).await?;
+    let is_reply = conv.is_reply;
     let priority = priority(is_reply);
     let (segments, encoding) = segments::count(msg.body);
     // A time already here (or within a second) is now.
     let now = chrono::Utc::now();
-    let schedule = match quiet_hours(conn, msg, is_reply, now).await? {
+    let schedule = match quiet_hours(msg, &conv, now) {
         Ok(schedule) => schedule,
         Err(refused) => return Ok(Err(refused)),
     }
