@@ -484,7 +484,7 @@ async fn two_ingresses_and_three_workers_under_pressure_wait_instead_of_failing(
                     .fetch_all(&pool)
                     .await
                     .unwrap_or_default();
-                    println!("backlog at {tick} s: {by_queue:?}");
+                    println!("backlog at {} s: {by_queue:?}", started.elapsed().as_secs());
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
