@@ -145,8 +145,10 @@ pub async fn process(deps: &Deps, message_id: Uuid) -> anyhow::Result<Outcome> {
     Ok(outcomes.remove(&message_id).unwrap_or(Outcome::Missing))
 }
 
-/// Up to `n` of the oldest messages stored more than [`BEHIND`] ago and not yet processed, other
-/// than `own`.
+/// Up to `n` messages stored more than [`BEHIND`] ago and not yet processed, other than `own`:
+/// the newest of them, whose own jobs are furthest back in the queue. (Oldest first took the
+/// messages of the jobs about to run, which then waited on each other's locks: half the
+/// throughput of `scripts/bench-worker.sh`.)
 async fn waiting(deps: &Deps, n: usize, own: &[Uuid]) -> anyhow::Result<Vec<Uuid>> {
     if n == 0 {
         return Ok(Vec::new());
@@ -155,7 +157,7 @@ async fn waiting(deps: &Deps, n: usize, own: &[Uuid]) -> anyhow::Result<Vec<Uuid
         r#"SELECT id FROM sms_messages
            WHERE direction = 'inbound' AND processed_at IS NULL
              AND created_at < now() - make_interval(secs => $1) AND id <> ALL($2)
-           ORDER BY created_at LIMIT $3"#,
+           ORDER BY created_at DESC LIMIT $3"#,
         BEHIND.as_secs_f64(),
         own,
         n as i64

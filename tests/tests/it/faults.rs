@@ -104,8 +104,14 @@ async fn a_worker_killed_mid_run_loses_nothing_repeats_nothing_and_its_jobs_are_
 
     let mut first = app.spawn_worker_process(queues, &worker_env);
     let load = tokio::spawn(paced_load(client));
+    // Killed mid-run: a quarter of the sends made and jobs in its hands at that moment (under a
+    // busy machine a paced load can leave the worker idle for an instant).
     wait_until(Duration::from_secs(60), || async {
         tw.stats().creates >= (KILL_SENDS / 4) as u64
+            && app
+                .count("SELECT count(*) FROM apalis.jobs WHERE status IN ('Queued', 'Running')")
+                .await
+                > 0
     })
     .await
     .expect("the worker started sending");
