@@ -569,30 +569,7 @@ async fn update_tenants(
         entry.0 = item.d.number.as_str();
         entry.1.extend(item.d.detection);
     }
-    // Read first; lock and write only the tenants this batch changes.
-    let stored = sqlx::query!(
-        "SELECT tenant_id, last_used_phone_number, language_preference, language_confidence
-         FROM tenant_profiles WHERE tenant_id = ANY($1)",
-        &tenants.keys().copied().collect::<Vec<&str>>() as &[&str]
-    )
-    .fetch_all(&mut *tx)
-    .await?;
-    let mut numbers_only: BTreeMap<&str, &str> = BTreeMap::new();
-    for row in &stored {
-        let Some((&tenant_id, (number, detections))) =
-            tenants.get_key_value(row.tenant_id.as_str())
-        else {
-            continue;
-        };
-        let current = stored_detection(row.language_preference.as_deref(), row.language_confidence);
-        if merged_detection(current, detections) == current {
-            if row.last_used_phone_number.as_deref() != Some(*number) {
-                numbers_only.insert(tenant_id, number);
-            }
-            tenants.remove(tenant_id);
-        }
-    }
-    set_last_numbers(tx, &numbers_only).await?;
+    settle_numbers_only(tx, &mut tenants).await?;
     if tenants.is_empty() {
         return Ok(());
     }
@@ -642,6 +619,39 @@ async fn update_tenants(
     }
     set_tenant_languages(tx, &changed).await?;
     jobs::schedule(tx, &notify, When::NOW).await?;
+    Ok(())
+}
+
+/// Reads the batch's tenants without locking them; of those whose language this batch leaves as
+/// it is, writes the number that changed (SKIP LOCKED) and drops them from `tenants`. What is
+/// left changes language and is written under the row's lock.
+async fn settle_numbers_only(
+    tx: &mut PgConnection,
+    tenants: &mut BTreeMap<&str, (&str, Vec<Detection>)>,
+) -> anyhow::Result<()> {
+    let stored = sqlx::query!(
+        "SELECT tenant_id, last_used_phone_number, language_preference, language_confidence
+         FROM tenant_profiles WHERE tenant_id = ANY($1)",
+        &tenants.keys().copied().collect::<Vec<&str>>() as &[&str]
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut numbers_only: BTreeMap<&str, &str> = BTreeMap::new();
+    for row in &stored {
+        let Some((&tenant_id, (number, detections))) =
+            tenants.get_key_value(row.tenant_id.as_str())
+        else {
+            continue;
+        };
+        let current = stored_detection(row.language_preference.as_deref(), row.language_confidence);
+        if merged_detection(current, detections) == current {
+            if row.last_used_phone_number.as_deref() != Some(*number) {
+                numbers_only.insert(tenant_id, number);
+            }
+            tenants.remove(tenant_id);
+        }
+    }
+    set_last_numbers(tx, &numbers_only).await?;
     Ok(())
 }
 
