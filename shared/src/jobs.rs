@@ -280,6 +280,23 @@ pub async fn unfinished(pool: &sqlx::PgPool, queue: &str) -> Result<i64, sqlx::E
     .await
 }
 
+/// Hands back the jobs a stopped worker fetched but never started (still `Queued` to it).
+/// apalis re-enqueues its fetch buffer on a graceful stop, but a fetch still in flight when the
+/// stop comes is dropped after its UPDATE has locked the rows, and tasks taken from the buffer
+/// but not yet started are not in it: without this they would wait for orphan recovery, which
+/// counts them as an attempt. Call it only once the worker has stopped and flushed its events,
+/// so that nothing of its own is still about to start them.
+pub async fn release_unstarted(pool: &sqlx::PgPool, worker: &str) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query!(
+        r#"UPDATE apalis.jobs SET status = 'Pending', lock_by = NULL, lock_at = NULL
+           WHERE lock_by = $1 AND status = 'Queued'"#,
+        worker
+    )
+    .execute(pool)
+    .await?
+    .rows_affected())
+}
+
 /// Deletes up to 10,000 finished jobs older than `retention`: apalis keeps them forever.
 pub async fn delete_finished(pool: &sqlx::PgPool, retention: Duration) -> Result<u64, sqlx::Error> {
     Ok(sqlx::query!(

@@ -234,6 +234,9 @@ where
                 Ok::<(), std::io::Error>(())
             })
             .await;
+        if result.is_ok() {
+            release_unstarted(&deps, queue, &name).await;
+        }
         if shutdown.is_cancelled() {
             break;
         }
@@ -249,6 +252,22 @@ where
         }
     }
     tracing::info!(queue, "worker stopped");
+}
+
+/// After a clean stop (its events flushed, its running jobs finished), whatever is still
+/// `Queued` to the worker was never started: back to the queue at once, for any worker.
+async fn release_unstarted(deps: &Deps, queue: &str, worker: &str) {
+    match jobs::release_unstarted(&deps.queue_pool, worker).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            queue,
+            worker,
+            jobs = n,
+            "handed back jobs fetched but not started"
+        ),
+        // Orphan recovery hands them back once the worker's heartbeat is missed.
+        Err(e) => tracing::warn!(queue, worker, error = %e, "could not hand back unstarted jobs"),
+    }
 }
 
 fn hostname() -> String {

@@ -201,3 +201,66 @@ async fn the_ingress_finishes_a_request_in_flight_and_then_stops() {
         .unwrap();
     assert_eq!(stored, 1, "the answered webhook was committed");
 }
+
+/// The hand-back rule alone: of a stopped worker's jobs, only those fetched and never started
+/// (`Queued` to it) go back to the queue, unchanged in attempts; its running jobs and other
+/// workers' jobs stay as they are.
+#[tokio::test]
+async fn only_the_stopped_workers_unstarted_jobs_are_handed_back() {
+    let db = pg::fresh_db().await;
+    sqlx::query(
+        "INSERT INTO apalis.workers (id, worker_type, storage_name)
+         VALUES ('w-stopped', 'inbound', 'test'), ('w-alive', 'inbound', 'test')",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    // (id, status, lock_by, attempts)
+    let rows = [
+        ("fetched", "Queued", Some("w-stopped"), 2),
+        ("running", "Running", Some("w-stopped"), 1),
+        ("done", "Done", Some("w-stopped"), 1),
+        ("other", "Queued", Some("w-alive"), 0),
+        ("waiting", "Pending", None, 0),
+    ];
+    for (id, status, lock_by, attempts) in rows {
+        sqlx::query(
+            "INSERT INTO apalis.jobs (id, job_type, job, status, lock_by, lock_at, attempts)
+             VALUES ($1, 'inbound', '\\x7b7d', $2, $3, CASE WHEN $3 IS NULL THEN NULL ELSE now() END, $4)",
+        )
+        .bind(id)
+        .bind(status)
+        .bind(lock_by)
+        .bind(attempts)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    }
+    let released = shared::jobs::release_unstarted(&db.pool, "w-stopped")
+        .await
+        .unwrap();
+    assert_eq!(released, 1);
+    let after: Vec<(String, String, Option<String>, i32)> =
+        sqlx::query_as("SELECT id, status, lock_by, attempts FROM apalis.jobs ORDER BY id")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    let expect = |id: &str, status: &str, lock_by: Option<&str>, attempts: i32| {
+        (
+            id.to_owned(),
+            status.to_owned(),
+            lock_by.map(str::to_owned),
+            attempts,
+        )
+    };
+    assert_eq!(
+        after,
+        vec![
+            expect("done", "Done", Some("w-stopped"), 1),
+            expect("fetched", "Pending", None, 2),
+            expect("other", "Queued", Some("w-alive"), 0),
+            expect("running", "Running", Some("w-stopped"), 1),
+            expect("waiting", "Pending", None, 0),
+        ]
+    );
+}
