@@ -117,7 +117,7 @@ impl<'r> ToResponse<'r> for MissingScope {
         let r = error_response(
             "`forbidden`: the key lacks the scope this operation needs; `unscoped_admin_only`: \
              a global resource (default or workflow route, a key without a tenant) asked for with \
-             a tenant-scoped key. See the README's security model.",
+             a tenant-scoped key. See docs/security.md.",
         );
         ("MissingScope", r.build().into())
     }

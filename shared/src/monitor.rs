@@ -1,6 +1,6 @@
 //! Client for the Collections Monitor, the platform's tenant directory.
 //!
-//! Contract (see README): `GET {base}/tenants/lookup?phone=...` answers 200 with a tenant or 404;
+//! Contract (see docs/api.md): `GET {base}/tenants/lookup?phone=...` answers 200 with a tenant or 404;
 //! `PUT {base}/tenants/{id}/language` records a language preference. Timeouts, connection errors,
 //! 429 and 5xx are retried with exponential backoff and jitter, a bounded number of times.
 

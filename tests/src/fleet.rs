@@ -48,15 +48,44 @@ impl Service {
         s
     }
 
-    /// An `sms-worker --queues <queues>`.
+    /// An `sms-worker --queues <queues>` (`all`: without `--queues`, as by default). Its
+    /// `/metrics` listens on `WORKER_METRICS_ADDR` when the settings name one, else on any port.
     pub fn worker(name: &str, settings: &Settings, queues: &str, log_dir: &Path) -> Self {
-        let settings = settings.clone().set("WORKER_METRICS_ADDR", "127.0.0.1:0");
+        let mut settings = settings.clone();
+        if !settings.0.contains_key("WORKER_METRICS_ADDR") {
+            settings = settings.set("WORKER_METRICS_ADDR", "127.0.0.1:0");
+        }
         let queues = queues.to_owned();
         Self::start(name, log_dir, move |log| {
             let mut cmd = Command::new(workspace_binary("sms-worker"));
-            cmd.arg("--queues").arg(&queues);
+            if queues != "all" {
+                cmd.arg("--queues").arg(&queues);
+            }
             spawn(cmd, &settings, log)
         })
+    }
+
+    /// An `sms-sim serve --seed-demo` on `port` (Twilio for the settings' account and token,
+    /// the Monitor with its demo tenants, the agents), as `scripts/run-local.sh` starts it.
+    pub async fn sim(name: &str, settings: &Settings, port: u16, log_dir: &Path) -> Self {
+        let settings = settings.clone();
+        let s = Self::start(name, log_dir, move |log| {
+            let mut cmd = Command::new(workspace_binary("sms-sim"));
+            cmd.args([
+                "serve",
+                "--seed-demo",
+                "--bind",
+                &format!("127.0.0.1:{port}"),
+            ]);
+            spawn(cmd, &settings, log)
+        });
+        let stats = format!("http://127.0.0.1:{port}/_sim/monitor/stats");
+        wait_until(Duration::from_secs(20), || async {
+            reqwest::get(&stats).await.is_ok()
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{name} answers"));
+        s
     }
 
     fn start(

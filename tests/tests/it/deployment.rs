@@ -2,7 +2,7 @@
 //! binaries, through a real PgBouncer in transaction mode (as behind Supabase's transaction
 //! pooler), and as several replicas on one database with workers killed and restarted under
 //! load. External services are `sms-sim` over HTTP. Each test prints its figures
-//! (`-- --nocapture`); the README's "Supabase and poolers" and "Fault tests" sections report them.
+//! (`-- --nocapture`); docs/operations.md ("Supabase and poolers") and docs/testing.md ("Fault tests") report them.
 
 use std::{
     path::PathBuf,

@@ -3,7 +3,7 @@
 //! then slow, Twilio answering 429 and 5xx. Nothing here is mocked: the worker is the
 //! `sms-worker` binary, Postgres a real server (a cluster of the test's own where it is
 //! restarted), the Monitor and Twilio `sms-sim` over HTTP. Each test prints what it measured
-//! (`-- --nocapture`); README's "Fault tests" reports the figures.
+//! (`-- --nocapture`); docs/testing.md's "Fault tests" reports the figures.
 
 use std::{
     collections::HashMap,

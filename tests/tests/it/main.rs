@@ -8,6 +8,7 @@ mod conversations;
 mod deploy;
 mod deployment;
 mod directory;
+mod docs;
 mod errors;
 mod faults;
 mod identity;
