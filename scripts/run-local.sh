@@ -19,6 +19,8 @@ export DATABASE_URL
 export BIND_ADDR=${BIND_ADDR:-127.0.0.1:8080}
 export PUBLIC_URL=${PUBLIC_URL:-http://$BIND_ADDR}
 export LOG_FORMAT=${LOG_FORMAT:-pretty}
+# No load balancer to leave: Ctrl-C stops the ingress at once.
+export SHUTDOWN_DRAIN_SECS=${SHUTDOWN_DRAIN_SECS:-0}
 # The simulator's agent listens on loopback, which agent routes may not reach by default.
 export AGENT_ALLOWED_NETWORKS=${AGENT_ALLOWED_NETWORKS:-127.0.0.0/8,::1}
 sim_addr=${SIM_ADDR:-127.0.0.1:8089}

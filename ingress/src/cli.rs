@@ -161,9 +161,14 @@ async fn serve() -> anyhow::Result<()> {
     let pool = shared::db::lazy_pool(&cfg.common)?;
     let listener = tokio::net::TcpListener::bind(cfg.bind_addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "sms-ingress listening");
-    let shutdown = CancellationToken::new();
-    tokio::spawn(telemetry::cancel_on_signal(shutdown.clone()));
+    let (signal, shutdown) = (CancellationToken::new(), CancellationToken::new());
+    tokio::spawn(telemetry::cancel_on_signal(signal.clone()));
     let state = AppState::new(cfg, pool);
+    tokio::spawn(crate::server::drain_on(
+        signal,
+        state.clone(),
+        shutdown.clone(),
+    ));
     if let Some(addr) = state.cfg.metrics_addr {
         let ops = tokio::net::TcpListener::bind(addr)
             .await

@@ -23,7 +23,7 @@ pub struct Health {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Readiness {
-    /// Whether the database answered.
+    /// Whether the replica takes traffic: the database answered and it is not draining.
     pub ok: bool,
     pub version: &'static str,
     pub checks: ReadinessChecks,
@@ -48,6 +48,10 @@ pub struct ReadinessChecks {
     /// unready.
     #[schema(example = "not_configured")]
     pub monitor: &'static str,
+    /// `running`, or `draining` after SIGTERM: the replica still answers but is leaving
+    /// rotation (answered 503 so load balancers stop sending to it).
+    #[schema(example = "running")]
+    pub shutdown: &'static str,
 }
 
 /// Liveness
@@ -82,9 +86,11 @@ pub async fn health() -> Json<Health> {
         (status = 200, description = "The database answers. On this listener the checks say only \
             what failed; the reason (a database error's text) is given on `METRICS_ADDR`, the \
             operations listener.", body = Readiness),
-        (status = 503, description = "The database is unreachable.", body = Readiness,
+        (status = 503, description = "The database is unreachable, or the replica is draining \
+            after SIGTERM (`checks.shutdown`).", body = Readiness,
          example = json!({"ok": false, "version": "0.1.0",
-                          "checks": {"database": "unreachable", "monitor": "ok"}})),
+                          "checks": {"database": "unreachable", "database_pool_mode": "session",
+                                     "monitor": "ok", "shutdown": "running"}})),
     )
 )]
 pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
@@ -112,7 +118,9 @@ async fn readiness(state: &AppState) -> (StatusCode, Json<Readiness>) {
             if reachable { "ok" } else { "unreachable" }
         }
     };
-    let status = if db.is_ok() {
+    let draining = state.draining.is_cancelled();
+    let ok = db.is_ok() && !draining;
+    let status = if ok {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -120,13 +128,14 @@ async fn readiness(state: &AppState) -> (StatusCode, Json<Readiness>) {
     (
         status,
         Json(Readiness {
-            ok: db.is_ok(),
+            ok,
             version: env!("CARGO_PKG_VERSION"),
             checks: ReadinessChecks {
                 database: db.as_ref().map_or_else(Fault::kind, |()| "ok"),
                 database_reason: db.err().map(|f| f.reason().to_owned()),
                 database_pool_mode: state.cfg.common.database_pool_mode.as_str(),
                 monitor,
+                shutdown: if draining { "draining" } else { "running" },
             },
         }),
     )

@@ -37,6 +37,7 @@ use crate::{
     metrics::Metrics,
     rate_limit::InvalidSignatureLimit,
 };
+use tokio_util::sync::CancellationToken;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -48,6 +49,9 @@ pub struct AppState {
     pub metrics: Metrics,
     /// None when INVALID_SIGNATURE_LIMIT is 0.
     pub invalid_signatures: Option<Arc<InvalidSignatureLimit>>,
+    /// Cancelled on SIGTERM: readiness answers `draining` and connections close after each
+    /// answer, until the server stops (see `server::drain_on`).
+    pub draining: CancellationToken,
 }
 
 impl AppState {
@@ -76,6 +80,7 @@ impl AppState {
                 .build()
                 .expect("TLS backend initialises"),
             metrics: Metrics::default(),
+            draining: CancellationToken::new(),
         }
     }
 }
@@ -172,6 +177,10 @@ pub fn router(state: AppState) -> Router {
             server::deadline,
         ))
         .layer(axum::middleware::from_fn(server::security_headers))
+        .layer(axum::middleware::from_fn_with_state(
+            state.draining.clone(),
+            server::close_while_draining,
+        ))
         .layer(request_ids)
         .with_state(state)
 }

@@ -27,8 +27,60 @@ pub async fn serve(
     state: AppState,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
-    let header_timeout = state.cfg.request_header_timeout;
-    serve_app(listener, crate::router(state), header_timeout, shutdown).await
+    let limits = Limits::of(&state);
+    serve_app(listener, crate::router(state), limits, shutdown).await
+}
+
+/// The rolling-upgrade order on SIGTERM (`signal`): not ready at once, still serving for
+/// `SHUTDOWN_DRAIN_SECS` so load balancers take the replica out of rotation (every answer
+/// meanwhile says `Connection: close`, moving keep-alive clients elsewhere), then `shutdown`:
+/// no new connections, requests in flight finished within `SHUTDOWN_TIMEOUT_SECS`.
+pub async fn drain_on(signal: CancellationToken, state: AppState, shutdown: CancellationToken) {
+    signal.cancelled().await;
+    state.draining.cancel();
+    let drain = state.cfg.shutdown_drain;
+    tracing::info!(
+        drain_secs = drain.as_secs(),
+        "draining: not ready, still serving until load balancers stop sending"
+    );
+    tokio::select! {
+        () = tokio::time::sleep(drain) => {}
+        () = shutdown.cancelled() => {}
+    }
+    shutdown.cancel();
+}
+
+/// While draining, every answer closes its connection: a keep-alive client's next request
+/// opens a new connection, which the load balancer sends to a replica still in rotation.
+pub async fn close_while_draining(
+    State(draining): State<CancellationToken>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let mut resp = next.run(req).await;
+    if draining.is_cancelled() {
+        resp.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
+    resp
+}
+
+/// Per-connection and shutdown limits of a listener.
+#[derive(Clone, Copy)]
+struct Limits {
+    header_timeout: Duration,
+    shutdown_timeout: Duration,
+}
+
+impl Limits {
+    fn of(state: &AppState) -> Self {
+        Self {
+            header_timeout: state.cfg.request_header_timeout,
+            shutdown_timeout: state.cfg.shutdown_timeout,
+        }
+    }
 }
 
 /// Serves the operations listener (`METRICS_ADDR`): metrics and detailed readiness, no key.
@@ -37,27 +89,21 @@ pub async fn serve_operations(
     state: AppState,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
-    let header_timeout = state.cfg.request_header_timeout;
-    serve_app(
-        listener,
-        crate::operations_router(state),
-        header_timeout,
-        shutdown,
-    )
-    .await
+    let limits = Limits::of(&state);
+    serve_app(listener, crate::operations_router(state), limits, shutdown).await
 }
 
 async fn serve_app(
     listener: TcpListener,
     app: axum::Router,
-    header_timeout: Duration,
+    limits: Limits,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
     let mut http = hyper::server::conn::http1::Builder::new();
     // A client that trickles its headers (slowloris) is cut off. Hyper applies the same deadline
     // to an idle keep-alive connection waiting for its next request.
     http.timer(TokioTimer::new())
-        .header_read_timeout(header_timeout);
+        .header_read_timeout(limits.header_timeout);
     let graceful = GracefulShutdown::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -84,7 +130,16 @@ async fn serve_app(
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    // Bounded: a client that never finishes its request must not hold the process forever.
+    if tokio::time::timeout(limits.shutdown_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            timeout_secs = limits.shutdown_timeout.as_secs(),
+            "requests still in flight at the shutdown timeout: their connections are closed"
+        );
+    }
     Ok(())
 }
 

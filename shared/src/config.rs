@@ -525,6 +525,11 @@ pub struct Ingress {
     pub request_header_timeout: Duration,
     /// Longest a request may take from its headers to its answer, body included.
     pub request_timeout: Duration,
+    /// On SIGTERM: how long the ingress keeps serving while `/health/ready` says `draining`
+    /// (so load balancers take it out of rotation first), answering `Connection: close`.
+    pub shutdown_drain: Duration,
+    /// Then: how long requests in flight may take to finish before the process exits anyway.
+    pub shutdown_timeout: Duration,
 }
 
 impl Ingress {
@@ -575,7 +580,16 @@ impl Ingress {
         if request_timeout.is_zero() {
             return Err(ConfigError::new("REQUEST_TIMEOUT_MS", "must be at least 1"));
         }
+        let shutdown_timeout = secs(src, "SHUTDOWN_TIMEOUT_SECS", 20)?;
+        if shutdown_timeout.is_zero() {
+            return Err(ConfigError::new(
+                "SHUTDOWN_TIMEOUT_SECS",
+                "must be at least 1",
+            ));
+        }
         Ok(Self {
+            shutdown_drain: secs(src, "SHUTDOWN_DRAIN_SECS", 5)?,
+            shutdown_timeout,
             common: Common::load(src, 10, Duration::from_secs(5))?,
             twilio: Twilio::load(src)?,
             quiet_hours: QuietHours::load(src)?,

@@ -5,8 +5,9 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
+    time::Duration,
 };
 
 use tokio::net::{TcpListener, TcpStream};
@@ -14,20 +15,43 @@ use tokio::net::{TcpListener, TcpStream};
 /// Listens on `listener` and hands each connection to the next backend in turn (the one after
 /// it when it refuses).
 pub fn spawn(listener: std::net::TcpListener, backends: Vec<SocketAddr>) {
+    serve(listener, backends, false)
+}
+
+/// [`spawn`], and only to backends in rotation, as a load balancer's health check keeps them:
+/// `GET /health/ready` answering 200, checked every 100 ms. When no backend is in rotation every
+/// one is tried; a backend that refuses the connection (a replica being replaced) is skipped.
+pub fn spawn_health_checked(listener: std::net::TcpListener, backends: Vec<SocketAddr>) {
+    serve(listener, backends, true)
+}
+
+fn serve(listener: std::net::TcpListener, backends: Vec<SocketAddr>, checked: bool) {
     listener.set_nonblocking(true).unwrap();
     let listener = TcpListener::from_std(listener).unwrap();
     let next = Arc::new(AtomicUsize::new(0));
     let backends: Arc<[SocketAddr]> = backends.into();
+    let ready: Arc<[AtomicBool]> = backends.iter().map(|_| AtomicBool::new(true)).collect();
+    if checked {
+        tokio::spawn(check_health(backends.clone(), ready.clone()));
+    }
     tokio::spawn(async move {
         while let Ok((mut client, _)) = listener.accept().await {
             let first = next.fetch_add(1, Ordering::Relaxed);
-            let backends = backends.clone();
+            let (backends, ready) = (backends.clone(), ready.clone());
             tokio::spawn(async move {
-                // A backend that refuses the connection (a replica being replaced) is skipped,
-                // as a load balancer's health check or `proxy_next_upstream` would.
-                for i in 0..backends.len() {
-                    let backend = backends[(first + i) % backends.len()];
-                    if let Ok(mut server) = TcpStream::connect(backend).await {
+                let n = backends.len();
+                let order = (0..n).map(|i| (first + i) % n);
+                let in_rotation: Vec<usize> = order
+                    .clone()
+                    .filter(|&b| ready[b].load(Ordering::Relaxed))
+                    .collect();
+                let candidates = if in_rotation.is_empty() {
+                    order.collect()
+                } else {
+                    in_rotation
+                };
+                for b in candidates {
+                    if let Ok(mut server) = TcpStream::connect(backends[b]).await {
                         let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
                         return;
                     }
@@ -35,4 +59,22 @@ pub fn spawn(listener: std::net::TcpListener, backends: Vec<SocketAddr>) {
             });
         }
     });
+}
+
+async fn check_health(backends: Arc<[SocketAddr]>, ready: Arc<[AtomicBool]>) {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_millis(1500))
+        .build()
+        .unwrap();
+    loop {
+        for (b, addr) in backends.iter().enumerate() {
+            let ok = http
+                .get(format!("http://{addr}/health/ready"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            ready[b].store(ok, Ordering::Relaxed);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

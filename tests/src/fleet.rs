@@ -108,6 +108,30 @@ impl Service {
         }
     }
 
+    /// SIGTERM, as an orchestrator stops a replica, and waits for the process to exit, up to
+    /// `limit` (then SIGKILL and a panic). Returns its exit code and how long it took.
+    pub async fn terminate(&mut self, limit: Duration) -> (Option<i32>, Duration) {
+        let mut child = self.child.take().expect("the process is running");
+        let sent = std::time::Instant::now();
+        let ok = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("run kill")
+            .success();
+        assert!(ok, "SIGTERM delivered to {}", self.name);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return (status.code(), sent.elapsed());
+            }
+            if sent.elapsed() > limit {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{} still running {limit:?} after SIGTERM", self.name);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// SIGKILL: no shutdown, jobs in flight abandoned.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

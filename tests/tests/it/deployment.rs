@@ -44,6 +44,12 @@ fn resident(i: usize) -> String {
 }
 
 async fn world(name: &str, ingresses: usize) -> World {
+    world_behind(name, ingresses, false).await
+}
+
+/// [`world`], behind a balancer that health-checks the replicas (`/health/ready`) when
+/// `health_checked`.
+async fn world_behind(name: &str, ingresses: usize, health_checked: bool) -> World {
     let db = pg::fresh_db().await;
     let numbers = |t: usize| {
         json!(
@@ -71,7 +77,11 @@ async fn world(name: &str, ingresses: usize) -> World {
         let front = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", front.local_addr().unwrap());
         let backends = ports.iter().map(|p| ([127, 0, 0, 1], *p).into()).collect();
-        harness::balancer::spawn(front, backends);
+        if health_checked {
+            harness::balancer::spawn_health_checked(front, backends);
+        } else {
+            harness::balancer::spawn(front, backends);
+        }
         url
     };
     let settings = Settings::new(&db)
@@ -598,4 +608,165 @@ fn env_or(key: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// A rolling upgrade (issue 23): two ingresses behind a health-checking balancer and two workers
+/// under a steady load, every process replaced one by one (SIGTERM, wait for its exit, start the
+/// new one, wait until it is ready). No request is answered 5xx or dropped (this load never
+/// retries), nothing is lost or doubled, and no job runs twice: no agent called twice, no second
+/// send attempt, and nothing left running for orphan recovery to find.
+#[tokio::test]
+async fn a_rolling_upgrade_under_steady_load_drops_nothing_and_runs_nothing_twice() {
+    let webhooks: usize = env_or("ROLLING_WEBHOOKS", 1_600);
+    let sends: usize = env_or("ROLLING_SENDS", 400);
+    let seconds: usize = env_or("ROLLING_SECONDS", 40);
+    let mut w = world_behind("rolling", 2, true).await;
+    // The balancer checks every 100 ms: one second of drain is ten checks.
+    w.settings = w.settings.clone().set("SHUTDOWN_DRAIN_SECS", "1");
+    let mut ingresses = [w.ingress(0).await, w.ingress(1).await];
+    let mut workers = [w.worker(0), w.worker(1)];
+    let key = w.prepare().await;
+    let client = w.client(&key);
+    let rate = (webhooks + sends) as f64 / seconds as f64;
+    let load = tokio::spawn(async move { steady_load(&client, webhooks, sends, rate).await });
+
+    // Every process in turn, while the load runs: ingresses first, then workers.
+    let http = reqwest::Client::new();
+    let mut stops = Vec::new();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    for (i, ingress) in ingresses.iter_mut().enumerate() {
+        let (code, took) = ingress.terminate(Duration::from_secs(30)).await;
+        assert_eq!(code, Some(0), "ingress {i} exits cleanly");
+        stops.push((format!("ingress-{i}"), took));
+        ingress.restart();
+        let ready = format!("http://127.0.0.1:{}/health/ready", w.ports[i]);
+        let up = wait_until(Duration::from_secs(20), || async {
+            http.get(&ready)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        })
+        .await;
+        assert!(up.is_ok(), "the new ingress {i} never became ready");
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    for (i, worker) in workers.iter_mut().enumerate() {
+        let (code, took) = worker.terminate(Duration::from_secs(30)).await;
+        assert_eq!(code, Some(0), "worker {i} exits cleanly");
+        stops.push((format!("worker-{i}"), took));
+        worker.restart();
+        tokio::time::sleep(Duration::from_secs(4)).await;
+    }
+    let load = load.await.unwrap();
+    println!("stopped after SIGTERM: {stops:?}");
+
+    let failed: Vec<&Answer> = load
+        .hooks
+        .iter()
+        .chain(&load.sends)
+        .filter(|a| !matches!(a.status, 200 | 202))
+        .collect();
+    println!(
+        "{} webhooks and {} sends, {} not accepted",
+        load.hooks.len(),
+        load.sends.len(),
+        failed.len()
+    );
+    assert!(
+        failed.is_empty(),
+        "{} requests answered 5xx or dropped (status 0), e.g. {:?}",
+        failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+    let drained = assert_everything_once(&w, &load).await;
+    println!("drained {:.1} s after the load", drained.as_secs_f64());
+    let agent = w.agent.stats();
+    let twice: Vec<_> = agent
+        .by_message_id
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .collect();
+    assert!(twice.is_empty(), "agent called twice for {twice:?}");
+    assert_eq!(
+        w.count("SELECT count(*) FROM sms_messages WHERE route_calls > 1")
+            .await,
+        0,
+        "no route job re-run"
+    );
+    assert_eq!(
+        w.count("SELECT count(*) FROM (SELECT message_id FROM sms_send_attempts GROUP BY 1 HAVING count(*) > 1) d")
+            .await,
+        0,
+        "no second send attempt"
+    );
+    assert_eq!(
+        w.count(
+            "SELECT count(*) FROM apalis.jobs WHERE last_result::text LIKE '%heartbeat timeout%'"
+        )
+        .await,
+        0,
+        "nothing left running for orphan recovery"
+    );
+    let handed_back = w
+        .count("SELECT count(*) FROM apalis.jobs WHERE last_result::text LIKE '%worker shutdown%'")
+        .await;
+    println!("jobs handed back unstarted by the stopping workers: {handed_back}");
+    let errors: Vec<String> = ingresses
+        .iter()
+        .flat_map(|s| s.errors())
+        .chain(workers.iter().flat_map(|s| s.errors()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "error lines: {:?}",
+        &errors[..errors.len().min(5)]
+    );
+    let _ = std::fs::remove_dir_all(&w.logs);
+}
+
+/// `webhooks` inbound SMS and `sends` API sends at `rate` a second, each posted once: no retry,
+/// so a request dropped or refused during an upgrade shows as its status (0 when no answer).
+async fn steady_load(client: &Client, webhooks: usize, sends: usize, rate: f64) -> Load {
+    let total = webhooks + sends;
+    let every = (total / sends.max(1)).max(1);
+    let start = tokio::time::Instant::now();
+    let answers: Vec<(bool, Answer)> = futures::stream::iter(0..total)
+        .map(|i| {
+            let c = client.clone();
+            let is_send = sends > 0 && i % every == 0 && i / every < sends;
+            async move {
+                tokio::time::sleep_until(start + Duration::from_secs_f64(i as f64 / rate)).await;
+                if is_send {
+                    let to = format!("+1415780{:04}", i % 10_000);
+                    let a = c
+                        .send_with_key(&to, &format!("Notice {i}"), Some(&format!("roll-{i}")))
+                        .await;
+                    (false, a)
+                } else {
+                    let sms = sim::webhook::InboundSms::new(
+                        resident(i),
+                        harness::app::OUR_NUMBER,
+                        format!("Question {i}"),
+                    );
+                    (true, c.post_sms(&sms).await)
+                }
+            }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    let mut load = Load {
+        hooks: Vec::new(),
+        sends: Vec::new(),
+        retried: 0,
+        unavailable: 0,
+    };
+    for (is_hook, a) in answers {
+        if is_hook {
+            load.hooks.push(a)
+        } else {
+            load.sends.push(a)
+        }
+    }
+    load
 }

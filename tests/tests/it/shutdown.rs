@@ -133,13 +133,14 @@ async fn a_worker_finishes_running_jobs_and_hands_back_the_rest_on_sigterm() {
 }
 
 #[tokio::test]
-async fn the_ingress_finishes_a_request_in_flight_and_then_stops() {
+async fn the_ingress_drains_then_finishes_a_request_in_flight_and_stops() {
     let db = pg::fresh_db().await;
     let port = pg::free_port().expect("a free port");
     let base = format!("http://127.0.0.1:{port}");
     let settings = Settings::new(&db)
         .set("BIND_ADDR", format!("127.0.0.1:{port}"))
-        .set("PUBLIC_URL", base.clone());
+        .set("PUBLIC_URL", base.clone())
+        .set("SHUTDOWN_DRAIN_SECS", "1");
     let mut cmd = Command::new(workspace_binary("sms-ingress"));
     cmd.arg("serve").env_clear();
     for (k, v) in &settings.0 {
@@ -181,7 +182,26 @@ async fn the_ingress_finishes_a_request_in_flight_and_then_stops() {
     sigterm(&ingress);
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    // New connections are refused while the old request is still open.
+    // Draining: not ready, so load balancers stop sending; still serving whoever has not noticed
+    // yet, and closing each connection after its answer.
+    let ready = http
+        .get(format!("{base}/health/ready"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503, "not ready while draining");
+    assert_eq!(
+        ready.headers().get("connection").map(|v| v.as_bytes()),
+        Some(&b"close"[..]),
+        "answers close their connection while draining"
+    );
+    let readiness: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(readiness["checks"]["shutdown"], "draining", "{readiness}");
+    let health = http.get(format!("{base}/health")).send().await.unwrap();
+    assert_eq!(health.status(), 200, "still serving while draining");
+
+    // After SHUTDOWN_DRAIN_SECS, new connections are refused while the old request is still open.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
     let refused = http.get(format!("{base}/health")).send().await;
     assert!(refused.is_err(), "a new request was accepted after SIGTERM");
 
