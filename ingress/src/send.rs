@@ -12,8 +12,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use shared::{
+    delivery::{self, CancelRefused},
     outbound::{self, NewOutbound, Refused, Schedule, ScheduleReason},
     phone,
+    twilio::status::UnknownStatus,
 };
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -483,28 +485,30 @@ pub async fn cancel(
         code,
         detail: detail.into(),
     };
-    match msg.delivery_status.as_str() {
-        "canceled" => {
+    let status = msg
+        .delivery_status
+        .parse()
+        .map_err(|e: UnknownStatus| ApiError::Internal(e.into()))?;
+    let handed_over = || {
+        conflict(
+            "already_handed_over",
+            "the message was handed to Twilio already",
+        )
+    };
+    match delivery::may_cancel(status, msg.send_attempts, msg.twilio_sid.is_some()) {
+        Err(CancelRefused::AlreadyCanceled) => {
             return Err(conflict(
                 "already_canceled",
                 "the message was canceled already",
             ));
         }
-        // Not handed over: no attempt was ever recorded (a retry waiting is past the hand-over).
-        "scheduled" | "pending" if msg.twilio_sid.is_none() && msg.send_attempts == 0 => {}
-        _ => {
-            return Err(conflict(
-                "already_handed_over",
-                "the message was handed to Twilio already",
-            ));
-        }
+        Err(CancelRefused::AlreadyHandedOver) => return Err(handed_over()),
+        Ok(()) => {}
     }
-    sqlx::query!(
-        "UPDATE sms_messages SET delivery_status = 'canceled', status_updated_at = now(), updated_at = now() WHERE id = $1",
-        message_id
-    )
-    .execute(&mut *tx)
-    .await?;
+    // The row is locked, so the write's own guard agrees; were it not to, nothing is claimed.
+    if !delivery::cancel(&mut tx, message_id).await? {
+        return Err(handed_over());
+    }
     crate::error::commit(tx).await?;
     tracing::info!(%message_id, key = %key.name, "outbound message canceled before hand-over");
     Ok((

@@ -366,6 +366,12 @@ impl<'a> InboundRows<'a> {
     }
 }
 
+/// Stores a group commit's inbound webhooks and the one job that processes them, in one
+/// statement (the webhook hot path's one round trip). The job part is the batch form of
+/// [`schedule`]: the row apalis's push writes (queue, `Pending`, no attempts, [`MAX_ATTEMPTS`],
+/// due now, priority 0, empty metadata), with the stored messages' ids as the payload;
+/// `queue::the_batched_inbound_push_writes_what_schedule_writes_and_apalis_fetches_it` holds the
+/// two to the same row and to what apalis's fetch returns.
 pub async fn store_inbound(
     conn: &mut PgConnection,
     rows: &InboundRows<'_>,
@@ -375,7 +381,7 @@ pub async fn store_inbound(
                INSERT INTO sms_messages
                    (direction, message_content, twilio_sid, delivery_status, raw_webhook_data,
                     from_number, to_number, num_segments, num_media)
-               SELECT 'inbound', u.body, u.sid, 'received', u.raw, u.from_number, u.to_number, u.segments, u.media
+               SELECT 'inbound', u.body, u.sid, $12, u.raw, u.from_number, u.to_number, u.segments, u.media
                FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int4[], $6::int4[], $7::jsonb[])
                     AS u(sid, body, from_number, to_number, segments, media, raw)
                ON CONFLICT (twilio_sid) DO NOTHING
@@ -407,6 +413,7 @@ pub async fn store_inbound(
         MAX_ATTEMPTS as i32,
         &rows.traceparents[..] as &[Option<&str>],
         &rows.tracestates[..] as &[Option<&str>],
+        crate::twilio::status::DeliveryStatus::Received.as_str(),
     )
     .fetch_all(&mut *conn)
     .await?;

@@ -3,6 +3,7 @@
 pub mod agent_signature;
 pub mod config;
 pub mod db;
+pub mod delivery;
 pub mod fence;
 pub mod jobs;
 pub mod language;

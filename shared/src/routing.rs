@@ -34,15 +34,62 @@ impl RouteStatus {
         }
     }
 
+    pub const ALL: [RouteStatus; 4] =
+        [Self::Pending, Self::Routed, Self::Unroutable, Self::Skipped];
+
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::Pending, Self::Routed, Self::Unroutable, Self::Skipped]
-            .into_iter()
-            .find(|r| r.as_str() == s)
+        Self::ALL.into_iter().find(|r| r.as_str() == s)
     }
 
     /// Nothing more to do for the message.
     pub fn is_final(self) -> bool {
         !matches!(self, Self::Pending)
+    }
+}
+
+/// Why a routing decision went where it went (`sms_routing_decisions.reason`, its CHECK lists
+/// exactly [`RouteReason::ALL`]): the rule that chose the route, or why there was none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteReason {
+    /// The tenant's own route.
+    Tenant,
+    /// The route for the conversation's workflow type.
+    WorkflowType,
+    /// The default route.
+    Default,
+    /// No tenant has the number.
+    UnknownNumber,
+    /// No route serves the tenant.
+    NoRoute,
+}
+
+impl RouteReason {
+    pub const ALL: [RouteReason; 5] = [
+        Self::Tenant,
+        Self::WorkflowType,
+        Self::Default,
+        Self::UnknownNumber,
+        Self::NoRoute,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tenant => "tenant",
+            Self::WorkflowType => "workflow_type",
+            Self::Default => "default",
+            Self::UnknownNumber => "unknown_number",
+            Self::NoRoute => "no_route",
+        }
+    }
+
+    /// The rule that chose a route with these targets (a tenant's, a workflow type's, or
+    /// neither: the default).
+    pub fn of_route(tenant: bool, workflow_type: bool) -> Self {
+        match (tenant, workflow_type) {
+            (true, _) => Self::Tenant,
+            (false, true) => Self::WorkflowType,
+            (false, false) => Self::Default,
+        }
     }
 }
 

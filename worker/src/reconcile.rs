@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use shared::{
+    delivery::{self, ReconcileStopped},
     jobs::{self, ApplyStatus, ApplyStatuses, When},
     phone,
     tenants::Resolution,
@@ -134,13 +135,18 @@ async fn check_stuck(
     cfg: &shared::config::Outbound,
     twilio: &shared::twilio::client::TwilioClient,
 ) -> anyhow::Result<(usize, usize)> {
+    // At Twilio and not final, as the lifecycle's enum says (the partial index that serves these
+    // reads covers them: `schema::every_status_list_in_the_schema_is_the_enums`).
+    let open = delivery::open_at_twilio();
     let gave_up = sqlx::query!(
-        r#"UPDATE sms_messages SET reconcile_stopped = 'gave_up', reconciled_at = now(),
+        r#"UPDATE sms_messages SET reconcile_stopped = $2, reconciled_at = now(),
                reconcile_note = 'still not final after RECONCILE_GIVE_UP_AFTER_SECS'
            WHERE direction = 'outbound' AND reconcile_stopped IS NULL AND twilio_sid IS NOT NULL
-             AND delivery_status IN ('pending', 'sending', 'queued', 'accepted', 'scheduled', 'sent')
+             AND delivery_status = ANY($3::text[])
              AND created_at < now() - make_interval(secs => $1::float8)"#,
-        cfg.reconcile_give_up_after.as_secs_f64()
+        cfg.reconcile_give_up_after.as_secs_f64(),
+        ReconcileStopped::GaveUp.as_str(),
+        &open as &[&str]
     )
     .execute(&deps.pool)
     .await?
@@ -155,12 +161,13 @@ async fn check_stuck(
     let stuck = sqlx::query!(
         r#"SELECT id, twilio_sid AS "sid!" FROM sms_messages
            WHERE direction = 'outbound'
-             AND delivery_status IN ('pending', 'sending', 'queued', 'accepted', 'scheduled', 'sent')
+             AND delivery_status = ANY($3::text[])
              AND status_updated_at < now() - make_interval(secs => $1::float8)
              AND twilio_sid IS NOT NULL AND reconcile_stopped IS NULL
            ORDER BY status_updated_at LIMIT $2"#,
         cfg.reconcile_stuck_after.as_secs_f64(),
-        BATCH
+        BATCH,
+        &open as &[&str]
     )
     .fetch_all(&deps.pool)
     .await?;
@@ -169,9 +176,14 @@ async fn check_stuck(
         checked += 1;
         let result = match twilio.fetch(&m.sid).await {
             Ok(Some(resource)) => apply_fetched(deps, m.id, &m.sid, &resource).await,
-            Ok(None) => note_check(deps, m.id, "not found at Twilio (404)", Some("not_found"))
-                .await
-                .map(|()| "not_found"),
+            Ok(None) => note_check(
+                deps,
+                m.id,
+                "not found at Twilio (404)",
+                Some(ReconcileStopped::NotFound),
+            )
+            .await
+            .map(|()| "not_found"),
             // One message's failure never ends the pass: noted, and it waits its turn again.
             Err(e) => note_check(deps, m.id, &format!("fetch failed: {e}"), None)
                 .await
@@ -360,7 +372,7 @@ async fn note_check(
     deps: &Deps,
     id: uuid::Uuid,
     note: &str,
-    stop: Option<&str>,
+    stop: Option<ReconcileStopped>,
 ) -> anyhow::Result<()> {
     sqlx::query!(
         r#"UPDATE sms_messages SET status_updated_at = now(), reconciled_at = now(), reconcile_note = $2,
@@ -368,7 +380,7 @@ async fn note_check(
            WHERE id = $1"#,
         id,
         note,
-        stop
+        stop.map(ReconcileStopped::as_str)
     )
     .execute(&deps.pool)
     .await?;

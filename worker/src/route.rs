@@ -24,7 +24,7 @@ use shared::{
     jobs::{self, RouteMessage, When},
     outbound::{self, NewOutbound},
     retry::RetryPolicy,
-    routing::RouteStatus,
+    routing::{RouteReason, RouteStatus},
 };
 use sqlx::PgConnection;
 use tracing::Instrument;
@@ -42,6 +42,13 @@ pub enum RoutingOutcome {
 }
 
 impl RoutingOutcome {
+    pub const ALL: [RoutingOutcome; 4] = [
+        Self::Delivered,
+        Self::Replied,
+        Self::Retry,
+        Self::Unroutable,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Delivered => "delivered",
@@ -62,6 +69,23 @@ pub enum Quarantine {
 }
 
 impl Quarantine {
+    pub const ALL: [Quarantine; 4] = [
+        Self::UnknownNumber,
+        Self::NoRoute,
+        Self::AgentRejected,
+        Self::AgentUnavailable,
+    ];
+
+    /// The decision's reason when the message is quarantined before any agent call; after a
+    /// call, the reason is the route's own (the agent refused or never took it).
+    pub fn reason_without_call(self) -> Option<RouteReason> {
+        match self {
+            Self::UnknownNumber => Some(RouteReason::UnknownNumber),
+            Self::NoRoute => Some(RouteReason::NoRoute),
+            Self::AgentRejected | Self::AgentUnavailable => None,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::UnknownNumber => "unknown_number",
@@ -104,8 +128,8 @@ impl Outcome {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Route {
     pub id: Uuid,
-    /// `tenant`, `workflow_type` or `default`: which rule chose it.
-    pub reason: &'static str,
+    /// Which rule chose it.
+    pub reason: RouteReason,
     pub url: String,
     secret: shared::secret::Secret,
 }
@@ -180,7 +204,8 @@ pub async fn process(deps: &Deps, job: RouteMessage) -> anyhow::Result<Outcome> 
         Plan::Quarantine(reason, detail) => {
             let mut tx = deps.pool.begin().await?;
             let entry = Entry {
-                reason: reason.as_str(),
+                // `plan` quarantines only for want of a tenant or a route.
+                reason: reason.reason_without_call().unwrap_or(RouteReason::NoRoute),
                 route: None,
                 call: None,
             };
@@ -224,7 +249,7 @@ pub async fn process(deps: &Deps, job: RouteMessage) -> anyhow::Result<Outcome> 
     }
     tx.commit().await?;
     tracing::info!(
-        route = route.reason,
+        route = route.reason.as_str(),
         ?outcome,
         latency_ms = call.latency_ms,
         "routing decision"
@@ -324,7 +349,7 @@ async fn defer(
 /// What a decision row records besides its outcome: which rule chose the route (or why there was
 /// none), the route, and the agent's answer.
 struct Entry<'a> {
-    reason: &'a str,
+    reason: RouteReason,
     route: Option<&'a Route>,
     call: Option<&'a AgentCall>,
 }
@@ -396,11 +421,10 @@ async fn load(deps: &Deps, message_id: Uuid) -> anyhow::Result<Option<Loaded>> {
     let route = match (m.route_id, &m.agent_url, &m.signing_secret) {
         (Some(id), Some(url), Some(secret)) => Some(Route {
             id,
-            reason: match (&m.route_tenant_id, &m.route_workflow_type) {
-                (Some(_), _) => "tenant",
-                (None, Some(_)) => "workflow_type",
-                (None, None) => "default",
-            },
+            reason: RouteReason::of_route(
+                m.route_tenant_id.is_some(),
+                m.route_workflow_type.is_some(),
+            ),
             url: url.clone(),
             secret: secret.clone().into(),
         }),
@@ -576,7 +600,7 @@ async fn record(
         job.message_id,
         job.attempt as i32,
         entry.route.map(|r| r.id),
-        entry.reason,
+        entry.reason.as_str(),
         entry.route.map(|r| r.url.as_str()),
         entry.call.and_then(|c| c.status).map(i32::from),
         outcome.as_str(),
@@ -637,7 +661,7 @@ mod tests {
         use RouteStatus::*;
         let r = Route {
             id: Uuid::nil(),
-            reason: "default",
+            reason: RouteReason::Default,
             url: "http://agent".into(),
             secret: "s".to_owned().into(),
         };

@@ -20,6 +20,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use shared::{
     config::Outbound,
+    delivery::{self, AttemptOutcome, Evidence},
     jobs::{self, ApplyStatus, ApplyStatuses, SendMessage, When},
     phone,
     retry::RetryPolicy,
@@ -32,34 +33,6 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::Deps;
-
-/// `sms_send_attempts.outcome` (CHECK in migration 2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AttemptOutcome {
-    InFlight,
-    Accepted,
-    Retryable,
-    Permanent,
-    Unknown,
-    /// Its answer was lost, but a status callback proved Twilio has the message.
-    Resolved,
-    /// Its answer was lost and no sign of the message came within the grace period.
-    Abandoned,
-}
-
-impl AttemptOutcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::InFlight => "in_flight",
-            Self::Accepted => "accepted",
-            Self::Retryable => "retryable",
-            Self::Permanent => "permanent",
-            Self::Unknown => "unknown",
-            Self::Resolved => "resolved",
-            Self::Abandoned => "abandoned",
-        }
-    }
-}
 
 #[derive(Debug, PartialEq)]
 pub enum Outcome {
@@ -257,13 +230,13 @@ async fn adopt(
 ) -> anyhow::Result<Outcome> {
     let mut tx = deps.pool.begin().await?;
     accept(&mut tx, job.message_id, attempt, &m.sid, &m.status).await?;
-    set_attempt(
+    delivery::close_attempt(
         &mut *tx,
         job.message_id,
         attempt,
         AttemptOutcome::Resolved,
         None,
-        Some("twilio_list"),
+        Some(Evidence::TwilioList),
     )
     .await?;
     tx.commit().await?;
@@ -278,21 +251,20 @@ const UNKNOWN_OUTCOME: &str = "unknown_outcome";
 async fn give_up(deps: &Deps, job: &SendMessage, attempt: i32) -> anyhow::Result<Outcome> {
     let mut tx = deps.pool.begin().await?;
     let why = "no callback within the grace period, and no such message in Twilio's list";
-    set_attempt(
+    delivery::close_attempt(
         &mut *tx,
         job.message_id,
         attempt,
         AttemptOutcome::Abandoned,
         Some(why),
-        Some("twilio_list_none"),
+        Some(Evidence::TwilioListNone),
     )
     .await?;
     let detail =
         format!("{attempt} attempts, the last with an unknown outcome; not resent automatically");
-    set_status(
+    delivery::fail(
         &mut tx,
         job.message_id,
-        DeliveryStatus::Failed,
         Some(UNKNOWN_OUTCOME),
         Some(&detail),
     )
@@ -330,14 +302,7 @@ async fn refused_at_hand_over(
         "the recipient opted out at {} before the scheduled hand-over",
         o.changed_at.to_rfc3339()
     );
-    set_status(
-        &mut tx,
-        job.message_id,
-        DeliveryStatus::Failed,
-        Some(OPTED_OUT),
-        Some(&why),
-    )
-    .await?;
+    delivery::fail(&mut tx, job.message_id, Some(OPTED_OUT), Some(&why)).await?;
     tx.commit().await?;
     deps.metrics
         .delivery_status(DeliveryStatus::Failed.as_str());
@@ -365,13 +330,13 @@ async fn wait(
 
 async fn abandon_attempt(deps: &Deps, message_id: Uuid, attempt: i32) -> anyhow::Result<()> {
     let why = "no callback within the grace period, and no such message in Twilio's list";
-    set_attempt(
+    delivery::close_attempt(
         &deps.pool,
         message_id,
         attempt,
         AttemptOutcome::Abandoned,
         Some(why),
-        Some("twilio_list_none"),
+        Some(Evidence::TwilioListNone),
     )
     .await?;
     tracing::warn!(
@@ -434,7 +399,10 @@ pub async fn process(deps: &Deps, job: SendMessage) -> anyhow::Result<Outcome> {
         return Ok(Outcome::Paced { until });
     }
     let attempt = msg.attempts + 1;
-    if !claim(deps, job.message_id, attempt, msg.attempts).await? {
+    let mut conn = deps.pool.acquire().await?;
+    let claimed = delivery::claim(&mut conn, job.message_id, attempt, msg.attempts).await?;
+    drop(conn);
+    if !claimed {
         return Ok(Outcome::AlreadySent); // another run of this job got here first
     }
     let answer = twilio.create(&new_message(cfg, &job, &msg)).await;
@@ -496,13 +464,13 @@ async fn already_sent(
     close: Option<i32>,
 ) -> anyhow::Result<Outcome> {
     if let Some(attempt) = close {
-        set_attempt(
+        delivery::close_attempt(
             &deps.pool,
             job.message_id,
             attempt,
             AttemptOutcome::Resolved,
             None,
-            Some("status"),
+            Some(Evidence::Status),
         )
         .await?;
     }
@@ -516,13 +484,13 @@ async fn resolve(
     sid: String,
 ) -> anyhow::Result<Outcome> {
     let mut tx = deps.pool.begin().await?;
-    set_attempt(
+    delivery::close_attempt(
         &mut *tx,
         job.message_id,
         attempt,
         AttemptOutcome::Resolved,
         None,
-        Some("status_callback"),
+        Some(Evidence::StatusCallback),
     )
     .await?;
     let apply = ApplyStatus {
@@ -534,29 +502,6 @@ async fn resolve(
     tx.commit().await?;
     tracing::info!(sid = %sid, "unknown send outcome resolved: Twilio has the message");
     Ok(Outcome::AlreadySent)
-}
-
-async fn set_attempt<'c>(
-    conn: impl sqlx::PgExecutor<'c>,
-    message_id: Uuid,
-    attempt: i32,
-    outcome: AttemptOutcome,
-    error: Option<&str>,
-    evidence: Option<&str>,
-) -> anyhow::Result<()> {
-    sqlx::query!(
-        "UPDATE sms_send_attempts SET outcome = $3, finished_at = now(), error_message = COALESCE($4, error_message),
-             evidence = COALESCE($5, evidence)
-         WHERE message_id = $1 AND attempt = $2",
-        message_id,
-        attempt,
-        outcome.as_str(),
-        error,
-        evidence
-    )
-    .execute(conn)
-    .await?;
-    Ok(())
 }
 
 /// Pacing: reserve this sender's next slot once, then wait for it: inline when it is near
@@ -617,36 +562,6 @@ async fn pace(
     Ok(Some(slot))
 }
 
-/// Records the intent before the call, in one statement: the message is claimed (`submitting`,
-/// its attempt count moved on) and the attempt recorded `in_flight`. False: another run claimed
-/// it first.
-async fn claim(
-    deps: &Deps,
-    message_id: Uuid,
-    attempt: i32,
-    seen_attempts: i32,
-) -> anyhow::Result<bool> {
-    let claimed = sqlx::query_scalar!(
-        r#"WITH claimed AS (
-               UPDATE sms_messages SET send_attempts = $2, delivery_status = $4,
-                      status_updated_at = now(), updated_at = now()
-               WHERE id = $1 AND send_attempts = $3 AND twilio_sid IS NULL AND delivery_status <> 'canceled'
-               RETURNING id
-           )
-           INSERT INTO sms_send_attempts (message_id, attempt, outcome)
-           SELECT id, $2, $5 FROM claimed
-           RETURNING attempt"#,
-        message_id,
-        attempt,
-        seen_attempts,
-        DeliveryStatus::Submitting.as_str(),
-        AttemptOutcome::InFlight.as_str()
-    )
-    .fetch_optional(&deps.pool)
-    .await?;
-    Ok(claimed.is_some())
-}
-
 /// Twilio's answer must not be lost to a database blip: the attempt would stay unknown and, were
 /// its status callbacks lost to the same outage, the message would be sent again after the grace
 /// period. So recording is retried while the database is unreachable (the handler runs to its end
@@ -661,18 +576,23 @@ async fn record_until_stored(
     decision: Decision,
 ) -> anyhow::Result<Outcome> {
     let deadline = std::time::Instant::now() + cfg.unknown_outcome_grace;
-    let mut pause = Duration::from_millis(200);
+    let mut failed = 0;
     loop {
         match apply(deps, cfg, job, attempt, msg, &answer, &decision).await {
             Err(e) if db_unreachable(&e) && std::time::Instant::now() < deadline => {
                 tracing::warn!(error = %e, attempt, "database unreachable while recording Twilio's answer; retrying");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(5));
+                failed += 1;
+                tokio::time::sleep(RECORD_RETRY.delay(failed, None)).await;
             }
             other => return other,
         }
     }
 }
+
+/// Recording Twilio's answer while the database is unreachable: 0.2 s doubling to 5 s, until
+/// the grace period ends (the attempt count is not what bounds it).
+const RECORD_RETRY: RetryPolicy =
+    RetryPolicy::new(Duration::from_millis(200), Duration::from_secs(5), u32::MAX);
 
 fn db_unreachable(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
@@ -753,7 +673,7 @@ async fn apply(
         }
         Decision::Retry { retry_after } => {
             let after = cfg.retry().delay(attempt as u32, *retry_after);
-            set_status(&mut tx, id, DeliveryStatus::Pending, None, None).await?;
+            delivery::retry_later(&mut tx, id).await?;
             schedule_again(&mut tx, again, after, msg.priority).await?;
             next_attempt_at =
                 Some(Utc::now() + chrono::Duration::from_std(after).unwrap_or_default());
@@ -832,9 +752,8 @@ async fn finish_attempt(
     Ok(())
 }
 
-/// Twilio answers a create with queued/accepted; a callback applied meanwhile may already have
-/// moved the message further, which this keeps. Callbacks that came before this answer are
-/// applied now.
+/// Twilio answers a create with queued/accepted (its list, with whatever status the message
+/// reached); callbacks that came before this answer are applied now, in the same transaction.
 async fn accept(
     tx: &mut PgConnection,
     id: Uuid,
@@ -842,26 +761,13 @@ async fn accept(
     sid: &str,
     status: &str,
 ) -> anyhow::Result<()> {
-    let pending_callbacks = sqlx::query_scalar!(
-        r#"WITH a AS (
-               UPDATE sms_send_attempts SET outcome = $5, finished_at = now(), http_status = 201
-               WHERE message_id = $1 AND attempt = $4
-           ), m AS (
-               UPDATE sms_messages SET twilio_sid = $2,
-                      delivery_status = CASE WHEN delivery_status IN ('pending', 'submitting') THEN $3 ELSE delivery_status END,
-                      status_updated_at = now(), updated_at = now()
-               WHERE id = $1
-           )
-           SELECT EXISTS (SELECT 1 FROM sms_status_callbacks WHERE message_sid = $2 AND applied_at IS NULL) AS "pending!""#,
-        id,
-        sid,
-        status,
-        attempt,
-        AttemptOutcome::Accepted.as_str()
-    )
-    .fetch_one(&mut *tx)
-    .await?;
-    if pending_callbacks {
+    // A status we do not know (Twilio adds some) is taken as queued: callbacks tell the rest.
+    let status = status
+        .parse()
+        .ok()
+        .filter(|s| delivery::Transition::Accept.to().contains(s))
+        .unwrap_or(DeliveryStatus::Queued);
+    if delivery::accept(tx, id, attempt, sid, status).await? {
         let apply = ApplyStatus {
             message_sid: sid.to_owned(),
             our_message_id: Some(id),
@@ -869,22 +775,6 @@ async fn accept(
         };
         jobs::schedule(tx, &[ApplyStatuses::one(apply)], When::NOW).await?;
     }
-    Ok(())
-}
-
-async fn set_status(
-    tx: &mut PgConnection,
-    id: Uuid,
-    status: DeliveryStatus,
-    code: Option<&str>,
-    message: Option<&str>,
-) -> anyhow::Result<()> {
-    sqlx::query!(
-        "UPDATE sms_messages SET delivery_status = $2, error_code = COALESCE($3, error_code), error_message = COALESCE($4, error_message), status_updated_at = now(), updated_at = now() WHERE id = $1",
-        id, status.as_str(), code, message
-    )
-    .execute(&mut *tx)
-    .await?;
     Ok(())
 }
 
@@ -899,7 +789,7 @@ async fn fail(
     opt_out: bool,
     (code, message): (Option<&str>, Option<&str>),
 ) -> anyhow::Result<()> {
-    set_status(tx, id, DeliveryStatus::Failed, code, message).await?;
+    delivery::fail(tx, id, code, message).await?;
     if opt_out {
         record_opt_out(tx, cfg, to).await?;
     }

@@ -11,6 +11,7 @@
 //! with our id proves Twilio has the message even when the send's own answer never arrived.
 
 use shared::{
+    delivery,
     jobs::{ApplyStatus, ApplyStatuses},
     twilio::status::DeliveryStatus,
 };
@@ -282,20 +283,16 @@ async fn write(
     if moved.is_empty() {
         return Ok(());
     }
-    let ids: Vec<Uuid> = moved.iter().map(|(t, _)| t.id).collect();
-    let statuses: Vec<&str> = moved.iter().map(|(_, d)| d.status.as_str()).collect();
-    let codes: Vec<Option<String>> = moved.iter().map(|(_, d)| d.error_code.clone()).collect();
-    sqlx::query!(
-        "UPDATE sms_messages m SET delivery_status = u.status, error_code = COALESCE(u.code, m.error_code),
-                status_updated_at = now(), updated_at = now()
-         FROM UNNEST($1::uuid[], $2::text[], $3::text[]) AS u(id, status, code)
-         WHERE m.id = u.id",
-        &ids,
-        &statuses as &[&str],
-        &codes as &[Option<String>]
-    )
-    .execute(&mut *tx)
-    .await?;
+    let moves: Vec<delivery::CallbackMove> = moved
+        .iter()
+        .map(|(t, d)| delivery::CallbackMove {
+            message_id: t.id,
+            from: t.status,
+            to: d.status,
+            error_code: d.error_code.as_deref(),
+        })
+        .collect();
+    delivery::apply_callbacks(&mut *tx, &moves).await?;
     let mut conversations: Vec<Uuid> = moved
         .iter()
         .filter_map(|(t, _)| t.conversation_id)

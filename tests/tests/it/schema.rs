@@ -32,3 +32,102 @@ async fn every_foreign_key_has_the_index_its_checks_need() {
         "foreign keys without an index: {missing:?}"
     );
 }
+
+/// Every status list the schema holds (CHECK constraints, the reconciler's partial index) is
+/// the enum the code writes from: adding a state to an enum without its migration, or the other
+/// way round, fails here rather than as a constraint violation in production.
+#[tokio::test]
+async fn every_status_list_in_the_schema_is_the_enums() {
+    use shared::{
+        delivery::{self, AttemptOutcome, Evidence, ReconcileStopped},
+        routing::{RouteReason, RouteStatus},
+        twilio::status::DeliveryStatus,
+    };
+    use std::collections::BTreeSet;
+    use worker::route::{Quarantine, RoutingOutcome};
+
+    let db = pg::fresh_db().await;
+    // The quoted literals of a definition (`... = ANY (ARRAY['a'::text, 'b'::text])`).
+    let literals = |def: &str| -> BTreeSet<String> {
+        def.split('\'')
+            .enumerate()
+            .filter(|(i, _)| i % 2 == 1)
+            .map(|(_, l)| l.to_owned())
+            .collect()
+    };
+    let set =
+        |items: Vec<&str>| -> BTreeSet<String> { items.into_iter().map(str::to_owned).collect() };
+    let cases: Vec<(&str, &str, BTreeSet<String>)> = vec![
+        (
+            "sms_messages",
+            "delivery_status",
+            set(DeliveryStatus::ALL.iter().map(|s| s.as_str()).collect()),
+        ),
+        (
+            "sms_messages",
+            "route_status",
+            set(RouteStatus::ALL.iter().map(|s| s.as_str()).collect()),
+        ),
+        (
+            "sms_messages",
+            "reconcile_stopped",
+            set(ReconcileStopped::ALL.iter().map(|s| s.as_str()).collect()),
+        ),
+        (
+            "sms_send_attempts",
+            "outcome",
+            set(AttemptOutcome::ALL.iter().map(|s| s.as_str()).collect()),
+        ),
+        (
+            "sms_send_attempts",
+            "evidence",
+            set(Evidence::ALL.iter().map(|s| s.as_str()).collect()),
+        ),
+        (
+            "sms_routing_decisions",
+            "reason",
+            set(RouteReason::ALL.iter().map(|s| s.as_str()).collect()),
+        ),
+        (
+            "sms_routing_decisions",
+            "outcome",
+            set(RoutingOutcome::ALL.iter().map(|s| s.as_str()).collect()),
+        ),
+        (
+            "sms_unroutable",
+            "reason",
+            set(Quarantine::ALL.iter().map(|s| s.as_str()).collect()),
+        ),
+    ];
+    for (table, column, expected) in cases {
+        let defs: Vec<String> = sqlx::query_scalar(
+            "SELECT pg_get_constraintdef(c.oid) FROM pg_constraint c
+             JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = ANY (c.conkey)
+             WHERE c.contype = 'c' AND c.conrelid = $1::regclass AND a.attname = $2",
+        )
+        .bind(table)
+        .bind(column)
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+        assert_eq!(defs.len(), 1, "one CHECK on {table}.{column}: {defs:?}");
+        assert_eq!(
+            literals(&defs[0]),
+            expected,
+            "{table}.{column}: {}",
+            defs[0]
+        );
+    }
+    let index: String =
+        sqlx::query_scalar("SELECT pg_get_indexdef('sms_messages_outbound_open_idx'::regclass)")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    let covered = literals(&index);
+    for status in delivery::open_at_twilio() {
+        assert!(
+            covered.contains(status),
+            "the reconciler's index misses {status}: {index}"
+        );
+    }
+}
