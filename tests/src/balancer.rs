@@ -61,20 +61,24 @@ fn serve(listener: std::net::TcpListener, backends: Vec<SocketAddr>, checked: bo
     });
 }
 
+/// One checker per backend, so a slow answer from one never delays noticing another leave.
 async fn check_health(backends: Arc<[SocketAddr]>, ready: Arc<[AtomicBool]>) {
     let http = reqwest::Client::builder()
-        .timeout(Duration::from_millis(1500))
+        .timeout(Duration::from_millis(500))
         .build()
         .unwrap();
-    loop {
-        for (b, addr) in backends.iter().enumerate() {
-            let ok = http
-                .get(format!("http://{addr}/health/ready"))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success());
-            ready[b].store(ok, Ordering::Relaxed);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    for (b, addr) in backends.iter().copied().enumerate() {
+        let (http, ready) = (http.clone(), ready.clone());
+        tokio::spawn(async move {
+            loop {
+                let ok = http
+                    .get(format!("http://{addr}/health/ready"))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success());
+                ready[b].store(ok, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
     }
 }
