@@ -95,8 +95,9 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve => serve().await,
         Command::Migrate => {
-            let common = load_common();
+            let mut common = load_common();
             telemetry::init(common.log_format);
+            shared::db::settle_pool_mode(&mut common).await;
             shared::db::migrate(&shared::db::lazy_pool(&common)?).await?;
             tracing::info!("migrations applied");
             Ok(())
@@ -107,7 +108,9 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
 }
 
 async fn api_key(command: ApiKeyCommand) -> anyhow::Result<()> {
-    let pool = shared::db::lazy_pool(&load_common())?;
+    let mut common = load_common();
+    shared::db::settle_pool_mode(&mut common).await;
+    let pool = shared::db::lazy_pool(&common)?;
     match command {
         ApiKeyCommand::Create {
             name,
@@ -153,11 +156,12 @@ async fn api_key(command: ApiKeyCommand) -> anyhow::Result<()> {
 }
 
 async fn serve() -> anyhow::Result<()> {
-    let cfg = load_ingress();
+    let mut cfg = load_ingress();
     // Held to the end: dropping it flushes the spans not yet exported.
     let _telemetry =
         telemetry::init_with_traces(cfg.common.log_format, &config::Env, "sms-ingress")
             .unwrap_or_else(|e| exit_config(e));
+    shared::db::settle_pool_mode(&mut cfg.common).await;
     let pool = shared::db::lazy_pool(&cfg.common)?;
     let listener = tokio::net::TcpListener::bind(cfg.bind_addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "sms-ingress listening");
@@ -187,7 +191,8 @@ async fn serve() -> anyhow::Result<()> {
 }
 
 async fn route(command: RouteCommand) -> anyhow::Result<()> {
-    let common = load_common();
+    let mut common = load_common();
+    shared::db::settle_pool_mode(&mut common).await;
     let pool = shared::db::lazy_pool(&common)?;
     match command {
         RouteCommand::Add {

@@ -106,6 +106,9 @@ pub struct Common {
     pub database_url: Secret,
     /// What is at `database_url`: Postgres itself or a session pooler, or a transaction pooler.
     pub database_pool_mode: PoolMode,
+    /// Whether `database_pool_mode` is known (`DATABASE_POOL_MODE` set, or Supabase's pooler URL)
+    /// rather than assumed: when not, the binaries probe at start-up (`db::settle_pool_mode`).
+    pub database_pool_mode_known: bool,
     /// A connection that keeps its session (Supabase's direct or session-pooler string), for
     /// LISTEN; without one behind a transaction pooler, workers poll.
     pub database_session_url: Option<Secret>,
@@ -129,15 +132,15 @@ pub enum PoolMode {
 }
 
 impl PoolMode {
-    /// `DATABASE_POOL_MODE`, else what the URL says: Supabase's pooler on port 6543 is its
-    /// transaction mode.
-    fn load(src: &dyn Source, database_url: &str) -> Result<Self, ConfigError> {
+    /// `DATABASE_POOL_MODE`, else what the URL says (Supabase's pooler on port 6543 is its
+    /// transaction mode), else `Session` until a probe says otherwise; and whether it is known.
+    fn load(src: &dyn Source, database_url: &str) -> Result<(Self, bool), ConfigError> {
         match src
             .get("DATABASE_POOL_MODE")
             .map(|v| v.trim().to_ascii_lowercase())
         {
-            Some(v) if v == "session" => Ok(Self::Session),
-            Some(v) if v == "transaction" => Ok(Self::Transaction),
+            Some(v) if v == "session" => Ok((Self::Session, true)),
+            Some(v) if v == "transaction" => Ok((Self::Transaction, true)),
             Some(v) => Err(ConfigError::new(
                 "DATABASE_POOL_MODE",
                 format!("expected session or transaction, got {v:?}"),
@@ -146,16 +149,16 @@ impl PoolMode {
         }
     }
 
-    fn from_url(database_url: &str) -> Self {
+    fn from_url(database_url: &str) -> (Self, bool) {
         let supabase_transaction_pooler = url::Url::parse(database_url).is_ok_and(|u| {
             u.port() == Some(6543)
                 && u.host_str()
                     .is_some_and(|h| h.ends_with(".pooler.supabase.com"))
         });
         if supabase_transaction_pooler {
-            Self::Transaction
+            (Self::Transaction, true)
         } else {
-            Self::Session
+            (Self::Session, false)
         }
     }
 
@@ -199,7 +202,7 @@ impl Common {
     ) -> Result<Self, ConfigError> {
         let database_url = postgres_url(src, "DATABASE_URL")?
             .ok_or_else(|| ConfigError::new("DATABASE_URL", "is required but not set"))?;
-        let database_pool_mode = PoolMode::load(src, &database_url)?;
+        let (database_pool_mode, database_pool_mode_known) = PoolMode::load(src, &database_url)?;
         let database_session_url = postgres_url(src, "DATABASE_SESSION_URL")?.map(Secret::new);
         let region = src.get("DEFAULT_REGION").unwrap_or_else(|| "US".into());
         let default_region = phone::parse_region(&region).ok_or_else(|| {
@@ -229,6 +232,7 @@ impl Common {
         Ok(Self {
             database_url: Secret::new(database_url),
             database_pool_mode,
+            database_pool_mode_known,
             database_session_url,
             database_max_connections,
             database_acquire_timeout: millis(

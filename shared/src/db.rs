@@ -63,6 +63,64 @@ pub fn connect_options(url: &str, mode: PoolMode) -> Result<PgConnectOptions, sq
     })
 }
 
+/// How `url` pools connections, found by asking it: two client connections, a statement on the
+/// first, then one on the second. Behind a transaction pooler the server connection the first
+/// released serves the second (the same backend PID: PgBouncer hands out the most recently used
+/// idle one); with sessions (Postgres itself, a session pooler) each client keeps its own.
+/// Three rounds, so one coincidence does not decide. Statements go unnamed, which every mode
+/// accepts.
+pub async fn detect_pool_mode(url: &str) -> Result<PoolMode, sqlx::Error> {
+    use sqlx::Connection;
+    let options = connect_options(url, PoolMode::Transaction)?;
+    let mut first = sqlx::PgConnection::connect_with(&options).await?;
+    let mut second = sqlx::PgConnection::connect_with(&options).await?;
+    let mut mode = PoolMode::Session;
+    for _ in 0..3 {
+        let a: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&mut first)
+            .await?;
+        let b: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&mut second)
+            .await?;
+        if a == b {
+            mode = PoolMode::Transaction;
+            break;
+        }
+    }
+    let _ = first.close().await;
+    let _ = second.close().await;
+    Ok(mode)
+}
+
+/// Settles `DATABASE_POOL_MODE` when it was not given: probes the database (within 5 s) and
+/// runs in transaction mode when a transaction pooler answers, saying once which setting would
+/// make that explicit. When the database cannot be probed, session mode stays assumed (the
+/// readiness check names a transaction pooler if statements later fail as behind one).
+pub async fn settle_pool_mode(common: &mut Common) {
+    if common.database_pool_mode_known {
+        return;
+    }
+    let probe = detect_pool_mode(common.database_url.expose());
+    match tokio::time::timeout(Duration::from_secs(5), probe).await {
+        Ok(Ok(PoolMode::Transaction)) => {
+            common.database_pool_mode = PoolMode::Transaction;
+            tracing::warn!(
+                "DATABASE_URL is a transaction pooler (detected): running in transaction mode; set DATABASE_POOL_MODE=transaction to say so"
+            );
+        }
+        Ok(Ok(PoolMode::Session)) => {
+            tracing::info!("DATABASE_URL keeps sessions (detected): session mode");
+        }
+        Ok(Err(e)) => tracing::warn!(
+            error = %Fault::of(&e).kind(),
+            "could not probe how DATABASE_URL pools; assuming sessions (set DATABASE_POOL_MODE to say)"
+        ),
+        Err(_) => tracing::warn!(
+            "no answer from DATABASE_URL within 5 s to probe how it pools; assuming sessions (set DATABASE_POOL_MODE to say)"
+        ),
+    }
+}
+
 /// Applies apalis-postgres's migrations and ours (apalis's kept in its own `apalis` schema and history
 /// table); applied ones are skipped.
 ///

@@ -9,10 +9,12 @@ use worker::{Deps, cli, queues};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let (queues, cfg) = cli::resolve(&cli::Cli::parse(), &config::Env).unwrap_or_else(|e| exit(&e));
+    let (queues, mut cfg) =
+        cli::resolve(&cli::Cli::parse(), &config::Env).unwrap_or_else(|e| exit(&e));
     // Held to the end: dropping it flushes the spans not yet exported.
     let _telemetry = telemetry::init_with_traces(cfg.common.log_format, &config::Env, "sms-worker")
         .unwrap_or_else(|e| exit(&e.to_string()));
+    shared::db::settle_pool_mode(&mut cfg.common).await;
     let deps = Deps::new(&cfg, shared::db::lazy_pool(&cfg.common)?);
     let shutdown = CancellationToken::new();
     tokio::spawn(telemetry::cancel_on_signal(shutdown.clone()));

@@ -274,3 +274,45 @@ async fn readiness_names_why_the_database_cannot_be_used() {
     assert_eq!(body["checks"]["database"], "ok");
     assert_eq!(body["checks"]["database_pool_mode"], "transaction");
 }
+
+/// Told nothing, the binaries ask: through PgBouncer in transaction mode the probe finds a
+/// transaction pooler (two clients' statements served by one server connection); Postgres
+/// itself keeps sessions.
+#[tokio::test]
+async fn a_transaction_pooler_is_detected_and_postgres_itself_is_not() {
+    let db = pg::fresh_db().await;
+    let pgb = bouncer(2).await;
+    let through = shared::db::detect_pool_mode(&pgb.url(&db.name))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", pgb.log_tail()));
+    assert_eq!(through, shared::config::PoolMode::Transaction);
+    let direct = shared::db::detect_pool_mode(&db.url).await.unwrap();
+    assert_eq!(direct, shared::config::PoolMode::Session);
+
+    // Settled without DATABASE_POOL_MODE: the pool then works through the pooler (unnamed
+    // statements), where session mode's named statements would collide.
+    let mut cfg = common(&pgb.url(&db.name), "session");
+    cfg.database_pool_mode_known = false;
+    shared::db::settle_pool_mode(&mut cfg).await;
+    assert_eq!(
+        cfg.database_pool_mode,
+        shared::config::PoolMode::Transaction
+    );
+    let pool = shared::db::lazy_pool(&cfg).unwrap();
+    let sums = (0..32i64).map(|i| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT $1::bigint * 2")
+                .bind(i)
+                .fetch_one(&pool)
+                .await
+        }
+    });
+    for (i, r) in futures::future::join_all(sums)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        assert_eq!(r.unwrap(), i as i64 * 2);
+    }
+}
