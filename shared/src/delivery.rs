@@ -1,6 +1,6 @@
 //! The outbound lifecycle's writes. Every change of an outbound message's `delivery_status` is
 //! one [`Transition`], made by the one function named for it here, and allowed only from the
-//! states [`Transition::from`] lists and to those [`Transition::to`] lists ([`allows`]). The SQL
+//! states [`Transition::from`] lists and to those [`Transition::leads_to`] accepts ([`allows`]). The SQL
 //! guards are built from those lists (`delivery_status = ANY($n)`), never copied, so an illegal
 //! move (a cancel after the hand-over, `delivered` then `sent`) changes nothing whoever asks.
 //! Callers decide which transition to make; each function writes it in the caller's
@@ -165,34 +165,6 @@ pub const OUTBOUND: [DeliveryStatus; 13] = [
     Read,
 ];
 
-/// What Twilio reports in its status callbacks: every status of a message it has, and
-/// `canceled` for one it was holding.
-const REPORTED: [DeliveryStatus; 10] = [
-    Accepted,
-    Queued,
-    Sending,
-    Sent,
-    Delivered,
-    Undelivered,
-    Failed,
-    Canceled,
-    PartiallyDelivered,
-    Read,
-];
-
-/// The statuses Twilio answers a create with, or lists a message in: it has the message.
-const AT_TWILIO: [DeliveryStatus; 9] = [
-    Accepted,
-    Queued,
-    Sending,
-    Sent,
-    Delivered,
-    Undelivered,
-    Failed,
-    PartiallyDelivered,
-    Read,
-];
-
 impl Transition {
     pub const ALL: [Transition; 7] = [
         Self::Create,
@@ -221,16 +193,18 @@ impl Transition {
         }
     }
 
-    /// The states it may lead to.
-    pub fn to(self) -> &'static [DeliveryStatus] {
+    /// Whether it may lead to `status`. Twilio has the message after an accept (any status it
+    /// reports but `canceled`, which it gives only to a message it was holding) and reports
+    /// every status it has, `canceled` included, in callbacks.
+    pub fn leads_to(self, status: DeliveryStatus) -> bool {
         match self {
-            Self::Create => &[Pending, Scheduled],
-            Self::Claim => &[Submitting],
-            Self::Accept => &AT_TWILIO,
-            Self::Callback => &REPORTED,
-            Self::RetryLater => &[Pending],
-            Self::Fail => &[Failed],
-            Self::Cancel => &[Canceled],
+            Self::Create => matches!(status, Pending | Scheduled),
+            Self::Claim => status == Submitting,
+            Self::Accept => status.at_twilio() && status != Canceled,
+            Self::RetryLater => status == Pending,
+            Self::Fail => status == Failed,
+            Self::Cancel => status == Canceled,
+            Self::Callback => status.at_twilio(),
         }
     }
 
@@ -243,7 +217,7 @@ impl Transition {
 /// Whether `transition` may move a message from `from` to `to`: the one rule every write obeys.
 pub fn allows(transition: Transition, from: DeliveryStatus, to: DeliveryStatus) -> bool {
     transition.from().contains(&from)
-        && transition.to().contains(&to)
+        && transition.leads_to(to)
         && (transition != Transition::Callback || reachable(from, to))
 }
 
@@ -306,7 +280,7 @@ pub async fn accept(
     sid: &str,
     status: DeliveryStatus,
 ) -> Result<bool, sqlx::Error> {
-    debug_assert!(Transition::Accept.to().contains(&status), "{status}");
+    debug_assert!(Transition::Accept.leads_to(status), "{status}");
     sqlx::query_scalar!(
         r#"WITH a AS (
                UPDATE sms_send_attempts SET outcome = $5, finished_at = now(), http_status = 201
@@ -443,7 +417,7 @@ async fn set(
     code: Option<&str>,
     reason: Option<&str>,
 ) -> Result<bool, sqlx::Error> {
-    debug_assert!(transition.to().contains(&to), "{transition:?} -> {to}");
+    debug_assert!(transition.leads_to(to), "{transition:?} -> {to}");
     let done = sqlx::query!(
         "UPDATE sms_messages SET delivery_status = $2, error_code = COALESCE($3, error_code),
                 error_message = COALESCE($4, error_message), status_updated_at = now(), updated_at = now()

@@ -111,25 +111,9 @@ impl Service {
     /// SIGTERM, as an orchestrator stops a replica, and waits for the process to exit, up to
     /// `limit` (then SIGKILL and a panic). Returns its exit code and how long it took.
     pub async fn terminate(&mut self, limit: Duration) -> (Option<i32>, Duration) {
-        let mut child = self.child.take().expect("the process is running");
-        let sent = std::time::Instant::now();
-        let ok = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .expect("run kill")
-            .success();
-        assert!(ok, "SIGTERM delivered to {}", self.name);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return (status.code(), sent.elapsed());
-            }
-            if sent.elapsed() > limit {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("{} still running {limit:?} after SIGTERM", self.name);
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let child = self.child.take().expect("the process is running");
+        sigterm(&child);
+        wait_exit(child, limit).await
     }
 
     /// SIGKILL: no shutdown, jobs in flight abandoned.
@@ -208,4 +192,34 @@ fn reap_with_us(pid: u32) {
          kill -0 {us} 2>/dev/null || kill -9 {pid} 2>/dev/null"
     );
     pg::spawn_detached(&script);
+}
+
+/// Sends SIGTERM to `child`.
+pub fn sigterm(child: &Child) {
+    let ok = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("run kill")
+        .success();
+    assert!(ok, "SIGTERM delivered to {}", child.id());
+}
+
+/// Waits for `child` to exit, up to `limit` (then SIGKILL and a panic); returns its exit code
+/// and how long it took.
+pub async fn wait_exit(mut child: Child, limit: Duration) -> (Option<i32>, Duration) {
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return (status.code(), started.elapsed());
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "process {} still running {limit:?} after SIGTERM",
+                child.id()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -765,7 +765,7 @@ async fn accept(
     let status = status
         .parse()
         .ok()
-        .filter(|s| delivery::Transition::Accept.to().contains(s))
+        .filter(|s| delivery::Transition::Accept.leads_to(*s))
         .unwrap_or(DeliveryStatus::Queued);
     if delivery::accept(tx, id, attempt, sid, status).await? {
         let apply = ApplyStatus {

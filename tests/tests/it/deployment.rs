@@ -184,11 +184,22 @@ struct Load {
 /// or a lost answer is retried as the real clients do: Twilio posts the same MessageSid again
 /// (the `rc` override), an API client resends with the same Idempotency-Key.
 async fn mixed_load(client: &Client, webhooks: usize, sends: usize) -> Load {
-    paced_load(client, webhooks, sends, None).await
+    paced_load(client, webhooks, sends, None, RETRIES).await
 }
 
-/// [`mixed_load`], request `i` starting no earlier than `i / rate` seconds in when `rate` is set.
-async fn paced_load(client: &Client, webhooks: usize, sends: usize, rate: Option<f64>) -> Load {
+/// How often a `503` or lost answer is retried, as the real clients do.
+const RETRIES: usize = 20;
+
+/// [`mixed_load`], request `i` starting no earlier than `i / rate` seconds in when `rate` is set,
+/// each retried up to `retries` times (0: a request dropped or refused shows as its status, 0
+/// when no answer came).
+async fn paced_load(
+    client: &Client,
+    webhooks: usize,
+    sends: usize,
+    rate: Option<f64>,
+    retries: usize,
+) -> Load {
     let total = webhooks + sends;
     let every = (total / sends.max(1)).max(1);
     let start = tokio::time::Instant::now();
@@ -219,7 +230,7 @@ async fn paced_load(client: &Client, webhooks: usize, sends: usize, rate: Option
                     } else {
                         c.post_sms(&sms).await
                     };
-                    if matches!(a.status, 0 | 503) && retried < 20 {
+                    if matches!(a.status, 0 | 503) && retried < retries {
                         retried += 1;
                         unavailable += usize::from(a.status == 503);
                         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -466,7 +477,10 @@ async fn two_ingresses_and_three_workers_under_pressure_wait_instead_of_failing(
     let client = w.client(&key);
     let rate = (webhooks + sends) as f64 / seconds as f64;
     let started = Instant::now();
-    let load = tokio::spawn(async move { paced_load(&client, webhooks, sends, Some(rate)).await });
+    let load =
+        tokio::spawn(
+            async move { paced_load(&client, webhooks, sends, Some(rate), RETRIES).await },
+        );
     // The backlog, sampled every second: open jobs and stored webhooks not yet processed.
     let peaks = std::sync::Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
     let sampler = {
@@ -638,7 +652,8 @@ async fn a_rolling_upgrade_under_steady_load_drops_nothing_and_runs_nothing_twic
         .unwrap();
     let rate = (webhooks + sends) as f64 / seconds as f64;
     let load_started = Instant::now();
-    let load = tokio::spawn(async move { steady_load(&client, webhooks, sends, rate).await });
+    let load =
+        tokio::spawn(async move { paced_load(&client, webhooks, sends, Some(rate), 0).await });
 
     // Every process in turn, while the load runs: ingresses first, then workers.
     let http = reqwest::Client::new();
@@ -753,51 +768,4 @@ async fn a_rolling_upgrade_under_steady_load_drops_nothing_and_runs_nothing_twic
         &errors[..errors.len().min(5)]
     );
     let _ = std::fs::remove_dir_all(&w.logs);
-}
-
-/// `webhooks` inbound SMS and `sends` API sends at `rate` a second, each posted once: no retry,
-/// so a request dropped or refused during an upgrade shows as its status (0 when no answer).
-async fn steady_load(client: &Client, webhooks: usize, sends: usize, rate: f64) -> Load {
-    let total = webhooks + sends;
-    let every = (total / sends.max(1)).max(1);
-    let start = tokio::time::Instant::now();
-    let answers: Vec<(bool, Answer)> = futures::stream::iter(0..total)
-        .map(|i| {
-            let c = client.clone();
-            let is_send = sends > 0 && i % every == 0 && i / every < sends;
-            async move {
-                tokio::time::sleep_until(start + Duration::from_secs_f64(i as f64 / rate)).await;
-                if is_send {
-                    let to = format!("+1415780{:04}", i % 10_000);
-                    let a = c
-                        .send_with_key(&to, &format!("Notice {i}"), Some(&format!("roll-{i}")))
-                        .await;
-                    (false, a)
-                } else {
-                    let sms = sim::webhook::InboundSms::new(
-                        resident(i),
-                        harness::app::OUR_NUMBER,
-                        format!("Question {i}"),
-                    );
-                    (true, c.post_sms(&sms).await)
-                }
-            }
-        })
-        .buffer_unordered(64)
-        .collect()
-        .await;
-    let mut load = Load {
-        hooks: Vec::new(),
-        sends: Vec::new(),
-        retried: 0,
-        unavailable: 0,
-    };
-    for (is_hook, a) in answers {
-        if is_hook {
-            load.hooks.push(a)
-        } else {
-            load.sends.push(a)
-        }
-    }
-    load
 }

@@ -4,42 +4,18 @@
 
 use std::{
     io::{Read, Write},
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    process::{Command, Stdio},
+    time::Duration,
 };
 
 use harness::{
     app::{ACCOUNT_SID, AUTH_TOKEN, OUR_NUMBER, Settings, TestApp, wait_until, workspace_binary},
+    fleet::{sigterm, wait_exit},
     pg,
 };
 use serde_json::json;
 
 const SECRET: &str = "agent-secret-0123456789";
-
-fn sigterm(child: &Child) {
-    let ok = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("run kill")
-        .success();
-    assert!(ok, "SIGTERM delivered");
-}
-
-/// Waits for the process to exit, up to `limit`; returns its exit code and how long it took.
-async fn wait_exit(mut child: Child, limit: Duration) -> (Option<i32>, Duration) {
-    let started = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return (status.code(), started.elapsed());
-        }
-        if started.elapsed() > limit {
-            child.kill().ok();
-            child.wait().ok();
-            panic!("process still running {limit:?} after SIGTERM");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 async fn locked_jobs(app: &TestApp) -> i64 {
     sqlx::query_scalar(
