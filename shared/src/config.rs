@@ -83,6 +83,13 @@ fn millis(src: &dyn Source, key: &'static str, default: u64) -> Result<Duration,
     parsed(src, key, default).map(Duration::from_millis)
 }
 
+fn optional_millis(src: &dyn Source, key: &'static str) -> Result<Option<Duration>, ConfigError> {
+    match src.get(key) {
+        None => Ok(None),
+        Some(_) => millis(src, key, 0).map(Some),
+    }
+}
+
 fn secs(src: &dyn Source, key: &'static str, default: u64) -> Result<Duration, ConfigError> {
     parsed(src, key, default).map(Duration::from_secs)
 }
@@ -639,7 +646,9 @@ pub struct Worker {
     pub retired: Vec<&'static str>,
     pub heartbeat_interval: Duration,
     pub missed_heartbeats: usize,
-    pub poll_interval: Duration,
+    /// `WORKER_POLL_INTERVAL_MS`; None: the default for how the worker wakes (see
+    /// `worker::wakeups::safety_interval`).
+    pub poll_interval: Option<Duration>,
     /// Telling the Monitor of a language change: 2 s, 4 s, 8 s ... up to 10 minutes apart.
     pub language_notify_retry: RetryPolicy,
     /// Loaded only for a worker whose queues send (outbound-send, reconciler); None when
@@ -689,7 +698,7 @@ impl Worker {
             // queue's own connections, so a busy worker is never taken for dead.
             heartbeat_interval: secs(src, "WORKER_HEARTBEAT_SECS", 2)?,
             missed_heartbeats,
-            poll_interval: millis(src, "WORKER_POLL_INTERVAL_MS", 100)?,
+            poll_interval: optional_millis(src, "WORKER_POLL_INTERVAL_MS")?,
             language_notify_retry: RetryPolicy::new(
                 Duration::from_secs(2),
                 Duration::from_secs(600),

@@ -41,7 +41,7 @@ pub trait Job: Serialize {
     const QUEUE: &'static str;
 }
 
-impl Job for RouteMessage {
+impl Job for RouteMessages {
     const QUEUE: &'static str = ROUTE;
 }
 impl Job for SendMessage {
@@ -92,6 +92,40 @@ pub struct RouteMessage {
     /// The trace this job continues (see `telemetry`); absent in jobs written without tracing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace: Option<TraceContext>,
+}
+
+/// Inbound messages to route: the routable messages of one inbound batch (or one message's retry
+/// or deferral). One queue job per batch rather than per message: each job is four row versions
+/// of `apalis.jobs` (push, fetch, lock, acknowledgement), which under load cost Postgres more than
+/// routing itself. Each message is still routed on its own (claim, call, record).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RouteMessages {
+    pub messages: Vec<RouteMessage>,
+}
+
+impl RouteMessages {
+    pub fn one(message: RouteMessage) -> Self {
+        Self {
+            messages: vec![message],
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RouteMessages {
+    /// Also reads a job of one message, as written before messages were routed in batches (a
+    /// queue may hold some during a rolling upgrade).
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Shape {
+            Batch { messages: Vec<RouteMessage> },
+            One(RouteMessage),
+        }
+        Ok(match Shape::deserialize(d)? {
+            Shape::Batch { messages } => Self { messages },
+            Shape::One(one) => Self::one(one),
+        })
+    }
 }
 
 /// Send one outbound message. `slot` is the pacing slot already reserved for it, if any.
@@ -436,6 +470,26 @@ mod tests {
                 .unwrap();
         assert!(inbound.traces.is_empty());
         assert!(!serde_json::to_string(&inbound).unwrap().contains("traces"));
+    }
+
+    #[test]
+    fn a_route_job_reads_in_both_shapes() {
+        let id: Uuid = "0190a0b0-0000-7000-8000-000000000001".parse().unwrap();
+        let one = RouteMessage {
+            message_id: id,
+            attempt: 2,
+            trace: None,
+        };
+        // Written before batches: one message.
+        let old: RouteMessages =
+            serde_json::from_str(&serde_json::to_string(&one).unwrap()).unwrap();
+        assert_eq!(old, RouteMessages::one(one.clone()));
+        let batch = RouteMessages {
+            messages: vec![one.clone(), RouteMessage { attempt: 0, ..one }],
+        };
+        let read: RouteMessages =
+            serde_json::from_str(&serde_json::to_string(&batch).unwrap()).unwrap();
+        assert_eq!(read, batch);
     }
 
     #[test]

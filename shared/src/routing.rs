@@ -11,7 +11,7 @@
 use uuid::Uuid;
 
 use crate::{
-    jobs::{self, RouteMessage, When},
+    jobs::{self, RouteMessage, RouteMessages, When},
     telemetry::TraceContext,
 };
 
@@ -108,11 +108,11 @@ pub async fn replay(
     .await?;
     jobs::schedule(
         conn,
-        &[RouteMessage {
+        &[RouteMessages::one(RouteMessage {
             message_id,
             attempt: 0,
             trace: TraceContext::current(),
-        }],
+        })],
         When::NOW,
     )
     .await

@@ -27,7 +27,7 @@ use std::collections::{BTreeMap, HashMap};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use shared::{
-    jobs::{self, NotifyLanguage, ProcessInbound, RouteMessage, When},
+    jobs::{self, NotifyLanguage, ProcessInbound, RouteMessage, RouteMessages, When},
     language::{self, Detection, Language},
     optout::{self, OptChange},
     phone,
@@ -336,7 +336,8 @@ async fn apply(
                 .await?;
         }
     }
-    let routes: Vec<RouteMessage> = mine
+    // One route job for the chunk's routable messages (see `RouteMessages`).
+    let messages: Vec<RouteMessage> = mine
         .iter()
         .filter(|i| i.d.route == RouteStatus::Pending)
         .map(|i| RouteMessage {
@@ -345,7 +346,9 @@ async fn apply(
             trace: TraceContext::of(&i.span),
         })
         .collect();
-    jobs::schedule(&mut tx, &routes, When::NOW).await?;
+    if !messages.is_empty() {
+        jobs::schedule(&mut tx, &[RouteMessages { messages }], When::NOW).await?;
+    }
     // Last: a tenant's row is shared by all its residents' batches, so its lock is held for
     // the commit alone.
     update_tenants(deps, &mut tx, &mine, &linked).await?;

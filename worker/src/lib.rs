@@ -3,6 +3,7 @@
 
 pub mod budget;
 pub mod cli;
+pub mod gate;
 pub mod inbound;
 pub mod language_notify;
 pub mod metrics;
@@ -57,6 +58,8 @@ pub struct Deps {
     /// Finished jobs older than this are deleted by the reconciler.
     pub job_retention: std::time::Duration,
     pub metrics: metrics::WorkerMetrics,
+    /// Sends wait here while Twilio refuses for now (gate.rs).
+    pub twilio_gate: gate::Gate,
 }
 
 impl Deps {
@@ -90,6 +93,7 @@ impl Deps {
             route_retry: cfg.route_retry,
             job_retention: cfg.job_retention,
             metrics: metrics::WorkerMetrics::new(),
+            twilio_gate: gate::Gate::default(),
             outbound: cfg.outbound.clone().map(|o| {
                 let client =
                     TwilioClient::new(&o.api_base, &o.account_sid, &o.auth_token, o.timeout);

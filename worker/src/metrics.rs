@@ -250,6 +250,13 @@ impl Retried for crate::route::Outcome {
     }
 }
 
+/// A batch counts as retried when every message of it was (a job that only waits on retries).
+impl Retried for Vec<crate::route::Outcome> {
+    fn retried(&self) -> bool {
+        !self.is_empty() && self.iter().all(Retried::retried)
+    }
+}
+
 impl Retried for crate::language_notify::Outcome {
     fn retried(&self) -> bool {
         matches!(self, crate::language_notify::Outcome::Rescheduled { .. })

@@ -12,8 +12,9 @@ use apalis_postgres::{Config, PostgresStorage};
 use serde::de::DeserializeOwned;
 use shared::{
     config,
-    jobs::{self, ApplyStatuses, Job, NotifyLanguage, ProcessInbound, RouteMessage, SendMessage},
+    jobs::{self, ApplyStatuses, Job, NotifyLanguage, ProcessInbound, RouteMessages, SendMessage},
 };
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -23,7 +24,7 @@ use crate::{
     inbound, language_notify,
     metrics::{JobResult, Retried},
     reconcile, route, send, status_apply,
-    wakeups::Wakeups,
+    wakeups::{self, Wakeups},
 };
 
 /// How the queues run; how many jobs each runs at once comes from the budget (budget.rs).
@@ -33,7 +34,8 @@ pub struct QueueSettings {
     pub handler_connections: u32,
     pub heartbeat_interval: Duration,
     pub missed_heartbeats: usize,
-    pub poll_interval: Duration,
+    /// `WORKER_POLL_INTERVAL_MS` when set (see `wakeups::safety_interval`).
+    pub poll_interval: Option<Duration>,
 }
 
 impl From<&config::Worker> for QueueSettings {
@@ -122,12 +124,15 @@ async fn handle_send(job: SendMessage, deps: Data<Arc<Deps>>) -> Result<(), BoxD
     .await
 }
 
-async fn handle_route(job: RouteMessage, deps: Data<Arc<Deps>>) -> Result<(), BoxDynError> {
+/// `slots`: the route queue's messages in flight in this process (its budget's jobs).
+async fn handle_route(
+    job: RouteMessages,
+    deps: Data<Arc<Deps>>,
+    slots: Arc<Semaphore>,
+) -> Result<(), BoxDynError> {
     let d = Arc::clone(&deps);
     guarded(&deps, jobs::ROUTE, async move {
-        let outcome = route::process(&d, job).await?;
-        d.metrics.route(outcome.label());
-        Ok(outcome)
+        route::process_all(&d, job, &slots).await
     })
     .await
 }
@@ -171,7 +176,11 @@ pub async fn run(
                 jobs::MONITOR_LANGUAGE => supervise(run, deps, shutdown, handle_language).await,
                 jobs::OUTBOUND_SEND => supervise(run, deps, shutdown, handle_send).await,
                 jobs::OUTBOUND_STATUS => supervise(run, deps, shutdown, handle_status).await,
-                jobs::ROUTE => supervise(run, deps, shutdown, handle_route).await,
+                jobs::ROUTE => {
+                    let slots = Arc::new(Semaphore::new(run.budget.map_or(1, |b| b.jobs)));
+                    let handler = move |job, deps| handle_route(job, deps, Arc::clone(&slots));
+                    supervise(run, deps, shutdown, handler).await
+                }
                 jobs::RECONCILER => reconcile::run(deps, shutdown).await,
                 other => unreachable!("queue {other} validated by parse_queues"),
             }
@@ -212,12 +221,12 @@ where
             .missed_heartbeats(settings.missed_heartbeats);
         // NOTIFY wakes the worker at once; the interval is the safety net (see wakeups.rs), and
         // the only wake-up behind a transaction pooler with no session connection.
-        let strategy = Wakeups::new(
-            deps.listen_pool
-                .as_ref()
-                .map(|pool| apalis_postgres::Pubsub::new(pool.clone(), queue.to_owned())),
-            settings.poll_interval,
-        );
+        let pubsub = deps
+            .listen_pool
+            .as_ref()
+            .map(|pool| apalis_postgres::Pubsub::new(pool.clone(), queue.to_owned()));
+        let interval = wakeups::safety_interval(settings.poll_interval, pubsub.is_some());
+        let strategy = Wakeups::new(pubsub, interval);
         let backend = PostgresStorage::<J>::new(&deps.queue_pool)
             .with_config(config)
             .poll_with_strategy(strategy);

@@ -21,7 +21,7 @@ use std::time::Instant;
 use serde_json::{Value, json};
 use shared::{
     agent_signature,
-    jobs::{self, RouteMessage, When},
+    jobs::{self, RouteMessage, RouteMessages, When},
     outbound::{self, NewOutbound},
     retry::RetryPolicy,
     routing::{RouteReason, RouteStatus},
@@ -193,6 +193,24 @@ pub fn decide(status: Option<u16>, attempt: u32, policy: &RetryPolicy) -> Decisi
     }
 }
 
+/// Routes a job's messages, each on its own and at once, as many at a time as `slots` allows:
+/// the queue's share of the connection budget counts messages in flight, not jobs, so a batch
+/// never outgrows what one job may use. Every message is tried before an error is returned (a
+/// re-run of the job finds the others done); each outcome is counted.
+pub async fn process_all(
+    deps: &Deps,
+    job: RouteMessages,
+    slots: &tokio::sync::Semaphore,
+) -> anyhow::Result<Vec<Outcome>> {
+    let runs = job.messages.into_iter().map(|message| async move {
+        let _slot = slots.acquire().await?;
+        let outcome = process(deps, message).await?;
+        deps.metrics.route(outcome.label());
+        anyhow::Ok(outcome)
+    });
+    futures::future::join_all(runs).await.into_iter().collect()
+}
+
 #[tracing::instrument(name = "route_message", skip_all, fields(message_id = %job.message_id, attempt = job.attempt), err)]
 pub async fn process(deps: &Deps, job: RouteMessage) -> anyhow::Result<Outcome> {
     shared::telemetry::continue_trace(job.trace.as_ref());
@@ -342,7 +360,7 @@ async fn defer(
         trace: shared::telemetry::TraceContext::current(),
     };
     let mut conn = deps.pool.acquire().await?;
-    jobs::schedule(&mut conn, &[again], When::after(after)).await?;
+    jobs::schedule(&mut conn, &[RouteMessages::one(again)], When::after(after)).await?;
     Ok(Outcome::Deferred)
 }
 
@@ -376,7 +394,7 @@ async fn apply(
                 attempt: failed,
                 trace: shared::telemetry::TraceContext::current(),
             };
-            jobs::schedule(tx, &[next], When::after(after)).await?;
+            jobs::schedule(tx, &[RouteMessages::one(next)], When::after(after)).await?;
             Ok(Outcome::Retrying)
         }
         Decision::Unroutable(reason, detail) => {

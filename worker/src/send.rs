@@ -32,16 +32,29 @@ use shared::{
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::Deps;
+use crate::{Deps, gate};
 
 #[derive(Debug, PartialEq)]
 pub enum Outcome {
-    Accepted { sid: String },
+    Accepted {
+        sid: String,
+    },
     AlreadySent,
-    Paced { until: DateTime<Utc> },
-    Retrying { after: Duration },
-    Failed { code: Option<String> },
+    Paced {
+        until: DateTime<Utc>,
+    },
+    Retrying {
+        after: Duration,
+    },
+    Failed {
+        code: Option<String>,
+    },
     WaitingForUnknownOutcome,
+    /// Twilio is refusing sends for now (see gate.rs): the job runs again when the gate opens;
+    /// no attempt was made.
+    Gated {
+        after: Duration,
+    },
     Missing,
 }
 
@@ -398,6 +411,10 @@ pub async fn process(deps: &Deps, job: SendMessage) -> anyhow::Result<Outcome> {
     if let Some(until) = pace(deps, cfg, &job, msg.priority).await? {
         return Ok(Outcome::Paced { until });
     }
+    let ticket = match deps.twilio_gate.pass().await {
+        Ok(ticket) => ticket,
+        Err(after) => return gated(deps, job, after, msg.priority).await,
+    };
     let attempt = msg.attempts + 1;
     let mut conn = deps.pool.acquire().await?;
     let claimed = delivery::claim(&mut conn, job.message_id, attempt, msg.attempts).await?;
@@ -406,6 +423,7 @@ pub async fn process(deps: &Deps, job: SendMessage) -> anyhow::Result<Outcome> {
         return Ok(Outcome::AlreadySent); // another run of this job got here first
     }
     let answer = twilio.create(&new_message(cfg, &job, &msg)).await;
+    ticket.settle(gate::verdict(&answer));
     count_outcome(deps, &answer);
     let decision = decide(&answer, attempt as u32, &cfg.retry());
     record_until_stored(deps, cfg, &job, attempt, &msg, answer, decision).await
@@ -454,6 +472,28 @@ async fn load(deps: &Deps, message_id: Uuid) -> anyhow::Result<Option<Loaded>> {
                 proof: m.proof,
             }),
     }))
+}
+
+/// The gate stays closed longer than a send waits inline: run again when it opens.
+async fn gated(
+    deps: &Deps,
+    job: SendMessage,
+    after: Duration,
+    priority: i16,
+) -> anyhow::Result<Outcome> {
+    let mut conn = deps.pool.acquire().await?;
+    let again = SendMessage { slot: None, ..job };
+    jobs::schedule(
+        &mut conn,
+        &[again],
+        When::after(after).with_priority(priority),
+    )
+    .await?;
+    tracing::info!(
+        retry_in_ms = after.as_millis() as u64,
+        "Twilio is refusing sends for now; this one waits for the gate"
+    );
+    Ok(Outcome::Gated { after })
 }
 
 /// A status callback already proved an attempt whose answer was lost (a worker killed mid-call):
