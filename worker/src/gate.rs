@@ -8,7 +8,7 @@
 //! grows. With it, one send probes at a time while the gate is closed:
 //!
 //! ```text
-//! open ──refused──▶ closed until t (hold: 0.5 s doubling to 5 s, or Retry-After if longer)
+//! open ──refused──▶ closed until t (hold: 0.5 s doubling to 2 s, or Retry-After if longer)
 //!   ▲                   │ t passed: the next send is the probe, the others wait for its answer
 //!   └──answered─── probing ──refused──▶ closed again, longer
 //! ```
@@ -26,8 +26,9 @@ use tokio::{sync::Notify, time::Instant};
 pub const MAX_WAIT: Duration = Duration::from_secs(5);
 
 /// How long the gate stays closed after the nth refusal in a row (Retry-After wins if longer).
+/// Capped low: a probe costs one request, and the cap is how late sends resume after Twilio does.
 const HOLD: RetryPolicy =
-    RetryPolicy::new(Duration::from_millis(500), Duration::from_secs(5), u32::MAX);
+    RetryPolicy::new(Duration::from_millis(500), Duration::from_secs(2), u32::MAX);
 
 /// The gate's state; its transitions are the pure functions below.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -282,7 +283,7 @@ mod tests {
                 closed(9, now, true),
                 Verdict::RefusedForNow(None),
                 true,
-                (10, Some(now + s(5)), false),
+                (10, Some(now + s(2)), false),
             ),
             // Retry-After wins when longer.
             (

@@ -748,6 +748,7 @@ async fn a_twilio_outage_of_429s_and_5xx_delays_sends_without_dropping_or_doubli
             Duration::from_secs(6)
         }
     };
+    let connections: u32 = settings.0["DATABASE_MAX_CONNECTIONS"].parse().unwrap();
     let app = TestApp::spawn(settings).await;
     let key = app.api_key(&["send"], None).await;
     let client = Client::of(&app, &key);
@@ -801,6 +802,19 @@ async fn a_twilio_outage_of_429s_and_5xx_delays_sends_without_dropping_or_doubli
     );
     assert!(delivered.is_ok(), "every send delivered after the outage");
     assert!(r429 > 0 && r5xx > 0, "the outage answered both");
+    // The gate (worker/src/gate.rs): after the first refusals, one send at a time probes
+    // Twilio, so the refused attempts are the sends already under way when it closed plus one
+    // probe per hold (0.5 s at least, here Retry-After: 1 s), not every send retrying on its own
+    // (about six attempts each over this outage without the gate).
+    let in_flight =
+        worker::budget::Budget::plan(connections, &["outbound-send", "outbound-status"])
+            .of("outbound-send")
+            .map_or(0, |b| b.jobs);
+    let probes = (outage.as_millis() / 500) as usize;
+    assert!(
+        (refused as usize) <= in_flight + probes,
+        "{refused} refused attempts: at most {in_flight} under way and {probes} probes"
+    );
     assert_eq!(
         app.count("SELECT count(*) FROM sms_messages WHERE delivery_status = 'failed'")
             .await,
