@@ -115,11 +115,15 @@ impl Client {
     }
 }
 
-/// `(count, distinct message ids)` of route jobs: processing a message pushes exactly one.
+/// `(messages, distinct messages)` in route jobs (a job carries a batch, or one message in the
+/// shape written before batches): processing a message puts it in exactly one.
 pub async fn route_jobs(app: &TestApp) -> (i64, i64) {
     sqlx::query_as(
-        "SELECT count(*), count(DISTINCT convert_from(job, 'UTF8')::jsonb->>'message_id')
-         FROM apalis.jobs WHERE job_type = 'route'",
+        "SELECT count(*), count(DISTINCT id) FROM (
+             SELECT COALESCE(m->>'message_id', j.body->>'message_id') AS id
+             FROM (SELECT convert_from(job, 'UTF8')::jsonb AS body FROM apalis.jobs WHERE job_type = 'route') j
+             LEFT JOIN LATERAL jsonb_array_elements(j.body->'messages') m ON true
+         ) x",
     )
     .fetch_one(&app.pool)
     .await

@@ -13,7 +13,7 @@
 //!   └──answered─── probing ──refused──▶ closed again, longer
 //! ```
 //! Any answer that is not a refusal for now (accepted, or a definitive 4xx) opens the gate:
-//! Twilio is up. A send waits at most `MAX_WAIT` inline; a longer hold is handed back to the
+//! Twilio is up. A lost answer (time-out, connection dropped after sending) moves nothing. A send waits at most `MAX_WAIT` inline; a longer hold is handed back to the
 //! queue as a job scheduled for when the gate opens, so a worker's stop is never held up.
 //! The gate is per process: each worker learns of an outage from its own sends.
 
@@ -59,15 +59,18 @@ pub enum Verdict {
     Answered,
     /// Refused for now, with its Retry-After if any.
     RefusedForNow(Option<Duration>),
+    /// No answer to judge by: the gate stays as it is (a probe's turn passes to the next send).
+    Inconclusive,
 }
 
-/// What a create's outcome says of Twilio: an unknown outcome (a time-out, a dropped connection)
-/// counts as a refusal, since the next send would likely meet the same.
+/// What a create's outcome says of Twilio. An unknown outcome (a time-out, a connection lost
+/// after the request went out) says nothing either way: Twilio may well have taken the message,
+/// and its answer was lost on the way back.
 pub fn verdict(outcome: &CreateOutcome) -> Verdict {
     match outcome {
         CreateOutcome::Accepted(_) | CreateOutcome::Permanent { .. } => Verdict::Answered,
         CreateOutcome::Retryable { retry_after, .. } => Verdict::RefusedForNow(*retry_after),
-        CreateOutcome::Unknown { .. } => Verdict::RefusedForNow(None),
+        CreateOutcome::Unknown { .. } => Verdict::Inconclusive,
     }
 }
 
@@ -97,6 +100,8 @@ pub fn admit(state: State, now: Instant) -> (Admit, State) {
 pub fn settle(state: State, verdict: Verdict, probe: bool, now: Instant) -> State {
     match verdict {
         Verdict::Answered => State::default(),
+        Verdict::Inconclusive if probe => abandon(state),
+        Verdict::Inconclusive => state,
         Verdict::RefusedForNow(retry_after) => {
             let refusals = state.refusals.saturating_add(1);
             let step = HOLD.step(refusals);
@@ -291,6 +296,25 @@ mod tests {
                 Verdict::RefusedForNow(Some(s(30))),
                 false,
                 (1, Some(now + s(30)), false),
+            ),
+            // An unknown outcome changes nothing but the probe's turn.
+            (
+                closed(2, far, true),
+                Verdict::Inconclusive,
+                true,
+                (2, Some(far), false),
+            ),
+            (
+                closed(2, far, true),
+                Verdict::Inconclusive,
+                false,
+                (2, Some(far), true),
+            ),
+            (
+                State::default(),
+                Verdict::Inconclusive,
+                false,
+                (0, None, false),
             ),
             // A late refusal never shortens a hold, nor ends another's probe.
             (
