@@ -262,19 +262,33 @@ pub struct QueueDepth {
     pub oldest_due_secs: f64,
 }
 
+/// The queue-depth statement, written once for `depths` and for `depths_sql` (its plan test).
+// Two halves, each worded as the predicate of a partial index so that it reads only open
+// jobs however many finished ones the table keeps: waiting jobs through apalis's fetch index
+// (`status = 'Pending' OR ...`), jobs in flight through `apalis_jobs_in_flight_idx`.
+macro_rules! depths_query {
+    () => {
+        sqlx::query!(
+        r#"SELECT queue AS "queue!", sum(pending)::int8 AS "pending!", sum(scheduled)::int8 AS "scheduled!",
+                  sum(running)::int8 AS "running!",
+                  COALESCE(EXTRACT(EPOCH FROM now() - min(oldest))::float8, 0) AS "oldest!"
+           FROM (
+               SELECT job_type AS queue,
+                      count(*) FILTER (WHERE run_at <= now()) AS pending,
+                      count(*) FILTER (WHERE run_at > now()) AS scheduled,
+                      0::int8 AS running,
+                      min(run_at) FILTER (WHERE run_at <= now()) AS oldest
+               FROM apalis.jobs WHERE status = 'Pending' GROUP BY job_type
+               UNION ALL
+               SELECT job_type, 0, 0, count(*), NULL
+               FROM apalis.jobs WHERE status = 'Running' OR status = 'Queued' GROUP BY job_type
+           ) open
+           GROUP BY queue"#)
+    };
+}
+
 pub async fn depths(pool: &sqlx::PgPool) -> Result<Vec<QueueDepth>, sqlx::Error> {
-    let rows = sqlx::query!(
-        r#"SELECT job_type AS "queue!",
-                  count(*) FILTER (WHERE status = 'Pending' AND run_at <= now()) AS "pending!",
-                  count(*) FILTER (WHERE status = 'Pending' AND run_at > now()) AS "scheduled!",
-                  count(*) FILTER (WHERE status IN ('Queued', 'Running')) AS "running!",
-                  COALESCE(EXTRACT(EPOCH FROM now() - min(run_at) FILTER (WHERE status = 'Pending' AND run_at <= now()))::float8, 0) AS "oldest!"
-           FROM apalis.jobs
-           WHERE status IN ('Pending', 'Queued', 'Running')
-           GROUP BY job_type"#
-    )
-    .fetch_all(pool)
-    .await?;
+    let rows = depths_query!().fetch_all(pool).await?;
     Ok(rows
         .into_iter()
         .map(|r| QueueDepth {
@@ -285,6 +299,12 @@ pub async fn depths(pool: &sqlx::PgPool) -> Result<Vec<QueueDepth>, sqlx::Error>
             oldest_due_secs: r.oldest,
         })
         .collect())
+}
+
+/// The statement [`depths`] runs, for tests of its plan.
+pub fn depths_sql() -> String {
+    use sqlx::Execute;
+    depths_query!().sql().as_str().to_owned()
 }
 
 /// Jobs that ended failed or killed within the last `window`, per queue.

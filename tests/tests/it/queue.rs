@@ -125,3 +125,73 @@ async fn the_batched_inbound_push_writes_what_schedule_writes_and_apalis_fetches
         }
     }
 }
+
+/// Queue depths (`/metrics`, the console's health page) read only open jobs: however many
+/// finished jobs the table keeps, the plan uses the partial indexes of waiting and in-flight
+/// jobs, and the counts are right.
+#[tokio::test]
+async fn queue_depths_read_only_open_jobs() {
+    let db = pg::fresh_db().await;
+    let pool = &db.pool;
+    sqlx::query(
+        "INSERT INTO apalis.workers (id, worker_type, storage_name, layers, last_seen)
+         VALUES ('w-depths', 'route', 'PgStorage', '', now())",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+    // 50,000 finished jobs, then the open ones: 3 due and 2 scheduled route jobs, one send
+    // running and one fetched.
+    sqlx::query(
+        "INSERT INTO apalis.jobs (job, id, job_type, status, attempts, run_at, lock_by, done_at)
+         SELECT '\\x00', 'done-' || g, CASE WHEN g % 2 = 0 THEN 'route' ELSE 'outbound-send' END,
+                'Done', 1, now() - interval '1 hour', 'w-depths', now() - interval '1 hour'
+         FROM generate_series(1, 50000) g",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO apalis.jobs (job, id, job_type, status, run_at, lock_by) VALUES
+           ('\\x00', 'due-1', 'route', 'Pending', now() - interval '10 s', NULL),
+           ('\\x00', 'due-2', 'route', 'Pending', now(), NULL),
+           ('\\x00', 'due-3', 'route', 'Pending', now(), NULL),
+           ('\\x00', 'later-1', 'route', 'Pending', now() + interval '1 hour', NULL),
+           ('\\x00', 'later-2', 'route', 'Pending', now() + interval '1 hour', NULL),
+           ('\\x00', 'running-1', 'outbound-send', 'Running', now(), 'w-depths'),
+           ('\\x00', 'queued-1', 'outbound-send', 'Queued', now(), 'w-depths')",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+    sqlx::query("VACUUM ANALYZE apalis.jobs")
+        .execute(pool)
+        .await
+        .unwrap();
+    let mut depths = jobs::depths(pool).await.unwrap();
+    depths.sort_by(|a, b| a.queue.cmp(&b.queue));
+    let counts: Vec<(&str, i64, i64, i64)> = depths
+        .iter()
+        .map(|d| (d.queue.as_str(), d.pending, d.scheduled, d.running))
+        .collect();
+    assert_eq!(
+        counts,
+        [("outbound-send", 0, 0, 2), ("route", 3, 2, 0)],
+        "{depths:?}"
+    );
+    let route = depths.iter().find(|d| d.queue == "route").unwrap();
+    assert!(route.oldest_due_secs >= 10.0, "{route:?}");
+    // The plan (the statement has no parameters: every execution plans alike).
+    let sql = jobs::depths_sql();
+    let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN {sql}")))
+        .fetch_all(pool)
+        .await
+        .unwrap();
+    let plan = plan.join("\n");
+    assert!(!plan.contains("Seq Scan"), "{plan}");
+    assert!(
+        plan.contains("idx_apalis_jobs_fetch_partial")
+            && plan.contains("apalis_jobs_in_flight_idx"),
+        "{plan}"
+    );
+}
