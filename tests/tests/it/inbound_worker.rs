@@ -107,11 +107,15 @@ async fn monitor_lookup_tries_variants_and_remembers_the_tenant() {
     assert_eq!(profile.phone_numbers, serde_json::json!(["+15552220042"]));
     assert_eq!(profile.language_preference.as_deref(), Some("es"));
 
-    // A second message from the same number is answered from the cache: no new lookup.
+    // A second message from the same number needs no new lookup: it is answered from the cache,
+    // or from the directory when the change feed (every second) has meanwhile dropped the cached
+    // entry, since the first message's profile write is a directory change (a race the test lost
+    // in one full-suite run when it asserted a cache hit).
     app.inbound("+15552220042", "Gracias").await;
     app.drain(jobs::INBOUND).await;
     assert_eq!(monitor.stats().lookups, 2);
-    assert!(deps.tenants.stats().hits >= 1);
+    let cache = deps.tenants.stats();
+    assert_eq!(cache.monitor_found, 1, "{cache:?}");
     assert_eq!(
         count(&app, "SELECT count(*) FROM sms_conversations").await,
         1
