@@ -331,12 +331,7 @@ async fn wait(
     priority: i16,
 ) -> anyhow::Result<Outcome> {
     let mut conn = deps.pool.acquire().await?;
-    jobs::schedule(
-        &mut conn,
-        &[job],
-        When::after(after).with_priority(priority),
-    )
-    .await?;
+    schedule_again(&mut conn, job, after, priority).await?;
     tracing::warn!("send outcome unknown; waiting for a status callback before any new attempt");
     Ok(Outcome::WaitingForUnknownOutcome)
 }
@@ -483,12 +478,7 @@ async fn gated(
 ) -> anyhow::Result<Outcome> {
     let mut conn = deps.pool.acquire().await?;
     let again = SendMessage { slot: None, ..job };
-    jobs::schedule(
-        &mut conn,
-        &[again],
-        When::after(after).with_priority(priority),
-    )
-    .await?;
+    schedule_again(&mut conn, again, after, priority).await?;
     tracing::info!(
         retry_in_ms = after.as_millis() as u64,
         "Twilio is refusing sends for now; this one waits for the gate"
