@@ -105,6 +105,7 @@ impl ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(err: sqlx::Error) -> Self {
+        shared::pool_mode::observe(&err);
         // Postgres refuses U+0000 in text (22021) and in JSON (22P05): the client's text, so a
         // 400 for every field and path at once; the transaction is rolled back.
         if let sqlx::Error::Database(db) = &err

@@ -148,6 +148,7 @@ async fn write_batch<R: Rows, G>(
     let inserted = match insert::<R, G>(pool, batch, &first, rx_guard).await {
         Ok(rows) => rows,
         Err(err) => {
+            shared::pool_mode::observe(&err);
             let err = if shared::db::is_unavailable(&err) {
                 StoreError::Unavailable
             } else {

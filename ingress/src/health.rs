@@ -133,7 +133,10 @@ async fn readiness(state: &AppState) -> (StatusCode, Json<Readiness>) {
             checks: ReadinessChecks {
                 database: db.as_ref().map_or_else(Fault::kind, |()| "ok"),
                 database_reason: db.err().map(|f| f.reason().to_owned()),
-                database_pool_mode: state.cfg.common.database_pool_mode.as_str(),
+                database_pool_mode: shared::pool_mode::effective(
+                    state.cfg.common.database_pool_mode,
+                )
+                .as_str(),
                 monitor,
                 shutdown: if draining { "draining" } else { "running" },
             },
@@ -151,7 +154,10 @@ async fn probe_database(state: &AppState) -> Result<(), Fault> {
     .await
     {
         Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(Fault::of(&e)),
+        Ok(Err(e)) => {
+            shared::pool_mode::observe(&e);
+            Err(Fault::of(&e))
+        }
         Err(_) => Err(Fault::Unreachable(format!(
             "no answer within {} ms",
             PROBE_TIMEOUT.as_millis()

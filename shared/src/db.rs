@@ -7,7 +7,10 @@ use sqlx::{
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 
-use crate::config::{Common, PoolMode};
+use crate::{
+    config::{Common, PoolMode},
+    pool_mode,
+};
 
 /// Serialises migration runs across replicas (any constant; "sms-migrate" in ASCII).
 const MIGRATION_LOCK: i64 = 0x0073_6d73_2d6d_6967;
@@ -20,14 +23,29 @@ pub fn lazy_pool(common: &Common) -> Result<PgPool, sqlx::Error> {
 
 /// [`lazy_pool`] with `connections` connections at most.
 pub fn lazy_pool_of(common: &Common, connections: u32) -> Result<PgPool, sqlx::Error> {
-    Ok(PgPoolOptions::new()
+    let mode = pool_mode::effective(common.database_pool_mode);
+    let options = PgPoolOptions::new()
         .max_connections(connections.max(1))
         .acquire_timeout(common.database_acquire_timeout)
-        .idle_timeout(Duration::from_secs(300))
-        .connect_lazy_with(connect_options(
-            common.database_url.expose(),
-            common.database_pool_mode,
-        )?))
+        .idle_timeout(Duration::from_secs(300));
+    let switchable = mode == PoolMode::Session && pool_mode::watching();
+    let pool = switchable_if(options, switchable)
+        .connect_lazy_with(connect_options(common.database_url.expose(), mode)?);
+    if switchable {
+        pool_mode::register(&pool, false);
+    }
+    Ok(pool)
+}
+
+/// With `switchable`, connections opened before a switch to transaction mode (pool_mode.rs) are
+/// closed instead of used.
+fn switchable_if(options: PgPoolOptions, switchable: bool) -> PgPoolOptions {
+    if !switchable {
+        return options;
+    }
+    options.before_acquire(|_, meta| {
+        Box::pin(async move { Ok(!pool_mode::predates_switch(meta.age)) })
+    })
 }
 
 /// A pool whose connections keep their session, for LISTEN: over `DATABASE_SESSION_URL`, else
@@ -35,17 +53,24 @@ pub fn lazy_pool_of(common: &Common, connections: u32) -> Result<PgPool, sqlx::E
 /// (the workers poll). Always a pool of its own: a listener holds its connection for good, and
 /// taking it from the handlers' pool would shrink their budget unseen.
 pub fn session_pool(common: &Common, connections: u32) -> Result<Option<PgPool>, sqlx::Error> {
-    let url = match (&common.database_session_url, common.database_pool_mode) {
+    let mode = pool_mode::effective(common.database_pool_mode);
+    let url = match (&common.database_session_url, mode) {
         (Some(url), _) => url.expose(),
         (None, PoolMode::Session) => common.database_url.expose(),
         (None, PoolMode::Transaction) => return Ok(None),
     };
-    Ok(Some(
-        PgPoolOptions::new()
-            .max_connections(connections.max(1))
-            .acquire_timeout(common.database_acquire_timeout)
-            .connect_lazy_with(connect_options(url, PoolMode::Session)?),
-    ))
+    // Listening on DATABASE_URL while its pooling is only assumed: closed if it proves a
+    // transaction pooler.
+    let switchable = common.database_session_url.is_none() && pool_mode::watching();
+    let options = PgPoolOptions::new()
+        .max_connections(connections.max(1))
+        .acquire_timeout(common.database_acquire_timeout);
+    let pool = switchable_if(options, switchable)
+        .connect_lazy_with(connect_options(url, PoolMode::Session)?);
+    if switchable {
+        pool_mode::register(&pool, true);
+    }
+    Ok(Some(pool))
 }
 
 /// The options every connection of ours uses.
@@ -94,14 +119,19 @@ pub async fn detect_pool_mode(url: &str) -> Result<PoolMode, sqlx::Error> {
 
 /// Settles `DATABASE_POOL_MODE` when it was not given: probes the database (within 5 s) and
 /// runs in transaction mode when a transaction pooler answers, saying once which setting would
-/// make that explicit. When the database cannot be probed, session mode stays assumed (the
-/// readiness check names a transaction pooler if statements later fail as behind one).
+/// make that explicit. Otherwise (sessions found, or no answer) session mode is assumed and
+/// watched: failures that a transaction pooler would cause make the process probe again and
+/// switch at run time (pool_mode.rs). Call before building pools.
 pub async fn settle_pool_mode(common: &mut Common) {
     if common.database_pool_mode_known {
         return;
     }
     let probe = detect_pool_mode(common.database_url.expose());
-    match tokio::time::timeout(Duration::from_secs(5), probe).await {
+    let found = tokio::time::timeout(Duration::from_secs(5), probe).await;
+    if !matches!(found, Ok(Ok(PoolMode::Transaction))) {
+        pool_mode::watch(common.database_url.expose());
+    }
+    match found {
         Ok(Ok(PoolMode::Transaction)) => {
             common.database_pool_mode = PoolMode::Transaction;
             tracing::warn!(

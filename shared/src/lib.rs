@@ -12,6 +12,7 @@ pub mod monitor;
 pub mod optout;
 pub mod outbound;
 pub mod phone;
+pub mod pool_mode;
 pub mod quiet_hours;
 pub mod retry;
 pub mod routing;

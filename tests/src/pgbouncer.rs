@@ -102,6 +102,34 @@ impl PgBouncer {
         Err(format!("could not start PgBouncer: {last_err}"))
     }
 
+    /// Stops PgBouncer for now (its port then refuses connections); [`PgBouncer::resume`] starts
+    /// it again on the same port. Blocking.
+    pub fn pause(&self) {
+        self.stop();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while (pid(&self.dir).is_some()
+            || std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok())
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts a paused PgBouncer again, same port and settings. Blocking.
+    pub fn resume(&self) -> Result<(), String> {
+        let start = pg::pg_command(&pg::os(&[
+            &binary()?,
+            &"-d",
+            &self.dir.join("pgbouncer.ini"),
+        ]));
+        pg::run(start, "pgbouncer -d")?;
+        if self.wait_listening(Duration::from_secs(10)) {
+            Ok(())
+        } else {
+            Err(format!("not listening again: {}", self.log_tail()))
+        }
+    }
+
     /// A URL of database `db` through this PgBouncer.
     pub fn url(&self, db: &str) -> String {
         format!("postgres://{}@127.0.0.1:{}/{db}", self.user, self.port)

@@ -89,7 +89,12 @@ async fn guarded<T: Retried + Send + 'static>(
     let (result, answer) = match tokio::spawn(fut.in_current_span()).await {
         Ok(Ok(outcome)) if outcome.retried() => (JobResult::Retried, Ok(())),
         Ok(Ok(_)) => (JobResult::Done, Ok(())),
-        Ok(Err(e)) => (JobResult::Failed, Err(e.into())),
+        Ok(Err(e)) => {
+            if let Some(db) = e.chain().find_map(|c| c.downcast_ref::<sqlx::Error>()) {
+                shared::pool_mode::observe(db);
+            }
+            (JobResult::Failed, Err(e.into()))
+        }
         Err(e) if e.is_panic() => (JobResult::Failed, Err("handler panicked".into())),
         Err(e) => (
             JobResult::Failed,
@@ -224,6 +229,7 @@ where
         let pubsub = deps
             .listen_pool
             .as_ref()
+            .filter(|_| !shared::pool_mode::switched())
             .map(|pool| apalis_postgres::Pubsub::new(pool.clone(), queue.to_owned()));
         let interval = wakeups::safety_interval(settings.poll_interval, pubsub.is_some());
         let strategy = Wakeups::new(pubsub, interval);
@@ -250,8 +256,13 @@ where
             break;
         }
         match result {
-            Ok(()) => tracing::warn!(queue, worker = %name, "worker stopped; restarting"),
+            Ok(()) => {
+                shared::pool_mode::suspect();
+                tracing::warn!(queue, worker = %name, "worker stopped; restarting")
+            }
             Err(e) => {
+                // Its error is apalis's: whether a pooler caused it, a probe tells.
+                shared::pool_mode::suspect();
                 tracing::error!(queue, worker = %name, error = %e, "worker failed; restarting")
             }
         }

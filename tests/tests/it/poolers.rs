@@ -182,12 +182,19 @@ async fn a_commit_whose_answer_is_lost_is_503_and_the_retry_applies_it_once() {
     assert!(first.headers().contains_key("retry-after"));
     let body: Value = first.json().await.unwrap();
     assert_eq!(body["code"], "commit_unknown", "{body}");
-    let stored: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM sms_messages WHERE direction = 'outbound'")
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
-    assert_eq!(stored, 1, "the server did commit");
+    // The server reads the COMMIT before the closed socket, but may finish it after our 503
+    // arrived: a moment under load.
+    wait_until(Duration::from_secs(10), || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM sms_messages WHERE direction = 'outbound'",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+            == 1
+    })
+    .await
+    .expect("the server did commit");
 
     let retry = send().await.unwrap();
     assert_eq!(retry.status(), 202);

@@ -145,6 +145,12 @@ impl PgConnection {
                 pending_ready_for_query_count: 0,
                 next_statement_id: StatementId::NAMED_START,
                 cache_statement: StatementCache::new(options.statement_cache_capacity),
+                // sms-foundation patch: as many descriptions as sqlx's default statement cache
+                cache_description: StatementCache::new(if options.statement_cache_capacity == 0 {
+                    100
+                } else {
+                    0
+                }),
                 cache_type_oid: HashMap::new(),
                 cache_type_info: HashMap::new(),
                 cache_elem_type_to_array: HashMap::new(),

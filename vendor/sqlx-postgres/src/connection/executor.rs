@@ -11,6 +11,8 @@ use crate::{
     statement::PgStatement, PgArguments, PgConnection, PgQueryResult, PgRow, PgTypeInfo,
     PgValueFormat, Postgres,
 };
+#[cfg(feature = "offline")]
+use crate::message::TransactionStatus;
 use futures_core::future::BoxFuture;
 use futures_core::stream::BoxStream;
 use futures_core::Stream;
@@ -27,12 +29,8 @@ async fn prepare(
     metadata: Option<Arc<PgStatementMetadata>>,
     persistent: bool,
     resolve_column_origin: bool,
-    execute_next: bool,
 ) -> Result<(StatementId, Arc<PgStatementMetadata>), Error> {
-    // sms-foundation patch (vendor/README.md): with the statement cache disabled, a named
-    // statement would never be closed (and collides on a pooler's shared server connections), so
-    // it is unnamed.
-    let id = if persistent && conn.inner.cache_statement.is_enabled() {
+    let id = if persistent {
         let id = conn.inner.next_statement_id;
         conn.inner.next_statement_id = id.next();
         id
@@ -62,52 +60,30 @@ async fn prepare(
             .write_msg(message::Describe::Statement(id))?;
     }
 
-    // sms-foundation patch (vendor/README.md): an unnamed statement that is executed next is
-    // parsed under a Flush, not a Sync, so Parse, Bind and Execute form one extended-query sequence.
-    // A Sync here ends it: a transaction pooler then hands the server connection (and the unnamed
-    // statement with it) to another client before our Bind arrives.
-    let pipelined = id == StatementId::UNNAMED && execute_next;
-
     // we ask for the server to immediately send us the result of the PARSE command
-    if pipelined {
-        conn.inner.stream.write_msg(message::Flush)?;
-    } else {
-        conn.write_sync();
-    }
+    conn.write_sync();
     conn.inner.stream.flush().await?;
 
-    let described = recv_parsed(conn, metadata.is_none()).await;
-    if pipelined {
-        if described.is_err() {
-            // After an error the server skips everything up to a Sync: end the sequence so the
-            // next query's `wait_until_ready` finds the connection usable.
-            conn.write_sync();
-        }
-    } else if described.is_ok() {
-        // each SYNC produces one READY FOR QUERY
-        conn.recv_ready_for_query().await?;
-    }
+    // indicates that the SQL query string is now successfully parsed and has semantic validity
+    conn.inner.stream.recv_expect::<ParseComplete>().await?;
 
     let metadata = if let Some(metadata) = metadata {
-        described?;
+        // each SYNC produces one READY FOR QUERY
+        conn.recv_ready_for_query().await?;
 
         // we already have metadata
         metadata
     } else {
-        let (parameters, row_desc) = described?.expect("described when no metadata was given");
+        let parameters = recv_desc_params(conn).await?;
 
-        // Mid-sequence (pipelined) no other query may be sent: unknown types stay declared by OID.
-        let metadata = if pipelined {
-            conn.resolve_statement_metadata::<false>(Some(parameters), row_desc, false)
-                .await?
-        } else {
-            conn.resolve_statement_metadata::<true>(
-                Some(parameters),
-                row_desc,
-                resolve_column_origin,
-            )
-            .await?
-        };
+        let row_desc = recv_desc_rows(conn).await?;
+
+        // each SYNC produces one READY FOR QUERY
+        conn.recv_ready_for_query().await?;
+
+        let metadata = conn
+            .resolve_statement_metadata::<true>(Some(parameters), row_desc, resolve_column_origin)
+            .await?;
 
         // ensure that if we did fetch custom data, we wait until we are fully ready before
         // continuing
@@ -117,21 +93,6 @@ async fn prepare(
     };
 
     Ok((id, metadata))
-}
-
-/// ParseComplete, then (when `describe`) the statement's parameter and row descriptions.
-async fn recv_parsed(
-    conn: &mut PgConnection,
-    describe: bool,
-) -> Result<Option<(ParameterDescription, Option<RowDescription>)>, Error> {
-    // indicates that the SQL query string is now successfully parsed and has semantic validity
-    conn.inner.stream.recv_expect::<ParseComplete>().await?;
-    if !describe {
-        return Ok(None);
-    }
-    let parameters = recv_desc_params(conn).await?;
-    let row_desc = recv_desc_rows(conn).await?;
-    Ok(Some((parameters, row_desc)))
 }
 
 async fn recv_desc_params(conn: &mut PgConnection) -> Result<ParameterDescription, Error> {
@@ -207,7 +168,6 @@ impl PgConnection {
         // a statement object
         metadata: Option<Arc<PgStatementMetadata>>,
         resolve_column_origin: bool,
-        execute_next: bool,
     ) -> Result<(StatementId, Arc<PgStatementMetadata>), Error> {
         if let Some(statement) = self.inner.cache_statement.get_mut(sql) {
             return Ok((*statement).clone());
@@ -220,7 +180,6 @@ impl PgConnection {
             metadata,
             persistent,
             resolve_column_origin,
-            execute_next,
         )
         .await?;
 
@@ -239,6 +198,27 @@ impl PgConnection {
         Ok(statement)
     }
 
+    /// sms-foundation patch (vendor/README.md): the description of an unnamed statement, asked
+    /// of the server once per SQL and parameter types (Parse, Describe, Sync, then any type
+    /// lookups it needs, all before the statement's own sequence) and kept in a cache of its own.
+    async fn describe_unnamed(
+        &mut self,
+        sql: &str,
+        arg_types: &[PgTypeInfo],
+    ) -> Result<Arc<PgStatementMetadata>, Error> {
+        let declared = self.resolve_types(arg_types).await?;
+        if let Some((types, metadata)) = self.inner.cache_description.get_mut(sql) {
+            if *types == declared {
+                return Ok(Arc::clone(metadata));
+            }
+        }
+        let (_, metadata) = prepare(self, sql, arg_types, None, false, false).await?;
+        self.inner
+            .cache_description
+            .insert(sql, (declared, Arc::clone(&metadata)));
+        Ok(metadata)
+    }
+
     pub(crate) async fn run<'e, 'c: 'e, 'q: 'e>(
         &'c mut self,
         query: SqlStr,
@@ -253,9 +233,8 @@ impl PgConnection {
         self.wait_until_ready().await?;
 
         let mut metadata: Arc<PgStatementMetadata>;
-        // Some: a one-round-trip statement whose ParseComplete (and description, when no metadata
-        // was given) comes first in the answer.
-        let mut one_trip_metadata: Option<Option<Arc<PgStatementMetadata>>> = None;
+        // sms-foundation patch: rows decoded with a cached description (see `describe_unnamed`)
+        let mut one_sequence = false;
 
         let format = if let Some(mut arguments) = arguments {
             // Check this before we write anything to the stream.
@@ -271,38 +250,11 @@ impl PgConnection {
                 )
             })?;
 
-            // sms-foundation patch (vendor/README.md): with the statement cache off, the unnamed
-            // statement is parsed, described, bound and executed in one round trip when every
-            // parameter type is known here (the server then reports exactly these types).
-            let one_trip = if self.inner.cache_statement.is_enabled() {
-                None
-            } else {
-                let oids = self.resolve_types(&arguments.types).await?;
-                oids.iter().all(|oid| oid.0 != 0).then_some(oids)
-            };
-
-            let statement = if let Some(param_types) = one_trip {
-                let types = arguments.types.clone();
-                arguments.apply_patches(self, &types).await?;
-                self.wait_until_ready().await?;
-                self.inner.stream.write_msg(Parse {
-                    param_types: &param_types,
-                    query: sql,
-                    statement: StatementId::UNNAMED,
-                })?;
-                if metadata_opt.is_none() {
-                    self.inner
-                        .stream
-                        .write_msg(message::Describe::Statement(StatementId::UNNAMED))?;
-                }
-                metadata = Arc::new(PgStatementMetadata::default());
-                one_trip_metadata = Some(metadata_opt);
-                StatementId::UNNAMED
-            } else {
+            let statement = if self.inner.cache_statement.is_enabled() {
                 // prepare the statement if this our first time executing it
                 // always return the statement ID here
                 let (statement, metadata_) = self
-                    .get_or_prepare(sql, &arguments.types, persistent, metadata_opt, false, true)
+                    .get_or_prepare(sql, &arguments.types, persistent, metadata_opt, false)
                     .await?;
 
                 metadata = metadata_;
@@ -313,6 +265,28 @@ impl PgConnection {
                 // consume messages till `ReadyForQuery` before bind and execute
                 self.wait_until_ready().await?;
                 statement
+            } else {
+                // sms-foundation patch (vendor/README.md): with the statement cache off, the
+                // statement is unnamed and Parse, Bind, Execute and Sync go in one sequence, so a
+                // transaction pooler keeps us on one server connection from Parse to Sync.
+                metadata = match metadata_opt {
+                    Some(metadata) => metadata,
+                    None => self.describe_unnamed(sql, &arguments.types).await?,
+                };
+                one_sequence = true;
+
+                // patch holes created during encoding
+                arguments.apply_patches(self, &metadata.parameters).await?;
+
+                // the types the server described, so the Parse means what was described
+                let param_types = self.resolve_types(&metadata.parameters).await?;
+                self.wait_until_ready().await?;
+                self.inner.stream.write_msg(Parse {
+                    param_types: &param_types,
+                    query: sql,
+                    statement: StatementId::UNNAMED,
+                })?;
+                StatementId::UNNAMED
             };
 
             // bind to attach the arguments to the statement and create a portal
@@ -367,20 +341,6 @@ impl PgConnection {
         };
 
         self.inner.stream.flush().await?;
-
-        if let Some(given) = one_trip_metadata {
-            // On an error the server skips to our Sync; its ReadyForQuery is still pending and
-            // the next query's `wait_until_ready` consumes it.
-            let described = recv_parsed(self, given.is_none()).await?;
-            metadata = match (given, described) {
-                (Some(given), _) => given,
-                (None, Some((parameters, row_desc))) => {
-                    self.resolve_statement_metadata::<false>(Some(parameters), row_desc, false)
-                        .await?
-                }
-                (None, None) => unreachable!("a description was asked for"),
-            };
-        }
 
         Ok(try_stream! {
             loop {
@@ -437,6 +397,16 @@ impl PgConnection {
 
                         // one of the set of rows returned by a SELECT, FETCH, etc query
                         let data: DataRow = message.decode()?;
+                        if one_sequence && data.values.len() != metadata.columns.len() {
+                            // sms-foundation patch: the statement's shape changed since it was
+                            // described (a migration); describe afresh on the next execution.
+                            self.inner.cache_description.clear();
+                            return Err(err_protocol!(
+                                "execute: a row of {} columns for a statement described with {}",
+                                data.values.len(),
+                                metadata.columns.len()
+                            ));
+                        }
                         let row = PgRow {
                             data,
                             format,
@@ -542,8 +512,12 @@ impl<'c> Executor<'c> for &'c mut PgConnection {
         Box::pin(async move {
             self.wait_until_ready().await?;
 
+            // sms-foundation patch: with the statement cache off, nothing would close a named
+            // statement (and behind a transaction pooler it would sit on a server connection
+            // other clients share), so only its description is kept; `run` parses it unnamed.
+            let persistent = self.inner.cache_statement.is_enabled();
             let (_, metadata) = self
-                .get_or_prepare(sql.as_str(), parameters, true, None, true, false)
+                .get_or_prepare(sql.as_str(), parameters, persistent, None, true)
                 .await?;
 
             Ok(PgStatement { sql, metadata })
@@ -561,17 +535,43 @@ impl<'c> Executor<'c> for &'c mut PgConnection {
         Box::pin(async move {
             self.wait_until_ready().await?;
 
-            let (stmt_id, metadata) = self
-                .get_or_prepare(sql.as_str(), &[], true, None, true, false)
-                .await?;
+            // sms-foundation patch: with the statement cache off, the named statement that
+            // EXPLAIN needs is closed afterwards, and prepared, explained and closed inside one
+            // transaction so that a transaction pooler keeps it on one server connection.
+            let cache_off = !self.inner.cache_statement.is_enabled();
+            let own_transaction =
+                cache_off && matches!(self.inner.transaction_status, TransactionStatus::Idle);
+            if own_transaction {
+                self.queue_simple_query("BEGIN READ ONLY")?;
+                self.wait_until_ready().await?;
+            }
 
-            let nullable = self.get_nullable_for_columns(stmt_id, &metadata).await?;
+            let described = async {
+                let (stmt_id, metadata) = self
+                    .get_or_prepare(sql.as_str(), &[], true, None, true)
+                    .await?;
 
-            Ok(crate::describe::Describe {
-                columns: metadata.columns.clone(),
-                nullable,
-                parameters: Some(Either::Left(metadata.parameters.clone())),
-            })
+                let nullable = self.get_nullable_for_columns(stmt_id, &metadata).await;
+                if cache_off {
+                    self.inner.stream.write_msg(Close::Statement(stmt_id))?;
+                    self.write_sync();
+                    self.inner.stream.flush().await?;
+                    self.wait_until_ready().await?;
+                }
+
+                Ok(crate::describe::Describe {
+                    columns: metadata.columns.clone(),
+                    nullable: nullable?,
+                    parameters: Some(Either::Left(metadata.parameters.clone())),
+                })
+            }
+            .await;
+
+            if own_transaction {
+                self.queue_simple_query("ROLLBACK")?;
+                self.wait_until_ready().await?;
+            }
+            described
         })
     }
 }

@@ -62,6 +62,10 @@ pub struct PgConnectionInner {
     // cache statement by query string to the id and columns
     cache_statement: StatementCache<(StatementId, Arc<PgStatementMetadata>)>,
 
+    // sms-foundation patch (vendor/README.md): with the statement cache off, the descriptions
+    // of unnamed statements by query string, with the parameter types they were described for
+    pub(crate) cache_description: StatementCache<(Vec<Oid>, Arc<PgStatementMetadata>)>,
+
     // cache user-defined types by id <-> info
     cache_type_info: HashMap<Oid, PgTypeInfo>,
     cache_type_oid: HashMap<UStr, Oid>,
@@ -209,6 +213,7 @@ impl Connection for PgConnection {
 
     async fn clear_cached_statements(&mut self) -> Result<(), Error> {
         self.inner.cache_type_oid.clear();
+        self.inner.cache_description.clear();
 
         let mut cleared = 0_usize;
 
