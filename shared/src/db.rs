@@ -49,15 +49,17 @@ fn switchable_if(options: PgPoolOptions, switchable: bool) -> PgPoolOptions {
 }
 
 /// A pool whose connections keep their session, for LISTEN: over `DATABASE_SESSION_URL`, else
-/// over `DATABASE_URL` when that is not behind a transaction pooler. `None`: nothing may listen
-/// (the workers poll). Always a pool of its own: a listener holds its connection for good, and
+/// over `DATABASE_URL` when that is known not to be behind a transaction pooler (configured, or
+/// found by the start-up probe). `None`: nothing may listen (the workers poll). Always a pool of its own: a listener holds its connection for good, and
 /// taking it from the handlers' pool would shrink their budget unseen.
 pub fn session_pool(common: &Common, connections: u32) -> Result<Option<PgPool>, sqlx::Error> {
     let mode = pool_mode::effective(common.database_pool_mode);
     let url = match (&common.database_session_url, mode) {
         (Some(url), _) => url.expose(),
-        (None, PoolMode::Session) => common.database_url.expose(),
-        (None, PoolMode::Transaction) => return Ok(None),
+        (None, PoolMode::Session) if pool_mode::may_listen_on_database_url() => {
+            common.database_url.expose()
+        }
+        (None, _) => return Ok(None),
     };
     // Listening on DATABASE_URL while its pooling is only assumed: closed if it proves a
     // transaction pooler.
@@ -129,7 +131,8 @@ pub async fn settle_pool_mode(common: &mut Common) {
     let probe = detect_pool_mode(common.database_url.expose());
     let found = tokio::time::timeout(Duration::from_secs(5), probe).await;
     if !matches!(found, Ok(Ok(PoolMode::Transaction))) {
-        pool_mode::watch(common.database_url.expose());
+        let found_sessions = matches!(found, Ok(Ok(PoolMode::Session)));
+        pool_mode::watch(common.database_url.expose(), found_sessions);
     }
     match found {
         Ok(Ok(PoolMode::Transaction)) => {
@@ -143,10 +146,10 @@ pub async fn settle_pool_mode(common: &mut Common) {
         }
         Ok(Err(e)) => tracing::warn!(
             error = %Fault::of(&e).kind(),
-            "could not probe how DATABASE_URL pools; assuming sessions (set DATABASE_POOL_MODE to say)"
+            "could not probe how DATABASE_URL pools; assuming sessions, watched, and no LISTEN on it (set DATABASE_POOL_MODE to say)"
         ),
         Err(_) => tracing::warn!(
-            "no answer from DATABASE_URL within 5 s to probe how it pools; assuming sessions (set DATABASE_POOL_MODE to say)"
+            "no answer from DATABASE_URL within 5 s to probe how it pools (could not probe); assuming sessions, watched, and no LISTEN on it (set DATABASE_POOL_MODE to say)"
         ),
     }
 }

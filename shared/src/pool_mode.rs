@@ -33,6 +33,8 @@ static SWITCHED: OnceLock<Instant> = OnceLock::new();
 
 struct Watch {
     url: String,
+    /// The start-up probe found sessions (rather than having no answer).
+    found_sessions: bool,
     probing: AtomicBool,
     last_probe: Mutex<Option<Instant>>,
     /// Pools to switch, and whether each is a listening (session) pool.
@@ -70,10 +72,12 @@ pub fn evidence(err: &sqlx::Error) -> Evidence {
     }
 }
 
-/// The mode assumed at start-up: from now on failures are watched. Called by `settle_pool_mode`.
-pub(crate) fn watch(url: &str) {
+/// The mode assumed at start-up (`found_sessions`: the probe said so; else it had no answer):
+/// from now on failures are watched. Called by `settle_pool_mode`.
+pub(crate) fn watch(url: &str, found_sessions: bool) {
     let _ = WATCH.set(Watch {
         url: url.to_owned(),
+        found_sessions,
         probing: AtomicBool::new(false),
         last_probe: Mutex::new(None),
         pools: Mutex::new(Vec::new()),
@@ -83,6 +87,14 @@ pub(crate) fn watch(url: &str) {
 /// Whether the mode was assumed (so pools must be able to switch).
 pub(crate) fn watching() -> bool {
     WATCH.get().is_some()
+}
+
+/// Whether a worker may LISTEN on `DATABASE_URL` in session mode: not while its pooling is
+/// unknown. A LISTEN through a transaction pooler stays on the server connection after the client
+/// leaves (PgBouncer resets server connections only in session mode), and its notifications
+/// then reach other clients' statements (`unexpected message: NotificationResponse`) for good.
+pub fn may_listen_on_database_url() -> bool {
+    !switched() && WATCH.get().is_none_or(|w| w.found_sessions)
 }
 
 /// Whether transaction mode was found at run time.
