@@ -3,14 +3,16 @@
 # the PostgreSQL server of SERVER_URL, in $SMS_DATA_DIR/pgbouncer (default .data/pgbouncer) on
 # $SMS_PGBOUNCER_PORT (default 56432) with $SMS_PGBOUNCER_POOL server connections per database
 # (default 20), and prints its base URL (append /<database>). Nothing else is set: no
-# ignore_startup_parameters, no max_prepared_statements (1.18 has none).
+# ignore_startup_parameters, no max_prepared_statements (1.18 has none). PGBOUNCER_BIN runs another
+# build (e.g. 1.25); PGBOUNCER_MAX_PREPARED_STATEMENTS sets max_prepared_statements (1.21+).
 # Usage: scripts/pgbouncer-local.sh start SERVER_URL | stop
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 dir=${SMS_DATA_DIR:-$root/.data}/pgbouncer
 port=${SMS_PGBOUNCER_PORT:-56432}
 pool=${SMS_PGBOUNCER_POOL:-20}
-bin=$(command -v pgbouncer || echo /usr/sbin/pgbouncer)
+bin=${PGBOUNCER_BIN:-$(command -v pgbouncer || echo /usr/sbin/pgbouncer)}
+prepared=${PGBOUNCER_MAX_PREPARED_STATEMENTS:+max_prepared_statements = $PGBOUNCER_MAX_PREPARED_STATEMENTS}
 
 as_owner() {
   if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
@@ -44,6 +46,7 @@ default_pool_size = $pool
 max_client_conn = 2000
 logfile = $dir/pgbouncer.log
 pidfile = $dir/pgbouncer.pid
+$prepared
 INI
     [ "$(id -u)" = 0 ] && chown -R postgres "$dir"
     as_owner "$bin" -d "$dir/pgbouncer.ini"

@@ -132,10 +132,15 @@ pub struct Common {
 /// in session mode, Supabase's session pooler on 5432) or shares server connections between
 /// transactions (`Transaction`: PgBouncer in transaction mode, Supabase's pooler on 6543), which
 /// allows no prepared statement, LISTEN or session lock to outlive a transaction.
+///
+/// `TransactionNamed`: a transaction pooler that tracks protocol-level prepared statements
+/// (PgBouncer 1.21+ with `max_prepared_statements` > 0): sqlx's named, cached statements are kept,
+/// and still nothing relies on a session (no LISTEN, no session lock).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PoolMode {
     Session,
     Transaction,
+    TransactionNamed,
 }
 
 impl PoolMode {
@@ -148,9 +153,10 @@ impl PoolMode {
         {
             Some(v) if v == "session" => Ok((Self::Session, true)),
             Some(v) if v == "transaction" => Ok((Self::Transaction, true)),
+            Some(v) if v == "transaction-named" => Ok((Self::TransactionNamed, true)),
             Some(v) => Err(ConfigError::new(
                 "DATABASE_POOL_MODE",
-                format!("expected session or transaction, got {v:?}"),
+                format!("expected session, transaction or transaction-named, got {v:?}"),
             )),
             None => Ok(Self::from_url(database_url)),
         }
@@ -173,7 +179,14 @@ impl PoolMode {
         match self {
             Self::Session => "session",
             Self::Transaction => "transaction",
+            Self::TransactionNamed => "transaction-named",
         }
+    }
+
+    /// Whether client connections share server connections between transactions (so nothing may
+    /// rely on a session: LISTEN, session locks).
+    pub fn shares_server_connections(self) -> bool {
+        !matches!(self, Self::Session)
     }
 }
 

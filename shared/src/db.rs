@@ -28,7 +28,7 @@ pub fn lazy_pool_of(common: &Common, connections: u32) -> Result<PgPool, sqlx::E
         .max_connections(connections.max(1))
         .acquire_timeout(common.database_acquire_timeout)
         .idle_timeout(Duration::from_secs(300));
-    let switchable = mode == PoolMode::Session && pool_mode::watching();
+    let switchable = pool_mode::watching();
     let pool = switchable_if(options, switchable)
         .connect_lazy_with(connect_options(common.database_url.expose(), mode)?);
     if switchable {
@@ -85,7 +85,7 @@ pub fn session_pool(common: &Common, connections: u32) -> Result<Option<PgPool>,
 pub fn connect_options(url: &str, mode: PoolMode) -> Result<PgConnectOptions, sqlx::Error> {
     let options = PgConnectOptions::from_str(url)?.extra_float_digits(None);
     Ok(match mode {
-        PoolMode::Session => options,
+        PoolMode::Session | PoolMode::TransactionNamed => options,
         PoolMode::Transaction => options.statement_cache_capacity(0),
     })
 }
@@ -116,29 +116,65 @@ pub async fn detect_pool_mode(url: &str) -> Result<PoolMode, sqlx::Error> {
     }
     let _ = first.close().await;
     let _ = second.close().await;
+    if mode == PoolMode::Transaction && tracks_prepared_statements(url).await? {
+        mode = PoolMode::TransactionNamed;
+    }
     Ok(mode)
+}
+
+/// Whether the transaction pooler at `url` tracks named prepared statements (PgBouncer 1.21+
+/// with `max_prepared_statements`: it prepares them again on whichever server connection a
+/// client gets, under names of its own). Inside one transaction (one server connection), a
+/// statement sqlx prepares as `sqlx_s_N` is listed by the server under another name only then.
+/// The probe's statements are closed before the transaction ends, so an untracking pooler keeps
+/// none of them on its server connection.
+async fn tracks_prepared_statements(url: &str) -> Result<bool, sqlx::Error> {
+    use sqlx::{Connection, Executor, SqlSafeStr};
+    const PROBE: &str = "SELECT $1::int4 AS sms_pool_mode_probe";
+    let mut conn =
+        sqlx::PgConnection::connect_with(&connect_options(url, PoolMode::Session)?).await?;
+    let mut tx = conn.begin().await?;
+    (&mut *tx)
+        .prepare(sqlx::AssertSqlSafe(PROBE).into_sql_str())
+        .await?;
+    let names: Vec<String> =
+        sqlx::query_scalar("SELECT name FROM pg_prepared_statements WHERE statement = $1")
+            .bind(PROBE)
+            .fetch_all(&mut *tx)
+            .await?;
+    tx.clear_cached_statements().await?;
+    tx.rollback().await?;
+    let _ = conn.close().await;
+    Ok(!names.is_empty() && names.iter().all(|n| !n.starts_with("sqlx_s_")))
 }
 
 /// Settles `DATABASE_POOL_MODE` when it was not given: probes the database (within 5 s) and
 /// runs in transaction mode when a transaction pooler answers, saying once which setting would
-/// make that explicit. Otherwise (sessions found, or no answer) session mode is assumed and
-/// watched: failures that a transaction pooler would cause make the process probe again and
-/// switch at run time (pool_mode.rs). Call before building pools.
+/// make that explicit. Sessions found: session mode, watched for failures only a transaction
+/// pooler causes. No answer: transaction mode (correct behind anything) until a later probe
+/// answers (pool_mode.rs). Call before building pools.
 pub async fn settle_pool_mode(common: &mut Common) {
     if common.database_pool_mode_known {
         return;
     }
     let probe = detect_pool_mode(common.database_url.expose());
     let found = tokio::time::timeout(Duration::from_secs(5), probe).await;
-    if !matches!(found, Ok(Ok(PoolMode::Transaction))) {
-        let found_sessions = matches!(found, Ok(Ok(PoolMode::Session)));
-        pool_mode::watch(common.database_url.expose(), found_sessions);
+    match found {
+        Ok(Ok(PoolMode::Session)) => pool_mode::watch(common.database_url.expose(), true),
+        Ok(Ok(_)) => {}
+        // No answer: transaction mode is correct behind anything; asked again until answered.
+        Ok(Err(_)) | Err(_) => {
+            common.database_pool_mode = PoolMode::Transaction;
+            pool_mode::watch(common.database_url.expose(), false);
+        }
     }
     match found {
-        Ok(Ok(PoolMode::Transaction)) => {
-            common.database_pool_mode = PoolMode::Transaction;
+        Ok(Ok(mode @ (PoolMode::Transaction | PoolMode::TransactionNamed))) => {
+            common.database_pool_mode = mode;
+            let setting = mode.as_str();
             tracing::warn!(
-                "DATABASE_URL is a transaction pooler (detected): running in transaction mode; set DATABASE_POOL_MODE=transaction to say so"
+                setting,
+                "DATABASE_URL is a transaction pooler (detected): running in {setting} mode; set DATABASE_POOL_MODE={setting} to say so"
             );
         }
         Ok(Ok(PoolMode::Session)) => {
@@ -146,10 +182,10 @@ pub async fn settle_pool_mode(common: &mut Common) {
         }
         Ok(Err(e)) => tracing::warn!(
             error = %Fault::of(&e).kind(),
-            "could not probe how DATABASE_URL pools; assuming sessions, watched, and no LISTEN on it (set DATABASE_POOL_MODE to say)"
+            "could not probe how DATABASE_URL pools; transaction mode (correct behind anything) until a probe answers, no LISTEN on it (set DATABASE_POOL_MODE to say)"
         ),
         Err(_) => tracing::warn!(
-            "no answer from DATABASE_URL within 5 s to probe how it pools (could not probe); assuming sessions, watched, and no LISTEN on it (set DATABASE_POOL_MODE to say)"
+            "no answer from DATABASE_URL within 5 s to probe how it pools (could not probe); transaction mode (correct behind anything) until a probe answers, no LISTEN on it (set DATABASE_POOL_MODE to say)"
         ),
     }
 }

@@ -1,10 +1,17 @@
-//! How `DATABASE_URL` pools connections when `DATABASE_POOL_MODE` does not say, found again at
-//! run time. The start-up probe (`db::settle_pool_mode`) may have had no answer (the database or
-//! its pooler down) and assumed sessions; then the first database failures of this process make
-//! it ask again, and once a transaction pooler answers, every pool switches to transaction mode:
-//! new connections without the statement cache, connections made before the switch closed when
-//! next acquired, the listening pool closed (workers then poll). Logged once, with the setting
-//! that says so.
+//! How `DATABASE_URL` pools connections when `DATABASE_POOL_MODE` does not say, settled at run
+//! time when start-up could not tell (`db::settle_pool_mode`):
+//!
+//! - The start-up probe had no answer (the database or its pooler down): the process runs in
+//!   `transaction` mode, which is correct behind anything (unnamed statements, no LISTEN), and asks
+//!   again every few seconds until an answer comes; then it switches to what it found (named,
+//!   cached statements for Postgres itself, a session pooler, or a pooler that tracks them).
+//! - The probe found sessions: the process runs in `session` mode and watches its failures; one
+//!   that only a transaction pooler causes switches it to `transaction` at once, one that could be a
+//!   pooler's starts a probe.
+//!
+//! On a switch every registered pool takes the new connection options, connections opened before
+//! it are closed when next acquired, and a pool listening on `DATABASE_URL` is closed (workers then
+//! poll). Logged once, with the setting that says so.
 //!
 //! Process-wide on purpose: a process has one `DATABASE_URL`, and a fact about it learnt by one
 //! pool holds for all of them.
@@ -21,15 +28,20 @@ use sqlx::PgPool;
 
 use crate::config::PoolMode;
 
-/// At most one probe per this long, however many requests fail at once.
+/// At most one probe per this long, however many requests fail at once; and the period of the
+/// probes while start-up's question has no answer.
 const PROBE_EVERY: Duration = Duration::from_secs(5);
-/// A probe without an answer in this long is abandoned (the next failure may start another).
+/// A probe without an answer in this long is abandoned.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// sqlx's default statement cache, restored when a switch finds named statements usable.
+const STATEMENT_CACHE: usize = 100;
 
-/// Set when the mode was assumed at start-up: the URL to probe and the pools to switch.
+/// Set when the mode was not configured: the URL to probe and the pools to switch.
 static WATCH: OnceLock<Watch> = OnceLock::new();
-/// When transaction mode was found at run time.
-static SWITCHED: OnceLock<Instant> = OnceLock::new();
+/// When the mode was settled at run time, and to what.
+static SWITCHED: OnceLock<(Instant, PoolMode)> = OnceLock::new();
+/// A switch closed a pool listening on `DATABASE_URL`.
+static LISTENING_STOPPED: AtomicBool = AtomicBool::new(false);
 
 struct Watch {
     url: String,
@@ -60,8 +72,7 @@ pub fn evidence(err: &sqlx::Error) -> Evidence {
             // another client's server connection.
             "26000" | "42P05" => Evidence::TransactionPooler,
             // "bind message supplies 2 parameters, but prepared statement requires 3" (another
-            // client's statement of the same name), and other protocol violations.
-            "08P01" => Evidence::Probe,
+            // client's statement of the same name), other protocol violations, lost connections.
             code if code.starts_with("08") || code.starts_with("57P") => Evidence::Probe,
             _ => Evidence::Nothing,
         },
@@ -72,8 +83,9 @@ pub fn evidence(err: &sqlx::Error) -> Evidence {
     }
 }
 
-/// The mode assumed at start-up (`found_sessions`: the probe said so; else it had no answer):
-/// from now on failures are watched. Called by `settle_pool_mode`.
+/// The mode was not configured: from now on it is watched (`found_sessions`: the start-up probe
+/// said sessions; else it had no answer, and is asked again until it has). Called by
+/// `settle_pool_mode` before any pool is built.
 pub(crate) fn watch(url: &str, found_sessions: bool) {
     let _ = WATCH.set(Watch {
         url: url.to_owned(),
@@ -82,42 +94,50 @@ pub(crate) fn watch(url: &str, found_sessions: bool) {
         last_probe: Mutex::new(None),
         pools: Mutex::new(Vec::new()),
     });
+    if !found_sessions
+        && let (Some(watch), Ok(runtime)) = (WATCH.get(), tokio::runtime::Handle::try_current())
+    {
+        runtime.spawn(probe_until_answered(watch));
+    }
 }
 
-/// Whether the mode was assumed (so pools must be able to switch).
+/// Whether pools must be able to switch.
 pub(crate) fn watching() -> bool {
     WATCH.get().is_some()
 }
 
-/// Whether a worker may LISTEN on `DATABASE_URL` in session mode: not while its pooling is
-/// unknown. A LISTEN through a transaction pooler stays on the server connection after the client
-/// leaves (PgBouncer resets server connections only in session mode), and its notifications
-/// then reach other clients' statements (`unexpected message: NotificationResponse`) for good.
+/// Whether a worker may LISTEN on `DATABASE_URL` in session mode: only when sessions are known
+/// (configured, or found by the start-up probe). A LISTEN through a transaction pooler stays on
+/// the server connection after the client leaves (PgBouncer resets server connections only in
+/// session mode), and its notifications then reach other clients' statements (`unexpected
+/// message: NotificationResponse`) for good.
 pub fn may_listen_on_database_url() -> bool {
     !switched() && WATCH.get().is_none_or(|w| w.found_sessions)
 }
 
-/// Whether transaction mode was found at run time.
+/// Whether the mode was settled at run time.
 pub fn switched() -> bool {
     SWITCHED.get().is_some()
 }
 
-/// `configured`, or transaction mode once found at run time.
+/// Whether a switch closed the pool listening on `DATABASE_URL` (workers then poll).
+pub fn listening_stopped() -> bool {
+    LISTENING_STOPPED.load(Ordering::Acquire)
+}
+
+/// `configured`, or the mode settled at run time.
 pub fn effective(configured: PoolMode) -> PoolMode {
-    if switched() {
-        PoolMode::Transaction
-    } else {
-        configured
-    }
+    SWITCHED.get().map_or(configured, |(_, mode)| *mode)
 }
 
-/// A connection of this `age` was opened before the switch (with the statement cache on, or
-/// listening): not to be used again.
+/// A connection of this `age` was opened before the switch (with the options of before): not to
+/// be used again.
 pub(crate) fn predates_switch(age: Duration) -> bool {
-    SWITCHED.get().is_some_and(|at| age > at.elapsed())
+    SWITCHED.get().is_some_and(|(at, _)| age > at.elapsed())
 }
 
-/// Registers a pool to switch; `listen`: a session pool for LISTEN, closed by the switch.
+/// Registers a pool to switch; `listen`: a session pool for LISTEN, closed by a switch to a mode
+/// that shares server connections.
 pub(crate) fn register(pool: &PgPool, listen: bool) {
     if let Some(watch) = WATCH.get() {
         watch
@@ -130,14 +150,17 @@ pub(crate) fn register(pool: &PgPool, listen: bool) {
 
 /// A database failure seen anywhere in the process: evidence of a transaction pooler switches at
 /// once; a failure that could be one starts a probe in the background. Cheap when the mode was
-/// configured or already switched (nothing to do).
+/// configured or already settled (nothing to do).
 pub fn observe(err: &sqlx::Error) {
     let Some(watch) = WATCH.get() else { return };
     if switched() {
         return;
     }
     match evidence(err) {
-        Evidence::TransactionPooler => switch("prepared statements fail as behind one"),
+        Evidence::TransactionPooler => switch(
+            PoolMode::Transaction,
+            "prepared statements fail as behind one",
+        ),
         Evidence::Probe => probe(watch),
         Evidence::Nothing => {}
     }
@@ -159,46 +182,86 @@ fn probe(watch: &'static Watch) {
         if last.is_some_and(|at| at.elapsed() < PROBE_EVERY) {
             return;
         }
-        if watch.probing.swap(true, Ordering::AcqRel) {
-            return;
-        }
         *last = Some(Instant::now());
     }
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        watch.probing.store(false, Ordering::Release);
-        return;
-    };
-    runtime.spawn(async move {
-        let found =
-            tokio::time::timeout(PROBE_TIMEOUT, crate::db::detect_pool_mode(&watch.url)).await;
-        if let Ok(Ok(PoolMode::Transaction)) = found {
-            switch("two client connections were served by one server connection");
-        }
-        watch.probing.store(false, Ordering::Release);
-    });
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(probe_once(watch));
+    }
 }
 
-/// Transaction mode from now on, for every registered pool. Idempotent.
-pub fn switch(why: &str) {
-    if SWITCHED.set(Instant::now()).is_err() {
+/// One probe (none while another runs). A transaction pooler found switches to its mode; sessions
+/// found switch only when start-up had no answer (when it found sessions, they are the mode
+/// already). `None`: no answer.
+async fn probe_once(watch: &'static Watch) -> Option<PoolMode> {
+    if watch.probing.swap(true, Ordering::AcqRel) {
+        return None;
+    }
+    let found = tokio::time::timeout(PROBE_TIMEOUT, crate::db::detect_pool_mode(&watch.url)).await;
+    watch.probing.store(false, Ordering::Release);
+    let mode = found.ok()?.ok()?;
+    if mode.shares_server_connections() {
+        switch(
+            mode,
+            "two client connections were served by one server connection",
+        );
+    } else if !watch.found_sessions {
+        switch(mode, "each client connection kept its own server session");
+    }
+    Some(mode)
+}
+
+/// While the start-up probe's question has no answer, asks again every [`PROBE_EVERY`] until one
+/// comes (the process runs in transaction mode meanwhile, correct behind anything).
+async fn probe_until_answered(watch: &'static Watch) {
+    loop {
+        tokio::time::sleep(PROBE_EVERY).await;
+        if switched() || probe_once(watch).await.is_some() {
+            return;
+        }
+    }
+}
+
+/// `to` from now on, for every registered pool: its connection options (statement cache off for
+/// `Transaction`, on otherwise; older connections are closed when next acquired), and listening
+/// pools closed when `to` shares server connections. The first call wins.
+pub fn switch(to: PoolMode, why: &str) {
+    if SWITCHED.set((Instant::now(), to)).is_err() {
         return;
     }
-    tracing::warn!(
-        why,
-        "DATABASE_URL is a transaction pooler (detected at run time): switching to transaction mode; set DATABASE_POOL_MODE=transaction to say so"
-    );
+    let setting = to.as_str();
+    if to.shares_server_connections() {
+        tracing::warn!(
+            why,
+            setting,
+            "DATABASE_URL is a transaction pooler (detected at run time): switching to {setting} mode; set DATABASE_POOL_MODE={setting} to say so"
+        );
+    } else {
+        tracing::info!(
+            why,
+            setting,
+            "DATABASE_URL keeps sessions (detected at run time): switching to {setting} mode (named statements; LISTEN after a restart); set DATABASE_POOL_MODE={setting} to say so"
+        );
+    }
     let Some(watch) = WATCH.get() else { return };
+    let cache = if to == PoolMode::Transaction {
+        0
+    } else {
+        STATEMENT_CACHE
+    };
     for (pool, listen) in watch.pools.lock().expect("pools").iter() {
         if *listen {
-            // Notifications through a transaction pooler reach other clients: stop listening.
-            let pool = pool.clone();
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(async move { pool.close().await });
+            if to.shares_server_connections() {
+                // Notifications through a transaction pooler reach other clients: stop listening.
+                LISTENING_STOPPED.store(true, Ordering::Release);
+                let pool = pool.clone();
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    runtime.spawn(async move { pool.close().await });
+                }
             }
         } else {
             let options = (*pool.connect_options())
                 .clone()
-                .statement_cache_capacity(0);
+                .statement_cache_capacity(cache);
             pool.set_connect_options(options);
         }
     }

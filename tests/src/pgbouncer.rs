@@ -33,6 +33,26 @@ pub fn binary() -> Result<PathBuf, String> {
         })
 }
 
+/// Whether the PgBouncers these tests start track prepared statements: 1.21+ with
+/// `PGBOUNCER_MAX_PREPARED_STATEMENTS` above 0 (the service then keeps named statements,
+/// `transaction-named`).
+pub fn tracks_prepared_statements() -> bool {
+    let configured = std::env::var("PGBOUNCER_MAX_PREPARED_STATEMENTS")
+        .ok()
+        .and_then(|n| n.trim().parse::<u32>().ok())
+        .is_some_and(|n| n > 0);
+    configured && version().is_ok_and(|v| v >= (1, 21))
+}
+
+/// The pool mode the service should find behind these tests' PgBouncers.
+pub fn expected_mode() -> &'static str {
+    if tracks_prepared_statements() {
+        "transaction-named"
+    } else {
+        "transaction"
+    }
+}
+
 /// `(major, minor)` of the installed PgBouncer.
 pub fn version() -> Result<(u32, u32), String> {
     let out = Command::new(binary()?)

@@ -229,7 +229,7 @@ where
         let pubsub = deps
             .listen_pool
             .as_ref()
-            .filter(|_| !shared::pool_mode::switched())
+            .filter(|_| !shared::pool_mode::listening_stopped())
             .map(|pool| apalis_postgres::Pubsub::new(pool.clone(), queue.to_owned()));
         let interval = wakeups::safety_interval(settings.poll_interval, pubsub.is_some());
         let strategy = Wakeups::new(pubsub, interval);

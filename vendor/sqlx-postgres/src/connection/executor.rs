@@ -219,6 +219,45 @@ impl PgConnection {
         Ok(metadata)
     }
 
+    /// sms-foundation patch: `describe` with the statement cache off (see there).
+    #[cfg(feature = "offline")]
+    async fn describe_without_cache(
+        &mut self,
+        sql: SqlStr,
+    ) -> Result<crate::describe::Describe<Postgres>, Error> {
+        let own_transaction = matches!(self.inner.transaction_status, TransactionStatus::Idle);
+        if own_transaction {
+            self.queue_simple_query("BEGIN READ ONLY")?;
+            self.wait_until_ready().await?;
+        }
+        let described = async {
+            let (_, metadata) = prepare(self, sql.as_str(), &[], None, false, true).await?;
+            if metadata.columns.is_empty() {
+                return Ok::<_, Error>((metadata, Vec::new()));
+            }
+            let id = self.inner.next_statement_id;
+            self.inner.next_statement_id = id.next();
+            let name = id.display().expect("a named statement id").to_string();
+            self.queue_simple_query(&format!("PREPARE {name} AS {}", sql.as_str()))?;
+            self.wait_until_ready().await?;
+            let nullable = self.get_nullable_for_columns(id, &metadata).await;
+            self.queue_simple_query(&format!("DEALLOCATE {name}"))?;
+            self.wait_until_ready().await?;
+            Ok((metadata, nullable?))
+        }
+        .await;
+        if own_transaction {
+            self.queue_simple_query("ROLLBACK")?;
+            self.wait_until_ready().await?;
+        }
+        let (metadata, nullable) = described?;
+        Ok(crate::describe::Describe {
+            columns: metadata.columns.clone(),
+            nullable,
+            parameters: Some(Either::Left(metadata.parameters.clone())),
+        })
+    }
+
     pub(crate) async fn run<'e, 'c: 'e, 'q: 'e>(
         &'c mut self,
         query: SqlStr,
@@ -535,43 +574,26 @@ impl<'c> Executor<'c> for &'c mut PgConnection {
         Box::pin(async move {
             self.wait_until_ready().await?;
 
-            // sms-foundation patch: with the statement cache off, the named statement that
-            // EXPLAIN needs is closed afterwards, and prepared, explained and closed inside one
-            // transaction so that a transaction pooler keeps it on one server connection.
-            let cache_off = !self.inner.cache_statement.is_enabled();
-            let own_transaction =
-                cache_off && matches!(self.inner.transaction_status, TransactionStatus::Idle);
-            if own_transaction {
-                self.queue_simple_query("BEGIN READ ONLY")?;
-                self.wait_until_ready().await?;
+            // sms-foundation patch: with the statement cache off, the statement is described
+            // unnamed, and the named statement EXPLAIN needs is an SQL-level PREPARE, deallocated
+            // afterwards (poolers that track protocol-level statements rename those, so EXPLAIN
+            // EXECUTE would not find one), all inside one read-only transaction so that a
+            // transaction pooler keeps them on one server connection.
+            if !self.inner.cache_statement.is_enabled() {
+                return self.describe_without_cache(sql).await;
             }
 
-            let described = async {
-                let (stmt_id, metadata) = self
-                    .get_or_prepare(sql.as_str(), &[], true, None, true)
-                    .await?;
+            let (stmt_id, metadata) = self
+                .get_or_prepare(sql.as_str(), &[], true, None, true)
+                .await?;
 
-                let nullable = self.get_nullable_for_columns(stmt_id, &metadata).await;
-                if cache_off {
-                    self.inner.stream.write_msg(Close::Statement(stmt_id))?;
-                    self.write_sync();
-                    self.inner.stream.flush().await?;
-                    self.wait_until_ready().await?;
-                }
+            let nullable = self.get_nullable_for_columns(stmt_id, &metadata).await?;
 
-                Ok(crate::describe::Describe {
-                    columns: metadata.columns.clone(),
-                    nullable: nullable?,
-                    parameters: Some(Either::Left(metadata.parameters.clone())),
-                })
-            }
-            .await;
-
-            if own_transaction {
-                self.queue_simple_query("ROLLBACK")?;
-                self.wait_until_ready().await?;
-            }
-            described
+            Ok(crate::describe::Describe {
+                columns: metadata.columns.clone(),
+                nullable,
+                parameters: Some(Either::Left(metadata.parameters.clone())),
+            })
         })
     }
 }
