@@ -239,7 +239,10 @@ pub(crate) async fn messages_page(
     limit: i64,
 ) -> Result<(Vec<MessageView>, Option<String>), ApiError> {
     let (after_at, after_id) = cursor.unzip();
-    // Two statements rather than one with "$5 IS NULL OR ...": each keeps one cached plan.
+    // Two statements rather than one with "$5 IS NULL OR ...": each keeps one cached plan. The
+    // cursor is a row comparison with the top of the order standing in for "no cursor" (an "IS
+    // NULL OR" would keep the generic plan from using it as the index scan's bound), so any page
+    // costs a page, whichever execution of the statement this is (tests/it/plans.rs).
     let mut rows = match tenant {
         None => {
             sqlx::query_as!(
@@ -248,7 +251,8 @@ pub(crate) async fn messages_page(
                           created_at, route_status, tenant_id, scheduled_for
                    FROM sms_messages
                    WHERE conversation_id = $1
-                     AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3::uuid))
+                     AND (created_at, id) < (COALESCE($2::timestamptz, 'infinity'),
+                                             COALESCE($3::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'))
                    ORDER BY created_at DESC, id DESC
                    LIMIT $4"#,
                 conversation_id,
@@ -266,7 +270,8 @@ pub(crate) async fn messages_page(
                           created_at, route_status, tenant_id, scheduled_for
                    FROM sms_messages
                    WHERE conversation_id = $1 AND tenant_id = $5
-                     AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3::uuid))
+                     AND (created_at, id) < (COALESCE($2::timestamptz, 'infinity'),
+                                             COALESCE($3::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'))
                    ORDER BY created_at DESC, id DESC
                    LIMIT $4"#,
                 conversation_id,

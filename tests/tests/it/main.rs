@@ -21,6 +21,7 @@ mod openapi;
 mod opt_outs;
 mod otel;
 mod outbound;
+mod plans;
 mod pooler_protocol;
 mod poolers;
 mod queue;

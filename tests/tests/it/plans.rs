@@ -1,0 +1,161 @@
+//! Query plans whose cost follows the answer, not the table: a tenant-scoped page of a busy
+//! conversation, first page and a later one, planned with its parameters and as the generic plan
+//! a pooled connection's prepared statement switches to after its fifth execution (issue 21).
+
+use harness::pg;
+use serde_json::Value;
+use sqlx::{AssertSqlSafe, Connection, Executor, PgConnection};
+use uuid::Uuid;
+
+/// The tenant-scoped page statement of `GET /conversations/{n}`, as `ingress/src/conversations.rs`
+/// runs it (checked below, so this copy cannot drift from it).
+const PAGE: &str = "SELECT id, direction, message_content, twilio_sid, delivery_status, language_detected,
+                          created_at, route_status, tenant_id, scheduled_for
+                   FROM sms_messages
+                   WHERE conversation_id = $1 AND tenant_id = $5
+                     AND (created_at, id) < (COALESCE($2::timestamptz, 'infinity'),
+                                             COALESCE($3::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'))
+                   ORDER BY created_at DESC, id DESC
+                   LIMIT $4";
+
+/// A tenant's last activity in a conversation another tenant now holds.
+const LAST: &str =
+    "SELECT max(created_at) FROM sms_messages WHERE conversation_id = $1 AND tenant_id = $2";
+
+fn words(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Shared blocks (hit + read) of a plan, from `EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON)`.
+fn blocks(plan: &Value) -> i64 {
+    let top = &plan[0]["Plan"];
+    top["Shared Hit Blocks"].as_i64().unwrap() + top["Shared Read Blocks"].as_i64().unwrap()
+}
+
+fn node_types(plan: &Value) -> Vec<String> {
+    fn walk(node: &Value, out: &mut Vec<String>) {
+        if let Some(t) = node["Node Type"].as_str() {
+            let index = node["Index Name"].as_str().unwrap_or("");
+            out.push(format!("{t} {index}").trim().to_owned());
+        }
+        for child in node["Plans"].as_array().into_iter().flatten() {
+            walk(child, out);
+        }
+    }
+    let mut out = Vec::new();
+    walk(&plan[0]["Plan"], &mut out);
+    out
+}
+
+#[test]
+fn the_statements_here_are_the_ones_the_endpoint_runs() {
+    let source = include_str!("../../../ingress/src/conversations.rs");
+    let source = words(source);
+    for sql in [PAGE, LAST] {
+        assert!(
+            source.contains(&words(sql)),
+            "not in conversations.rs: {sql}"
+        );
+    }
+}
+
+/// One busy conversation: 20,000 messages of its current tenant, and 100 of the tenant that held
+/// the number before, spread over a year. A tenant-scoped page, executed eight times on one
+/// connection (the fifth and later run the cached generic plan when Postgres prefers it), then
+/// forced generic: every execution reads a page's worth of blocks, never the conversation.
+#[tokio::test]
+async fn a_tenant_page_of_a_busy_conversation_costs_a_page_at_every_execution() {
+    let db = pg::fresh_db().await;
+    db.pool
+        .execute("INSERT INTO tenant_profiles (tenant_id, name) VALUES ('t-busy', 'Busy'), ('t-before', 'Before')")
+        .await
+        .unwrap();
+    let conversation: Uuid = sqlx::query_scalar(
+        "INSERT INTO sms_conversations (phone_number, phone_number_original, tenant_id)
+         VALUES ('+14155550999', '+14155550999', 't-busy') RETURNING id",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    db.pool
+        .execute(AssertSqlSafe(format!(
+            "INSERT INTO sms_messages (direction, message_content, delivery_status, to_number,
+                                       conversation_id, tenant_id, created_at)
+             SELECT 'outbound', 'Rent reminder ' || g, 'delivered', '+14155550999',
+                    '{conversation}', CASE WHEN g % 200 = 0 THEN 't-before' ELSE 't-busy' END,
+                    now() - (g || ' minutes')::interval * 26
+             FROM generate_series(1, 20100) g"
+        )))
+        .await
+        .unwrap();
+    // 2,000 quiet conversations of ten messages each, half each tenant's: the average
+    // conversation the generic plan assumes is small, and neither tenant is rare.
+    db.pool
+        .execute(
+            "WITH c AS (
+               INSERT INTO sms_conversations (phone_number, phone_number_original, tenant_id)
+               SELECT p, p, CASE WHEN g % 2 = 0 THEN 't-busy' ELSE 't-before' END
+               FROM generate_series(1, 2000) g, LATERAL (SELECT '+1415700' || lpad(g::text, 4, '0') AS p) n
+               RETURNING id, tenant_id)
+             INSERT INTO sms_messages (direction, message_content, delivery_status, to_number,
+                                       conversation_id, tenant_id, created_at)
+             SELECT 'outbound', 'Notice ' || k, 'delivered', '+14155550998', c.id, c.tenant_id,
+                    now() - (k || ' days')::interval * 30
+             FROM c, generate_series(1, 10) k",
+        )
+        .await
+        .unwrap();
+    db.pool.execute("ANALYZE sms_messages").await.unwrap();
+
+    let mut conn = PgConnection::connect(&db.url).await.unwrap();
+    conn.execute(AssertSqlSafe(format!(
+        "PREPARE page(uuid, timestamptz, uuid, bigint, text) AS {PAGE}"
+    )))
+    .await
+    .unwrap();
+    conn.execute(AssertSqlSafe(format!("PREPARE last(uuid, text) AS {LAST}")))
+        .await
+        .unwrap();
+    // A cursor in the middle of the older tenant's messages: page 2 and later.
+    let (cursor_at, cursor_id): (chrono::DateTime<chrono::Utc>, Uuid) = sqlx::query_as(
+        "SELECT created_at, id FROM sms_messages WHERE tenant_id = 't-before'
+         ORDER BY created_at DESC, id DESC OFFSET 10 LIMIT 1",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    let calls = [
+        format!("EXECUTE page('{conversation}', NULL, NULL, 51, 't-before')"),
+        format!("EXECUTE page('{conversation}', '{cursor_at:?}', '{cursor_id}', 11, 't-before')"),
+        format!("EXECUTE page('{conversation}', NULL, NULL, 51, 't-busy')"),
+        format!("EXECUTE last('{conversation}', 't-before')"),
+    ];
+    for mode in ["auto", "force_generic_plan"] {
+        conn.execute(AssertSqlSafe(format!("SET plan_cache_mode = {mode}")))
+            .await
+            .unwrap();
+        for execution in 1..=8 {
+            for call in &calls {
+                let sql = format!("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {call}");
+                let plan: Value = sqlx::query_scalar(AssertSqlSafe(sql))
+                    .fetch_one(&mut conn)
+                    .await
+                    .unwrap();
+                let nodes = node_types(&plan);
+                // A page of up to 51 rows of the conversation's 20,100: an index scan reads a few
+                // index pages and one heap page per row at most; the plan that ANDed two indexes
+                // read every heap page of the tenant's messages (about 200 here) and sorted them.
+                assert!(
+                    blocks(&plan) <= 70,
+                    "{mode}, execution {execution}: {call} read {} blocks: {nodes:?}",
+                    blocks(&plan)
+                );
+                assert!(
+                    !nodes.iter().any(|n| n.starts_with("BitmapAnd")),
+                    "{mode}, execution {execution}: {call}: {nodes:?}"
+                );
+            }
+        }
+    }
+    conn.close().await.unwrap();
+}
