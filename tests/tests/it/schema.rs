@@ -118,16 +118,27 @@ async fn every_status_list_in_the_schema_is_the_enums() {
             defs[0]
         );
     }
+    // The reconciler's index holds exactly what it can act on: the open statuses at Twilio, with
+    // a sid, not stopped.
     let index: String =
-        sqlx::query_scalar("SELECT pg_get_indexdef('sms_messages_outbound_open_idx'::regclass)")
+        sqlx::query_scalar("SELECT pg_get_indexdef('sms_messages_reconcilable_idx'::regclass)")
             .fetch_one(&db.pool)
             .await
             .unwrap();
-    let covered = literals(&index);
-    for status in delivery::open_at_twilio() {
-        assert!(
-            covered.contains(status),
-            "the reconciler's index misses {status}: {index}"
-        );
+    let mut covered = literals(&index);
+    covered.remove("outbound");
+    assert_eq!(
+        covered,
+        set(delivery::open_at_twilio()),
+        "the reconciler's index: {index}"
+    );
+    for condition in ["(twilio_sid IS NOT NULL)", "(reconcile_stopped IS NULL)"] {
+        assert!(index.contains(condition), "{condition} missing: {index}");
     }
+    let old: Option<String> =
+        sqlx::query_scalar("SELECT to_regclass('sms_messages_outbound_open_idx')::text")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(old, None, "the index it replaced is gone");
 }
