@@ -21,3 +21,4 @@ pub mod segments;
 pub mod telemetry;
 pub mod tenants;
 pub mod twilio;
+pub mod usage;

@@ -31,5 +31,6 @@ mod scheduled;
 mod schema;
 mod security;
 mod shutdown;
+mod usage;
 
 mod webhook;
