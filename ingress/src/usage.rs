@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 use crate::{AppState, auth::ApiKey, error::ApiError};
 
 /// Rows per page.
-pub const DEFAULT_LIMIT: i64 = 200;
-pub const MAX_LIMIT: i64 = 1_000;
+pub const DEFAULT_LIMIT: usize = 200;
+pub const MAX_LIMIT: usize = 1_000;
 /// Default window: the last 30 days, today included.
 const DEFAULT_DAYS: u64 = 30;
 
@@ -57,7 +57,8 @@ pub struct Usage {
     pub tenant_id: Option<String>,
     /// Ordered by tenant (null first), direction, status.
     pub rows: Vec<UsageRow>,
-    /// Give as `cursor` (with the same window) for the next page; null on the last page.
+    /// Give as `cursor` (with the same window) for the next page; null on the last page. A page
+    /// may hold fewer rows than `limit` and still not be the last.
     pub next_cursor: Option<String>,
 }
 
@@ -119,11 +120,11 @@ fn decode_cursor(cursor: &str) -> Result<shared::usage::After, ApiError> {
         })
 }
 
-fn parse_limit(raw: Option<&str>) -> Result<i64, ApiError> {
+fn parse_limit(raw: Option<&str>) -> Result<usize, ApiError> {
     let Some(raw) = raw else {
         return Ok(DEFAULT_LIMIT);
     };
-    match raw.trim().parse::<i64>() {
+    match raw.trim().parse::<usize>() {
         Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
         _ => Err(ApiError::bad_request(
             "invalid_limit",
@@ -168,27 +169,17 @@ pub async fn usage(
     let (from, to) = window(p.from.as_deref(), p.to.as_deref(), Utc::now().date_naive())?;
     let limit = parse_limit(p.limit.as_deref())?;
     let after = p.cursor.as_deref().map(decode_cursor).transpose()?;
-    let mut rows = shared::usage::page(
+    let page = shared::usage::page(
         &state.pool,
         from,
         to,
         tenant.as_deref(),
         after.as_ref(),
-        limit + 1,
+        limit,
     )
     .await?;
-    let next_cursor = if rows.len() as i64 > limit {
-        rows.truncate(limit as usize);
-        rows.last().map(|r| {
-            encode_cursor(&(
-                r.tenant_id.clone().unwrap_or_default(),
-                r.direction.clone(),
-                r.status.clone(),
-            ))
-        })
-    } else {
-        None
-    };
+    let next_cursor = page.next.as_ref().map(encode_cursor);
+    let rows = page.rows;
     Ok(Json(Usage {
         from: from.and_time(NaiveTime::MIN).and_utc(),
         to: to.and_time(NaiveTime::MIN).and_utc(),

@@ -351,14 +351,20 @@ pub async fn release_unstarted(pool: &sqlx::PgPool, worker: &str) -> Result<u64,
     .rows_affected())
 }
 
-/// Deletes up to 10,000 finished jobs older than `retention`: apalis keeps them forever.
+/// Finished jobs deleted per statement: each is a short transaction, so pruning never holds
+/// many row locks or a long snapshot on the hot queue table.
+pub const DELETE_BATCH: i64 = 10_000;
+
+/// Deletes up to [`DELETE_BATCH`] finished jobs older than `retention`: apalis keeps them
+/// forever.
 pub async fn delete_finished(pool: &sqlx::PgPool, retention: Duration) -> Result<u64, sqlx::Error> {
     Ok(sqlx::query!(
         r#"DELETE FROM apalis.jobs WHERE id IN (
                SELECT id FROM apalis.jobs
                WHERE status = 'Done' AND done_at < now() - make_interval(secs => $1::float8)
-               LIMIT 10000)"#,
-        retention.as_secs_f64()
+               LIMIT $2)"#,
+        retention.as_secs_f64(),
+        DELETE_BATCH
     )
     .execute(pool)
     .await?

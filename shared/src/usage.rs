@@ -80,74 +80,18 @@ pub struct Row {
 /// Where a page starts: after this (tenant, direction, status).
 pub type After = (String, String, String);
 
-/// Up to `limit` rows of the days `[from, to)`, ordered by (tenant, direction, status), starting
-/// after `after`; `tenant` confines them to one tenant. Rows whose counts net to zero (a status
-/// every message has left) are not answers.
-pub async fn page(
-    pool: &sqlx::PgPool,
-    from: NaiveDate,
-    to: NaiveDate,
-    tenant: Option<&str>,
-    after: Option<&After>,
-    limit: i64,
-) -> Result<Vec<Row>, sqlx::Error> {
-    // No cursor: the smallest key ('' sorts first, and every direction is non-empty).
-    let (t, d, s) = after.map_or((NO_TENANT, "", ""), |(t, d, s)| {
-        (t.as_str(), d.as_str(), s.as_str())
-    });
-    let rows = match tenant {
-        // Two statements rather than one with "$3 IS NULL OR": a generic plan can then use the
-        // tenant as an index bound.
-        Some(tenant) => sqlx::query_as!(
-            RawRow,
-            r#"SELECT tenant_id AS "tenant_id!", direction AS "direction!", status AS "status!",
-                      sum(messages)::bigint AS "messages!", sum(segments)::bigint AS "segments!"
-               FROM (SELECT tenant_id, direction, status, messages, segments FROM sms_usage_logs
-                     WHERE tenant_id = $3 AND (direction, status) > ($4, $5) AND day >= $1 AND day < $2
-                     UNION ALL
-                     SELECT tenant_id, direction, status, messages, segments FROM sms_usage_deltas
-                     WHERE tenant_id = $3 AND (direction, status) > ($4, $5) AND day >= $1 AND day < $2) u
-               GROUP BY 1, 2, 3
-               HAVING sum(messages) <> 0 OR sum(segments) <> 0
-               ORDER BY 1, 2, 3 LIMIT $6"#,
-            from,
-            to,
-            tenant,
-            // Within one tenant the cursor's tenant is that tenant (policy confines it).
-            if t == tenant { d } else { "" },
-            if t == tenant { s } else { "" },
-            limit
-        )
-        .fetch_all(pool)
-        .await?,
-        None => sqlx::query_as!(
-            RawRow,
-            r#"SELECT tenant_id AS "tenant_id!", direction AS "direction!", status AS "status!",
-                      sum(messages)::bigint AS "messages!", sum(segments)::bigint AS "segments!"
-               FROM (SELECT tenant_id, direction, status, messages, segments FROM sms_usage_logs
-                     WHERE tenant_id >= $3 AND (tenant_id, direction, status) > ($3, $4, $5)
-                       AND day >= $1 AND day < $2
-                     UNION ALL
-                     SELECT tenant_id, direction, status, messages, segments FROM sms_usage_deltas
-                     WHERE tenant_id >= $3 AND (tenant_id, direction, status) > ($3, $4, $5)
-                       AND day >= $1 AND day < $2) u
-               GROUP BY 1, 2, 3
-               HAVING sum(messages) <> 0 OR sum(segments) <> 0
-               ORDER BY 1, 2, 3 LIMIT $6"#,
-            from,
-            to,
-            t,
-            d,
-            s,
-            limit
-        )
-        .fetch_all(pool)
-        .await?,
-    };
-    Ok(rows.into_iter().map(Row::from).collect())
+/// A page of an answer: its rows, and where the next page starts (None: this is the last). A
+/// page may hold fewer rows than asked, and still not be the last.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    pub rows: Vec<Row>,
+    pub next: Option<After>,
 }
 
-struct RawRow {
+type Key = (String, String, String);
+
+/// One ledger or delta row (or group of them) as read.
+struct Counted {
     tenant_id: String,
     direction: String,
     status: String,
@@ -155,14 +99,313 @@ struct RawRow {
     segments: i64,
 }
 
-impl From<RawRow> for Row {
-    fn from(r: RawRow) -> Self {
+impl Counted {
+    fn key(&self) -> Key {
+        (
+            self.tenant_id.clone(),
+            self.direction.clone(),
+            self.status.clone(),
+        )
+    }
+}
+
+/// Up to `limit` rows of the days `[from, to)`, ordered by (tenant, direction, status), starting
+/// after `after`; `tenant` confines them to one tenant. Rows whose counts net to zero (a status
+/// every message has left) are not answers.
+///
+/// Its cost is bounded by the page, not the ledger: day rows are read in the primary key's order
+/// with a LIMIT (so the plan is an ordered index scan that stops, whatever the planner thinks of
+/// the window), grouped here, the last group dropped when the LIMIT may have cut it; pending
+/// deltas of the keys covered are added. Both reads share one snapshot.
+pub async fn page(
+    pool: &sqlx::PgPool,
+    from: NaiveDate,
+    to: NaiveDate,
+    tenant: Option<&str>,
+    after: Option<&After>,
+    limit: usize,
+) -> Result<Page, sqlx::Error> {
+    // Day rows read: enough for `limit` groups of a week's rows each, and always more than one
+    // group can hold (a group has at most one row per day of the window).
+    let days = (to - from).num_days().clamp(0, 10_000) as usize;
+    let budget = ((limit + 1) * 8).max(days + 2) as i64;
+    // No cursor: the smallest key ('' sorts first, and every direction is non-empty). Within
+    // one tenant, a cursor of another tenant starts at that tenant's beginning (the policy
+    // confines the tenant; a cursor is only ever this API's).
+    let (t, d, s) = match (after, tenant) {
+        (Some((t, d, s)), Some(tenant)) if t == tenant => (t.as_str(), d.as_str(), s.as_str()),
+        (_, Some(tenant)) => (tenant, "", ""),
+        (Some((t, d, s)), None) => (t.as_str(), d.as_str(), s.as_str()),
+        (None, None) => (NO_TENANT, "", ""),
+    };
+    let mut tx = pool.begin().await?;
+    sqlx::query!("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    let days_read = match tenant {
+        // Two statements rather than one with "$3 IS NULL OR": each plan then bounds the scan
+        // by its key.
+        Some(tenant) => {
+            sqlx::query_as!(
+                Counted,
+                r#"SELECT tenant_id, direction, status, messages, segments FROM sms_usage_logs
+                   WHERE tenant_id = $3 AND (direction, status) > ($4, $5) AND day >= $1 AND day < $2
+                   ORDER BY tenant_id, direction, status, day LIMIT $6"#,
+                from,
+                to,
+                tenant,
+                d,
+                s,
+                budget
+            )
+            .fetch_all(&mut *tx)
+            .await?
+        }
+        None => {
+            sqlx::query_as!(
+                Counted,
+                r#"SELECT tenant_id, direction, status, messages, segments FROM sms_usage_logs
+                   WHERE (tenant_id, direction, status) > ($3, $4, $5) AND day >= $1 AND day < $2
+                   ORDER BY tenant_id, direction, status, day LIMIT $6"#,
+                from,
+                to,
+                t,
+                d,
+                s,
+                budget
+            )
+            .fetch_all(&mut *tx)
+            .await?
+        }
+    };
+    let cut = days_read.len() as i64 == budget;
+    let mut groups = group(days_read);
+    // The LIMIT may have cut the last group: it is read again, whole, on the next page. (The
+    // budget exceeds the days of the window, so at least one whole group was read.)
+    if cut {
+        groups.pop();
+    }
+    // Pending deltas of the keys this page covers: up to its last whole group when the ledger
+    // was cut, all after the cursor when it was read to its end.
+    let upto = if cut {
+        groups.last().map(Counted::key)
+    } else {
+        None
+    };
+    let (ut, ud, us) = upto.as_ref().map_or((None, None, None), |(t, d, s)| {
+        (Some(t.as_str()), Some(d.as_str()), Some(s.as_str()))
+    });
+    let pending = sqlx::query_as!(
+        Counted,
+        r#"SELECT tenant_id AS "tenant_id!", direction AS "direction!", status AS "status!",
+                  sum(messages)::bigint AS "messages!", sum(segments)::bigint AS "segments!"
+           FROM sms_usage_deltas
+           WHERE ($3::text IS NULL OR tenant_id = $3)
+             AND (tenant_id, direction, status) > ($4, $5, $6)
+             AND ($7::text IS NULL OR (tenant_id, direction, status) <= ($7, $8, $9))
+             AND day >= $1 AND day < $2
+           GROUP BY 1, 2, 3"#,
+        from,
+        to,
+        tenant,
+        t,
+        d,
+        s,
+        ut,
+        ud,
+        us
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(paged(merge(groups, pending), limit, cut))
+}
+
+/// The first `limit` groups that count something; the page's end is the last group it looked
+/// at (a group netting to zero is skipped, not an answer).
+fn paged(groups: Vec<Counted>, limit: usize, cut: bool) -> Page {
+    let mut rows = Vec::new();
+    let mut last = None;
+    for g in groups {
+        if rows.len() == limit {
+            if g.messages != 0 || g.segments != 0 {
+                return Page { rows, next: last };
+            }
+            continue;
+        }
+        last = Some(g.key());
+        if g.messages != 0 || g.segments != 0 {
+            rows.push(Row::from(g));
+        }
+    }
+    Page {
+        rows,
+        next: if cut { last } else { None },
+    }
+}
+
+/// Day rows (in key order) summed per key.
+fn group(rows: Vec<Counted>) -> Vec<Counted> {
+    let mut out: Vec<Counted> = Vec::new();
+    for r in rows {
+        match out.last_mut() {
+            Some(g)
+                if (&g.tenant_id, &g.direction, &g.status)
+                    == (&r.tenant_id, &r.direction, &r.status) =>
+            {
+                g.messages += r.messages;
+                g.segments += r.segments;
+            }
+            _ => out.push(r),
+        }
+    }
+    out
+}
+
+/// Groups plus pending deltas, in key order.
+fn merge(groups: Vec<Counted>, pending: Vec<Counted>) -> Vec<Counted> {
+    let mut all: std::collections::BTreeMap<Key, (i64, i64)> = std::collections::BTreeMap::new();
+    for c in groups.into_iter().chain(pending) {
+        let e = all.entry(c.key()).or_default();
+        e.0 += c.messages;
+        e.1 += c.segments;
+    }
+    all.into_iter()
+        .map(
+            |((tenant_id, direction, status), (messages, segments))| Counted {
+                tenant_id,
+                direction,
+                status,
+                messages,
+                segments,
+            },
+        )
+        .collect()
+}
+
+impl From<Counted> for Row {
+    fn from(r: Counted) -> Self {
         Row {
             tenant_id: (r.tenant_id != NO_TENANT).then_some(r.tenant_id),
             direction: r.direction,
             status: r.status,
             messages: r.messages,
             segments: r.segments,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(t: &str, d: &str, s: &str, m: i64) -> Counted {
+        Counted {
+            tenant_id: t.into(),
+            direction: d.into(),
+            status: s.into(),
+            messages: m,
+            segments: m,
+        }
+    }
+
+    fn keys(p: &Page) -> Vec<String> {
+        p.rows
+            .iter()
+            .map(|r| format!("{}:{}", r.tenant_id.as_deref().unwrap_or("-"), r.messages))
+            .collect()
+    }
+
+    #[test]
+    fn days_group_per_key_in_order() {
+        let g = group(vec![
+            c("a", "in", "x", 1),
+            c("a", "in", "x", 2),
+            c("a", "out", "x", 1),
+            c("b", "in", "x", 4),
+        ]);
+        let got: Vec<_> = g
+            .iter()
+            .map(|g| (g.key().0, g.key().1, g.messages))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("a".into(), "in".into(), 3),
+                ("a".into(), "out".into(), 1),
+                ("b".into(), "in".into(), 4)
+            ]
+        );
+    }
+
+    #[test]
+    fn deltas_merge_into_groups_and_can_cancel_them() {
+        let m = merge(
+            vec![c("a", "in", "x", 3), c("c", "in", "x", 1)],
+            vec![c("b", "in", "x", 2), c("a", "in", "x", -3)],
+        );
+        let got: Vec<_> = m
+            .iter()
+            .map(|g| (g.tenant_id.as_str(), g.messages))
+            .collect();
+        assert_eq!(got, [("a", 0), ("b", 2), ("c", 1)]);
+    }
+
+    #[test]
+    fn pages_end_where_they_looked_and_skip_what_nets_to_zero() {
+        let after = |t: &str| Some((t.to_string(), "in".to_string(), "x".to_string()));
+        // (groups, limit, cut) -> (rows, next)
+        type Case = (Vec<Counted>, usize, bool, Vec<&'static str>, Option<After>);
+        let cases: Vec<Case> = vec![
+            // Everything fits, ledger read to its end: the last page.
+            (
+                vec![c("a", "in", "x", 1), c("b", "in", "x", 2)],
+                5,
+                false,
+                vec!["a:1", "b:2"],
+                None,
+            ),
+            // Cut: more may follow, after the last group looked at.
+            (
+                vec![c("a", "in", "x", 1), c("b", "in", "x", 2)],
+                5,
+                true,
+                vec!["a:1", "b:2"],
+                after("b"),
+            ),
+            // Full: the next page starts after the last row.
+            (
+                vec![
+                    c("a", "in", "x", 1),
+                    c("b", "in", "x", 2),
+                    c("c", "in", "x", 3),
+                ],
+                2,
+                false,
+                vec!["a:1", "b:2"],
+                after("b"),
+            ),
+            // Zeros are skipped, before and after the limit; only zeros left: the last page.
+            (
+                vec![
+                    c("a", "in", "x", 0),
+                    c("b", "in", "x", 2),
+                    c("c", "in", "x", 0),
+                ],
+                1,
+                false,
+                vec!["b:2"],
+                None,
+            ),
+            // A cut page of zeros only: empty, yet not the last.
+            (vec![c("a", "in", "x", 0)], 3, true, vec![], after("a")),
+            // No tenant is shown as none.
+            (vec![c("", "in", "x", 4)], 3, false, vec!["-:4"], None),
+        ];
+        for (i, (groups, limit, cut, rows, next)) in cases.into_iter().enumerate() {
+            let p = paged(groups, limit, cut);
+            assert_eq!(keys(&p), rows, "case {i}");
+            assert_eq!(p.next, next, "case {i}");
         }
     }
 }

@@ -33,19 +33,12 @@ async fn all_pages(
         let page = usage::page(pool, from, to, tenant, after.as_ref(), 3)
             .await
             .unwrap();
-        let last = page.last().map(|r: &Row| {
-            (
-                r.tenant_id.clone().unwrap_or_default(),
-                r.direction.clone(),
-                r.status.clone(),
-            )
-        });
-        let done = page.len() < 3;
-        rows.extend(page);
-        if done {
-            return rows;
+        assert!(page.rows.len() <= 3);
+        rows.extend(page.rows);
+        match page.next {
+            Some(next) => after = Some(next),
+            None => return rows,
         }
-        after = last;
     }
 }
 
