@@ -142,3 +142,44 @@ async fn every_status_list_in_the_schema_is_the_enums() {
             .unwrap();
     assert_eq!(old, None, "the index it replaced is gone");
 }
+
+/// New messages get UUIDv7 ids (version 7, the creation time in milliseconds in front), so
+/// inserts append to the primary key's B-tree rather than scattering over it (issue 21); ids
+/// stored before keep theirs, and a v4 id given explicitly is still accepted.
+#[tokio::test]
+async fn new_message_ids_are_time_ordered() {
+    let db = pg::fresh_db().await;
+    let mut ids: Vec<(uuid::Uuid, chrono::DateTime<chrono::Utc>)> = Vec::new();
+    for _ in 0..5 {
+        ids.push(
+            sqlx::query_as(
+                "INSERT INTO sms_messages (direction, delivery_status) VALUES ('inbound', 'received')
+                 RETURNING id, clock_timestamp()",
+            )
+            .fetch_one(&db.pool)
+            .await
+            .unwrap(),
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    for (id, at) in &ids {
+        assert_eq!(id.get_version_num(), 7, "{id}");
+        let (secs, nanos) = id.get_timestamp().expect("a v7 id has a time").to_unix();
+        let ms = secs as i64 * 1000 + i64::from(nanos / 1_000_000);
+        let drift = at.timestamp_millis() - ms;
+        assert!(
+            (0..1000).contains(&drift),
+            "{id}: {drift} ms from its insert"
+        );
+    }
+    assert!(ids.windows(2).all(|w| w[0].0 < w[1].0), "ordered: {ids:?}");
+    let v4 = uuid::Uuid::new_v4();
+    let stored: uuid::Uuid = sqlx::query_scalar(
+        "INSERT INTO sms_messages (id, direction, delivery_status) VALUES ($1, 'inbound', 'received') RETURNING id",
+    )
+    .bind(v4)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(stored, v4);
+}
