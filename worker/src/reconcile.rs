@@ -41,9 +41,14 @@ pub async fn run(deps: Arc<Deps>, shutdown: CancellationToken) {
             c.reconcile_interval
         });
     let mut every = tokio::time::interval(interval);
+    let mut fold_every = tokio::time::interval(FOLD_INTERVAL);
     loop {
         tokio::select! {
             _ = every.tick() => {}
+            _ = fold_every.tick() => {
+                fold_usage(&deps).await;
+                continue;
+            }
             _ = shutdown.cancelled() => return,
         }
         match once(&deps).await {
@@ -51,6 +56,20 @@ pub async fn run(deps: Arc<Deps>, shutdown: CancellationToken) {
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "reconciler pass failed"),
         }
+    }
+}
+
+/// How often the usage ledger's pending changes are folded between passes: a read sums the
+/// pending changes of the keys it covers, and a busy minute (every inbound message linked to its
+/// conversation is one) leaves tens of thousands.
+const FOLD_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Folds the usage ledger (no lease needed: the fold's own advisory lock lets one run at a time).
+async fn fold_usage(deps: &Deps) {
+    match shared::usage::fold(&deps.pool).await {
+        Ok(0) => {}
+        Ok(n) => tracing::debug!(deltas = n, "usage ledger folded"),
+        Err(e) => tracing::warn!(error = %e, "usage ledger fold failed; next time"),
     }
 }
 
