@@ -75,7 +75,10 @@ measure() { # db
     done
   )
   target/release/sms-ingress serve >/dev/null 2>&1 & local ip=$!
-  sleep 0.5
+  # As in service, a worker runs the reconciler (it folds the usage ledger every 5 s).
+  TWILIO_ACCOUNT_SID=AC00000000000000000000000000000000 TWILIO_PHONE_NUMBER=+14155550100 \
+    TWILIO_API_BASE=http://127.0.0.1:9 target/release/sms-worker --queues reconciler >/dev/null 2>&1 & local rp=$!
+  sleep 6
   python3 - "$PUBLIC_URL" "$requests" "$n" "$tenants" "$unscoped" "$keys" <<'PY'
 import http.client, json, random, re, statistics, sys, threading, time, urllib.parse
 base, requests, convs, tenants, unscoped, keys = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], sys.argv[6]
@@ -139,7 +142,7 @@ run("console: replay-all count", lambda r: ("/console/quarantine/replay-all", No
 run("console: health", lambda r: ("/console/health", None), count=requests // 4, headers=lambda: {"Cookie": session})
 json.dump(out, sys.stdout)
 PY
-  kill $ip; wait $ip 2>/dev/null || true
+  kill $ip $rp; wait $ip $rp 2>/dev/null || true
 }
 
 # Writes on one database: 30,000 signed webhooks at 32 connections, then one worker draining them.
