@@ -31,8 +31,11 @@ async fn small_run_reports_sane_numbers() {
         0.0 < l.p50 && l.p50 <= l.p90 && l.p90 <= l.p99 && l.p99 <= l.max,
         "{l:?}"
     );
+    // elapsed_s is rounded to the millisecond: on a run of a few milliseconds that rounding alone
+    // moves the product by up to half a millisecond's worth of requests.
     assert!(
-        (report.throughput_rps * report.elapsed_s - 200.0).abs() < 10.0,
+        (report.throughput_rps * report.elapsed_s - 200.0).abs()
+            < 10.0 + report.throughput_rps * 0.0005,
         "{report:?}"
     );
     hook.seen(|s| {
