@@ -271,8 +271,9 @@ fn init_logs() {
     }
 }
 
-/// A built binary of the workspace (`sms-worker`, ...), built on first use when a narrower
-/// `cargo test -p` did not build it.
+/// A built binary of the workspace (`sms-worker`, ...), brought up to date by `cargo build` on
+/// its first use in this test process: `cargo test -p sms-tests` does not rebuild other
+/// packages' binaries, and a stale one (say, without the newest migration) would test old code.
 pub fn workspace_binary(name: &str) -> std::path::PathBuf {
     // SMS_BIN_DIR runs the tests against other builds (e.g. target/release for measurements).
     if let Some(dir) = std::env::var_os("SMS_BIN_DIR") {
@@ -284,18 +285,26 @@ pub fn workspace_binary(name: &str) -> std::path::PathBuf {
         );
         return path;
     }
+    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
     let exe = std::env::current_exe().expect("test binary path");
     // target/<profile>/deps/<test> -> target/<profile>/<name>
     let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
     let path = dir.join(name);
-    if !path.exists() {
+    // Held while building, so that concurrent tests wait for one build.
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if !built.iter().any(|b| b == name) {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut args = vec!["build", "--bin", name];
+        if dir.ends_with("release") {
+            args.push("--release");
+        }
         let status = std::process::Command::new(cargo)
-            .args(["build", "--bin", name])
+            .args(&args)
             .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
             .status()
             .expect("run cargo build");
         assert!(status.success(), "building {name} failed");
+        built.push(name.to_owned());
     }
     path
 }
