@@ -112,14 +112,23 @@ pub(crate) fn decode_cursor<I: std::str::FromStr>(
 }
 
 pub(crate) fn parse_limit(raw: Option<&str>) -> Result<i64, ApiError> {
+    parse_limit_within(raw, DEFAULT_LIMIT, MAX_LIMIT)
+}
+
+/// A `limit` query parameter: `default` when absent, else an integer from 1 to `max`.
+pub(crate) fn parse_limit_within(
+    raw: Option<&str>,
+    default: i64,
+    max: i64,
+) -> Result<i64, ApiError> {
     let Some(raw) = raw else {
-        return Ok(DEFAULT_LIMIT);
+        return Ok(default);
     };
     match raw.trim().parse::<i64>() {
-        Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
         _ => Err(ApiError::bad_request(
             "invalid_limit",
-            format!("limit must be an integer from 1 to {MAX_LIMIT}"),
+            format!("limit must be an integer from 1 to {max}"),
         )),
     }
 }

@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 use crate::{AppState, auth::ApiKey, error::ApiError};
 
 /// Rows per page.
-pub const DEFAULT_LIMIT: usize = 200;
-pub const MAX_LIMIT: usize = 1_000;
+pub const DEFAULT_LIMIT: i64 = 200;
+pub const MAX_LIMIT: i64 = 1_000;
 /// Default window: the last 30 days, today included.
 const DEFAULT_DAYS: u64 = 30;
 
@@ -120,19 +120,6 @@ fn decode_cursor(cursor: &str) -> Result<shared::usage::After, ApiError> {
         })
 }
 
-fn parse_limit(raw: Option<&str>) -> Result<usize, ApiError> {
-    let Some(raw) = raw else {
-        return Ok(DEFAULT_LIMIT);
-    };
-    match raw.trim().parse::<usize>() {
-        Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
-        _ => Err(ApiError::bad_request(
-            "invalid_limit",
-            format!("limit must be an integer from 1 to {MAX_LIMIT}"),
-        )),
-    }
-}
-
 /// Usage
 ///
 /// Messages and segments by tenant, direction and delivery status over whole UTC days, from the
@@ -167,7 +154,8 @@ pub async fn usage(
     // A tenant-scoped key counts only its tenant; asking for another is asking for nothing.
     let tenant = crate::policy::confine(&key, crate::policy::Action::Read, p.tenant_id)?;
     let (from, to) = window(p.from.as_deref(), p.to.as_deref(), Utc::now().date_naive())?;
-    let limit = parse_limit(p.limit.as_deref())?;
+    let limit =
+        crate::conversations::parse_limit_within(p.limit.as_deref(), DEFAULT_LIMIT, MAX_LIMIT)?;
     let after = p.cursor.as_deref().map(decode_cursor).transpose()?;
     let page = shared::usage::page(
         &state.pool,
@@ -175,7 +163,8 @@ pub async fn usage(
         to,
         tenant.as_deref(),
         after.as_ref(),
-        limit,
+        // 1 to MAX_LIMIT, checked above.
+        limit as usize,
     )
     .await?;
     let next_cursor = page.next.as_ref().map(encode_cursor);

@@ -142,7 +142,37 @@ pub async fn page(
     sqlx::query!("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         .execute(&mut *tx)
         .await?;
-    let days_read = match tenant {
+    let after = (t, d, s);
+    let days_read = read_days(&mut tx, from, to, tenant, after, budget).await?;
+    let cut = days_read.len() as i64 == budget;
+    let mut groups = group(days_read);
+    // The LIMIT may have cut the last group: it is read again, whole, on the next page. (The
+    // budget exceeds the days of the window, so at least one whole group was read.)
+    if cut {
+        groups.pop();
+    }
+    // Pending deltas of the keys this page covers: up to its last whole group when the ledger
+    // was cut, all after the cursor when it was read to its end.
+    let upto = if cut {
+        groups.last().map(Counted::key)
+    } else {
+        None
+    };
+    let pending = read_pending(&mut tx, from, to, tenant, after, upto.as_ref()).await?;
+    tx.commit().await?;
+    Ok(paged(merge(groups, pending), limit, cut))
+}
+
+/// Up to `budget` day rows of the window after `after`, in primary-key order.
+async fn read_days(
+    tx: &mut sqlx::PgConnection,
+    from: NaiveDate,
+    to: NaiveDate,
+    tenant: Option<&str>,
+    (t, d, s): (&str, &str, &str),
+    budget: i64,
+) -> Result<Vec<Counted>, sqlx::Error> {
+    match tenant {
         // Two statements rather than one with "$3 IS NULL OR": each plan then bounds the scan
         // by its key.
         Some(tenant) => {
@@ -158,8 +188,8 @@ pub async fn page(
                 s,
                 budget
             )
-            .fetch_all(&mut *tx)
-            .await?
+            .fetch_all(tx)
+            .await
         }
         None => {
             sqlx::query_as!(
@@ -174,28 +204,25 @@ pub async fn page(
                 s,
                 budget
             )
-            .fetch_all(&mut *tx)
-            .await?
+            .fetch_all(tx)
+            .await
         }
-    };
-    let cut = days_read.len() as i64 == budget;
-    let mut groups = group(days_read);
-    // The LIMIT may have cut the last group: it is read again, whole, on the next page. (The
-    // budget exceeds the days of the window, so at least one whole group was read.)
-    if cut {
-        groups.pop();
     }
-    // Pending deltas of the keys this page covers: up to its last whole group when the ledger
-    // was cut, all after the cursor when it was read to its end.
-    let upto = if cut {
-        groups.last().map(Counted::key)
-    } else {
-        None
-    };
-    let (ut, ud, us) = upto.as_ref().map_or((None, None, None), |(t, d, s)| {
+}
+
+/// Pending deltas of the window summed per key, for keys after `after` and up to `upto`.
+async fn read_pending(
+    tx: &mut sqlx::PgConnection,
+    from: NaiveDate,
+    to: NaiveDate,
+    tenant: Option<&str>,
+    (t, d, s): (&str, &str, &str),
+    upto: Option<&Key>,
+) -> Result<Vec<Counted>, sqlx::Error> {
+    let (ut, ud, us) = upto.map_or((None, None, None), |(t, d, s)| {
         (Some(t.as_str()), Some(d.as_str()), Some(s.as_str()))
     });
-    let pending = sqlx::query_as!(
+    sqlx::query_as!(
         Counted,
         r#"SELECT tenant_id AS "tenant_id!", direction AS "direction!", status AS "status!",
                   sum(messages)::bigint AS "messages!", sum(segments)::bigint AS "segments!"
@@ -215,10 +242,8 @@ pub async fn page(
         ud,
         us
     )
-    .fetch_all(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(paged(merge(groups, pending), limit, cut))
+    .fetch_all(tx)
+    .await
 }
 
 /// The first `limit` groups that count something; the page's end is the last group it looked

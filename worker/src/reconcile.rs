@@ -2,7 +2,7 @@
 //! and brought up to date (through the same ledger and monotonic rule as callbacks), and
 //! conversations still without a tenant are tried against the directory again. Several replicas
 //! may run it; a lease row (`reconciler_lease`) lets one pass run at a time, through any pooler.
-//! Each pass also prunes finished jobs and folds the usage ledger.
+//! Each pass also prunes finished jobs; between passes, the usage ledger is folded every 5 s.
 
 use std::sync::Arc;
 
@@ -27,8 +27,6 @@ pub struct Report {
     pub stuck_updated: usize,
     pub tenants_attached: usize,
     pub jobs_deleted: u64,
-    /// Usage ledger changes folded into their days (`shared::usage::fold`).
-    pub usage_folded: u64,
     /// Inbound messages Twilio had that we did not, stored by the backfill.
     pub backfilled: usize,
 }
@@ -59,7 +57,7 @@ pub async fn run(deps: Arc<Deps>, shutdown: CancellationToken) {
     }
 }
 
-/// How often the usage ledger's pending changes are folded between passes: a read sums the
+/// How often the usage ledger's pending changes are folded (the passes do not fold): a read sums the
 /// pending changes of the keys it covers, and a busy minute (every inbound message linked to its
 /// conversation is one) leaves tens of thousands.
 const FOLD_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
@@ -134,12 +132,8 @@ async fn pass(deps: &Deps) -> anyhow::Result<Report> {
     sqlx::query!("DELETE FROM directory_changes WHERE changed_at < now() - interval '1 day'")
         .execute(&deps.pool)
         .await?;
-    // The usage ledger's pending changes into their days: reads stay exact without it, but
-    // each one sums what is pending.
-    let usage_folded = shared::usage::fold(&deps.pool).await?;
     let mut report = Report {
         jobs_deleted,
-        usage_folded,
         ..Report::default()
     };
     if let Some((cfg, twilio)) = &deps.outbound {
