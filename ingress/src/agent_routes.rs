@@ -27,10 +27,14 @@ pub struct NewRoute {
     /// An http(s) URL the messages are POSTed to. It must not reach internal addresses
     /// (loopback, private, link-local, shared, multicast, metadata) unless the operator allows
     /// the network (`AGENT_ALLOWED_NETWORKS`); redirects are not followed.
+    ///
+    /// The pattern states the syntax: a name whose last label starts with a letter (a numeric
+    /// last label would be read as an IPv4 address), or a dotted IPv4 address; a port up to 65535.
     #[schema(
         example = "https://agents.example.com/collections",
         min_length = 1,
-        max_length = 2048
+        max_length = 2048,
+        pattern = r"^https?://(([A-Za-z0-9-]+\.)*[A-Za-z][A-Za-z0-9-]*|((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9]))(:([0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?(/[!-~]*)?$"
     )]
     pub agent_url: String,
     /// 16 to 256 characters; signs each request to the agent (`X-SMS-Signature`). Write-only.

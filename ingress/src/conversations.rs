@@ -31,8 +31,11 @@ pub struct PageParams {
     /// Messages per page, 1 to 200 (default 50).
     #[param(value_type = Option<i64>, minimum = 1, maximum = 200)]
     pub limit: Option<String>,
-    /// The previous page's `next_cursor` (only a cursor this API returned is accepted).
-    #[param(min_length = 1, max_length = 200, pattern = "^[A-Za-z0-9_-]+$")]
+    /// The previous page's `next_cursor`: where the page starts, after that message.
+    #[param(
+        max_length = 60,
+        pattern = r"^-?[0-9]{1,16}\.[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+    )]
     pub cursor: Option<String>,
     /// Only this tenant's part of the history (a tenant-scoped key always sees only its own).
     #[param(min_length = 1, max_length = 100)]
@@ -93,22 +96,33 @@ pub struct RoutingDecision {
     pub decided_at: DateTime<Utc>,
 }
 
-/// Cursor: the (time, id) of the last entry returned, opaque to clients (ids are UUIDs for
-/// messages, sequence numbers for ledgers).
+/// Cursor: the (time, id) of the last entry returned, as `<unix microseconds>.<id>` (ids are
+/// UUIDs for messages, sequence numbers for ledgers). Any cursor of that shape is a position in
+/// the keyset order, so the OpenAPI pattern states the whole rule
+/// (microseconds: 16 digits reach past the year 2286).
 pub(crate) fn encode_cursor<I: std::fmt::Display>(at: DateTime<Utc>, id: I) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{}|{}", at.timestamp_micros(), id))
+    format!("{}.{}", at.timestamp_micros(), id)
 }
 
 pub(crate) fn decode_cursor<I: std::str::FromStr>(
     cursor: &str,
 ) -> Result<(DateTime<Utc>, I), ApiError> {
     let bad = || ApiError::bad_request("invalid_cursor", "cursor is not one this API returned");
-    let bytes = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| bad())?;
-    let text = String::from_utf8(bytes).map_err(|_| bad())?;
-    let (micros, id) = text.split_once('|').ok_or_else(bad)?;
-    let micros: i64 = micros.parse().map_err(|_| bad())?;
-    let at = DateTime::from_timestamp_micros(micros).ok_or_else(bad)?;
-    Ok((at, id.parse().map_err(|_| bad())?))
+    let parse = |text: &str| {
+        let (micros, id) = text.split_once('.')?;
+        if micros.len() > 17 {
+            return None;
+        }
+        let at = DateTime::from_timestamp_micros(micros.parse().ok()?)?;
+        Some((at, id.parse().ok()?))
+    };
+    // Before 2026-12, cursors were base64url of `<micros>|<id>`: a client paging across the
+    // upgrade keeps its place.
+    let legacy = || {
+        let text = String::from_utf8(URL_SAFE_NO_PAD.decode(cursor).ok()?).ok()?;
+        parse(&text.replacen('|', ".", 1))
+    };
+    parse(cursor).or_else(legacy).ok_or_else(bad)
 }
 
 pub(crate) fn parse_limit(raw: Option<&str>) -> Result<i64, ApiError> {
@@ -383,8 +397,32 @@ mod tests {
         let at = DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap();
         let id = Uuid::new_v4();
         assert_eq!(decode_cursor(&encode_cursor(at, id)).unwrap(), (at, id));
-        assert!(decode_cursor::<Uuid>("nope").is_err());
-        assert!(decode_cursor::<i64>("").is_err());
+        assert_eq!(decode_cursor(&encode_cursor(at, 42_i64)).unwrap(), (at, 42));
+        // A cursor from before the plain form still pages on.
+        let legacy = URL_SAFE_NO_PAD.encode(format!("{}|{id}", at.timestamp_micros()));
+        assert_eq!(decode_cursor(&legacy).unwrap(), (at, id));
+        // The extremes the OpenAPI pattern allows are positions too.
+        let nil = "00000000-0000-0000-0000-000000000000";
+        for micros in ["9999999999999999", "-9999999999999999", "0", "-0"] {
+            assert!(
+                decode_cursor::<Uuid>(&format!("{micros}.{nil}")).is_ok(),
+                "{micros}"
+            );
+            assert!(decode_cursor::<i64>(&format!("{micros}.999999999999999999")).is_ok());
+        }
+        for garbage in [
+            "nope",
+            "",
+            ".",
+            "1.",
+            ".1",
+            "1|2",
+            "1.x",
+            "99999999999999999999.1",
+        ] {
+            assert!(decode_cursor::<i64>(garbage).is_err(), "{garbage}");
+        }
+        assert!(decode_cursor::<Uuid>("1.2").is_err());
     }
 
     #[test]

@@ -281,8 +281,9 @@ pub const NO_NUL: &str = r"^[^\u0000]*$";
 /// The rules between fields that JSON Schema can state, added to the request schemas so that a
 /// client (or a schema-based fuzzer) knows them: a route has exactly one target; a send has a
 /// body with a visible character or at least one media URL. Rules that depend on the world
-/// (a number's validity, a window's order, a cursor's conversation, an idempotency key's earlier
-/// use) stay in the operations' descriptions and answer 422 with the field and the reason.
+/// (a number's validity by libphonenumber's metadata, a window's order, an expiry in the future,
+/// the agent fence's verdict on where a name resolves) stay in the operations' descriptions and
+/// answer 400 `invalid_request` with the field and the reason.
 fn state_cross_field_rules(doc: &mut utoipa::openapi::OpenApi) {
     use utoipa::openapi::schema::{
         AllOfBuilder, AnyOfBuilder, ArrayBuilder, ObjectBuilder, OneOfBuilder, Type,
@@ -391,3 +392,91 @@ impl utoipa::PartialSchema for TimeOrDay {
 }
 
 impl utoipa::ToSchema for TimeOrDay {}
+
+/// A usage window's bound: a day (`YYYY-MM-DD`), or an RFC 3339 time at 00:00 UTC (usage is
+/// counted per UTC day, so another time is refused rather than rounded).
+pub struct DayBound;
+
+impl utoipa::PartialSchema for DayBound {
+    fn schema() -> RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{
+            KnownFormat, ObjectBuilder, OneOfBuilder, SchemaFormat, Type,
+        };
+        let of = |format| {
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .format(Some(SchemaFormat::KnownFormat(format)))
+        };
+        OneOfBuilder::new()
+            .item(of(KnownFormat::Date))
+            .item(of(KnownFormat::DateTime).pattern(Some(r"[Tt]00:00:00(\.0+)?([Zz]|[+-]00:00)$")))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for DayBound {}
+
+#[cfg(test)]
+mod tests {
+    /// A cursor's pattern in the document is its whole rule: what the API returns matches it, and
+    /// whatever matches it is accepted (the decoders' own tables walk the extremes).
+    #[test]
+    fn cursor_patterns_match_the_cursors_the_api_returns() {
+        let doc = serde_json::to_value(super::document()).unwrap();
+        let pattern = |path: &str| {
+            let params = doc["paths"][path]["get"]["parameters"].as_array().unwrap();
+            let cursor = params.iter().find(|p| p["name"] == "cursor").unwrap();
+            regex::Regex::new(cursor["schema"]["pattern"].as_str().unwrap()).unwrap()
+        };
+        let at = chrono::DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap();
+        let message = crate::conversations::encode_cursor(at, uuid::Uuid::now_v7());
+        let ledger = crate::conversations::encode_cursor(at, i64::MAX / 10);
+        let usage = crate::usage::encode_cursor(&("t.1".into(), "outbound".into(), "sent".into()));
+        for (path, cursor) in [
+            ("/conversations/{phone_number}", message),
+            ("/opt-outs", ledger),
+            ("/usage", usage),
+        ] {
+            assert!(pattern(path).is_match(&cursor), "{path}: {cursor}");
+        }
+        assert!(!pattern("/usage").is_match("in.x.\0"));
+        assert!(!pattern("/opt-outs").is_match("1.x"));
+    }
+
+    /// An agent URL the document's pattern allows is one the route's own checks accept (the
+    /// fence, which depends on where a name resolves, aside): the schema states the syntax.
+    #[test]
+    fn agent_url_pattern_allows_only_urls_a_route_accepts() {
+        let doc = serde_json::to_value(super::document()).unwrap();
+        let route = &doc["components"]["schemas"]["NewRoute"]["allOf"][0];
+        let pattern = route["properties"]["agent_url"]["pattern"]
+            .as_str()
+            .unwrap();
+        let re = regex::Regex::new(pattern).unwrap();
+        let secret = "s".repeat(16);
+        // (url, matches the pattern)
+        let cases = [
+            ("https://agents.example.com/collections", true),
+            ("http://a", true),
+            ("http://a-", true),
+            ("http://-", false),
+            ("http://0-a.b-:65535/", true),
+            ("http://10.20.0.5:8080/x?y=1#z", true),
+            ("http://255.255.255.255", true),
+            ("http://a.0", false),
+            ("http://1.2.3.256", false),
+            ("http://a:65536", false),
+            ("ftp://a", false),
+            ("http://", false),
+            ("http://a b", false),
+            ("http://[::1]", false),
+        ];
+        for (url, matches) in cases {
+            assert_eq!(re.is_match(url), matches, "{url}");
+            if matches {
+                let errors = crate::agent_routes::validate(None, None, true, url, &secret);
+                assert!(errors.is_empty(), "{url}: {errors:?}");
+            }
+        }
+    }
+}

@@ -45,8 +45,8 @@ pub struct LedgerParams {
     /// Entries per page, 1 to 200 (default 50); ignored for CSV.
     #[param(value_type = Option<i64>, minimum = 1, maximum = 200)]
     pub limit: Option<String>,
-    /// The previous page's `next_cursor` (only a cursor this API returned is accepted).
-    #[param(min_length = 1, max_length = 200, pattern = "^[A-Za-z0-9_-]+$")]
+    /// The previous page's `next_cursor`: where the page starts, after that entry.
+    #[param(max_length = 40, pattern = r"^-?[0-9]{1,16}\.[0-9]{1,18}$")]
     pub cursor: Option<String>,
     /// `json` (default) or `csv`: every matching entry (up to 100,000) as an attachment.
     #[param(pattern = "^(json|csv)$")]
@@ -85,8 +85,14 @@ pub struct Ledger {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewOptOut {
-    /// The number, in any written form.
-    #[schema(example = "(415) 555-0101")]
+    /// The number, in any written form: digits and `+ ( ) . - /` and spaces; it must be a valid
+    /// number (libphonenumber's metadata).
+    #[schema(
+        example = "(415) 555-0101",
+        min_length = 1,
+        max_length = 64,
+        pattern = r"^[0-9+() ./-]*[0-9][0-9+() ./-]*$"
+    )]
     pub phone_number: String,
     /// `opt_out` (default) or `opt_in`.
     #[schema(pattern = "^(opt_out|opt_in)$")]

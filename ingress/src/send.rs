@@ -53,7 +53,7 @@ pub struct SendRequest {
     /// (`+`, `011` and a national `1` as it would); it must be a valid number that takes texts.
     /// Refused with a reason: `not a valid number` (letters included: never keypad digits),
     /// `not a mobile/fixed-line number we can text`, `short codes cannot be texted`.
-    #[schema(example = "(415) 555-2671", required = true, value_type = String, min_length = 1, max_length = 64)]
+    #[schema(example = "(415) 555-2671", required = true, value_type = String, min_length = 1, max_length = 64, pattern = r"^[0-9+() ./-]*[0-9][0-9+() ./-]*$")]
     pub to: Option<String>,
     /// At most 1600 characters; required unless `media_urls` is given.
     #[schema(example = "Hola Maria, su recibo está listo.", max_length = 1600)]

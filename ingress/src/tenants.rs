@@ -28,8 +28,14 @@ pub struct Phones {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddPhone {
-    /// Any written form; stored in E.164.
-    #[schema(example = "(415) 555-0199")]
+    /// Any written form (digits and `+ ( ) . - /` and spaces); stored in E.164. It must be a
+    /// valid number (libphonenumber's metadata).
+    #[schema(
+        example = "(415) 555-0199",
+        min_length = 1,
+        max_length = 64,
+        pattern = r"^[0-9+() ./-]*[0-9][0-9+() ./-]*$"
+    )]
     pub phone_number: String,
     /// The tenant's IANA time zone (`America/Chicago`), for quiet hours; kept when omitted.
     #[schema(example = "America/Chicago")]

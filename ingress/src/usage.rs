@@ -4,7 +4,6 @@
 
 use crate::extract::Query;
 use axum::{Json, extract::State};
-use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::{DateTime, Days, NaiveDate, NaiveTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -24,17 +23,20 @@ pub struct UsageParams {
     pub tenant_id: Option<String>,
     /// First day, inclusive: YYYY-MM-DD, or an RFC 3339 time at 00:00 UTC (default: 29 days
     /// before today, UTC).
-    #[param(value_type = Option<crate::openapi::TimeOrDay>, inline, example = "2026-11-01")]
+    #[param(value_type = Option<crate::openapi::DayBound>, inline, example = "2026-11-01")]
     pub from: Option<String>,
     /// End, exclusive: YYYY-MM-DD, or an RFC 3339 time at 00:00 UTC (default: tomorrow, UTC, so
     /// that today counts).
-    #[param(value_type = Option<crate::openapi::TimeOrDay>, inline, example = "2026-12-01")]
+    #[param(value_type = Option<crate::openapi::DayBound>, inline, example = "2026-12-01")]
     pub to: Option<String>,
     /// Rows per page, 1 to 1000 (default 200).
     #[param(value_type = Option<i64>, minimum = 1, maximum = 1000)]
     pub limit: Option<String>,
-    /// The previous page's `next_cursor` (only a cursor this API returned is accepted).
-    #[param(min_length = 1, max_length = 600, pattern = "^[A-Za-z0-9_-]+$")]
+    /// The previous page's `next_cursor`: where the page starts, after that row.
+    #[param(
+        max_length = 142,
+        pattern = r"^[a-z_]{0,20}\.[a-z_]{0,20}\.[^\u0000]{0,100}$"
+    )]
     pub cursor: Option<String>,
 }
 
@@ -97,34 +99,40 @@ fn window(
         Some(v) => parse_day("from", v)?,
         None => to - Days::new(DEFAULT_DAYS),
     };
-    if from > to {
-        return Err(ApiError::Validation(vec![(
-            "from",
-            "must not be after to".into(),
-        )]));
-    }
+    // `from` after `to` is a window with no day in it, as in the opt-out ledger: an empty
+    // answer, not an error.
     Ok((from, to))
 }
 
-fn encode_cursor(after: &shared::usage::After) -> String {
-    URL_SAFE_NO_PAD.encode(serde_json::to_vec(after).expect("strings serialise"))
+/// Cursor: the last (tenant, direction, status) returned, as `<direction>.<status>.<tenant>`
+/// (directions and statuses are lowercase words; the tenant, last, may hold dots). Any cursor of
+/// that shape is a position in the ledger's key order, so the OpenAPI pattern states the whole rule.
+pub(crate) fn encode_cursor((tenant, direction, status): &shared::usage::After) -> String {
+    format!("{direction}.{status}.{tenant}")
 }
 
 fn decode_cursor(cursor: &str) -> Result<shared::usage::After, ApiError> {
-    URL_SAFE_NO_PAD
-        .decode(cursor)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .ok_or_else(|| {
-            ApiError::bad_request("invalid_cursor", "cursor is not one this API returned")
-        })
+    let word = |w: &str| w.len() <= 20 && w.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
+    let mut parts = cursor.splitn(3, '.');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(d), Some(s), Some(t))
+            if word(d) && word(s) && t.chars().count() <= 100 && !t.contains('\0') =>
+        {
+            Ok((t.to_owned(), d.to_owned(), s.to_owned()))
+        }
+        _ => Err(ApiError::bad_request(
+            "invalid_cursor",
+            "cursor is not one this API returned",
+        )),
+    }
 }
 
 /// Usage
 ///
 /// Messages and segments by tenant, direction and delivery status over whole UTC days, from the
 /// usage ledger (kept in the same transactions as the messages, so exact at every moment). Each
-/// message counts for the tenant it belonged to when stored. Paged with `limit` and `cursor`.
+/// message counts for the tenant it belonged to when stored. Paged with `limit` and `cursor`. A
+/// window whose `from` is after its `to` holds no day: an empty answer.
 #[utoipa::path(
     get,
     path = "/usage",
@@ -135,7 +143,7 @@ fn decode_cursor(cursor: &str) -> Result<shared::usage::After, ApiError> {
     responses(
         (status = 200, description = "The counts.", body = Usage),
         (status = 400, description = "`invalid_request` with `errors` for `from` / `to` (not a \
-            day, a time that is not 00:00 UTC, or `from` after `to`); `invalid_limit`, \
+            day, or a time that is not 00:00 UTC); `invalid_limit`, \
             `invalid_cursor`; `invalid_query`: a query that does not parse.",
          body = crate::error::ErrorBody),
         (status = 401, response = crate::openapi::Unauthorized),
@@ -219,10 +227,21 @@ mod tests {
                 Some("2026-01-01"),
                 Ok(("2026-01-01", "2026-01-01")),
             ),
+            // Every form the document's pattern allows.
+            (
+                Some("2026-01-01t00:00:00.000z"),
+                Some("2026-01-03T00:00:00-00:00"),
+                Ok(("2026-01-01", "2026-01-03")),
+            ),
             (Some("2026-01-01T00:00:00-05:00"), None, Err("from")),
             (Some("2026-01-01T12:00:00Z"), None, Err("from")),
             (None, Some("2026-01-01T00:00:01Z"), Err("to")),
-            (Some("2026-01-02"), Some("2026-01-01"), Err("from")),
+            (
+                Some("2026-01-02"),
+                Some("2026-01-01"),
+                Ok(("2026-01-02", "2026-01-01")),
+            ),
+            (Some("2902-02-23"), None, Ok(("2902-02-23", "2026-12-05"))),
             (Some("yesterday"), None, Err("from")),
             (None, Some(""), Err("to")),
         ];
@@ -246,8 +265,18 @@ mod tests {
             "received".to_string(),
         );
         assert_eq!(decode_cursor(&encode_cursor(&after)).unwrap(), after);
-        assert!(decode_cursor("nope").is_err());
-        assert!(decode_cursor("").is_err());
-        assert!(decode_cursor(&URL_SAFE_NO_PAD.encode("[1,2,3]")).is_err());
+        let dotted = (
+            "a.b.c".to_string(),
+            "outbound".to_string(),
+            "sent".to_string(),
+        );
+        assert_eq!(decode_cursor(&encode_cursor(&dotted)).unwrap(), dotted);
+        // The smallest key, and the longest the pattern allows, are positions too.
+        assert!(decode_cursor("..").is_ok());
+        assert!(decode_cursor(&format!("{0}.{0}.{1}", "z".repeat(20), "é".repeat(100))).is_ok());
+        for garbage in ["nope", "", ".", "in.x", "IN.x.t", "in.x.t\0", "in-x.y.t"] {
+            assert!(decode_cursor(garbage).is_err(), "{garbage:?}");
+        }
+        assert!(decode_cursor(&format!("in.x.{}", "t".repeat(101))).is_err());
     }
 }

@@ -209,7 +209,7 @@ async fn tenant_phones_are_managed_and_isolated() {
 #[tokio::test]
 async fn usage_counts_messages_and_segments_per_tenant() {
     let db = pg::fresh_db().await;
-    sqlx::query("INSERT INTO tenant_profiles (tenant_id, phone_numbers) VALUES ('t-1', '[\"+14152110001\"]'), ('t-2', '[\"+14152220002\"]')")
+    sqlx::query("INSERT INTO tenant_profiles (tenant_id, phone_numbers) VALUES ('t-1', '[\"+14152110001\"]'), ('t-2', '[\"+14152220002\"]'), ('t &#3.x', '[\"+14152330003\"]')")
         .execute(&db.pool)
         .await
         .unwrap();
@@ -219,6 +219,7 @@ async fn usage_counts_messages_and_segments_per_tenant() {
         app.inbound("+14152110001", "hola").await;
     }
     app.inbound("+14152220002", "hi").await;
+    app.inbound("+14152330003", "yo").await;
     app.drain(jobs::INBOUND).await;
     let sender = app.api_key(&["send"], None).await;
     let resp = app
@@ -264,6 +265,27 @@ async fn usage_counts_messages_and_segments_per_tenant() {
             .iter()
             .any(|r| r["tenant_id"] == "t-2")
     );
+    // Page by page, one row each, the cursor URL-encoded (a tenant id may hold `&`, `#`, `.`):
+    // the same rows as one page.
+    let mut paged = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut query = vec![("from", "2000-01-01".to_owned()), ("limit", "1".to_owned())];
+        query.extend(cursor.take().map(|c| ("cursor", c)));
+        let resp = app
+            .http
+            .get(app.url("/usage"))
+            .query(&query)
+            .bearer_auth(&admin);
+        let page: Value = resp.send().await.unwrap().json().await.unwrap();
+        paged.extend(page["rows"].as_array().unwrap().iter().cloned());
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(&paged, all["rows"].as_array().unwrap());
+    assert!(paged.iter().any(|r| r["tenant_id"] == "t &#3.x"));
     assert_eq!(
         app.http
             .get(app.url("/usage?from=yesterday"))
