@@ -13,7 +13,7 @@
 //!   is no tenant-scoped key's: it is answered like another tenant's (404), so that a key cannot
 //!   even learn that such a record exists.
 //!
-//! The table ([`decide`]), printed in docs/security.md:
+//! The table ([`decide`]), printed in the README (Security model):
 //!
 //! | key \ resource          | own tenant | another tenant                 | global                     |
 //! |-------------------------|------------|--------------------------------|----------------------------|
@@ -235,7 +235,7 @@ mod tests {
         ]
     }
 
-    /// The expected verdict, written as docs/security.md's table reads.
+    /// The expected verdict, written as the README's table reads.
     fn expected(kind: &str, action: Action, whose: Whose) -> Verdict {
         let scoped = kind.starts_with("tenant");
         let scope_ok = kind.ends_with("admin") || kind.ends_with(action.scope());
