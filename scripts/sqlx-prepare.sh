@@ -12,7 +12,11 @@ psql -q "$admin" -c "DROP DATABASE IF EXISTS sms_sqlx_prepare" -c "CREATE DATABA
 apalis=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/apalis-postgres-1.0.0/migrations | head -n 1)
 psql -q "$db" -c "CREATE EXTENSION IF NOT EXISTS hstore" -c "CREATE SCHEMA IF NOT EXISTS apalis"
 for f in "$apalis"/*.sql; do PGOPTIONS='-c search_path=apalis,public' psql -q -v ON_ERROR_STOP=1 "$db" -f "$f" >/dev/null; done
-for f in migrations/*.sql; do psql -q -v ON_ERROR_STOP=1 "$db" -f "$f" >/dev/null; done
+# Each in one transaction, as sqlx applies them, unless it starts with `-- no-transaction`.
+for f in migrations/*.sql; do
+  one=-1; head -1 "$f" | grep -q '^-- no-transaction' && one=
+  psql -q $one -v ON_ERROR_STOP=1 "$db" -f "$f" >/dev/null
+done
 rm -f .sqlx/query-*.json
 find shared ingress worker sim tests -name '*.rs' -exec touch {} +
 SQLX_OFFLINE=false SQLX_OFFLINE_DIR="$root/.sqlx" DATABASE_URL=$db cargo check --workspace --all-targets --quiet

@@ -20,5 +20,6 @@ pub mod secret;
 pub mod segments;
 pub mod telemetry;
 pub mod tenants;
+pub mod traffic;
 pub mod twilio;
 pub mod usage;

@@ -2,7 +2,8 @@
 //! and brought up to date (through the same ledger and monotonic rule as callbacks), and
 //! conversations still without a tenant are tried against the directory again. Several replicas
 //! may run it; a lease row (`reconciler_lease`) lets one pass run at a time, through any pooler.
-//! Each pass also prunes finished jobs; between passes, the usage ledger is folded every 5 s.
+//! Each pass also prunes finished jobs; between passes, the usage ledger is folded and the
+//! per-minute counts compacted every 5 s.
 
 use std::sync::Arc;
 
@@ -68,6 +69,11 @@ async fn fold_usage(deps: &Deps) {
         Ok(0) => {}
         Ok(n) => tracing::debug!(deltas = n, "usage ledger folded"),
         Err(e) => tracing::warn!(error = %e, "usage ledger fold failed; next time"),
+    }
+    // The per-minute counts of the health chart, on the same timer: a statement appends a row,
+    // so between two compactions they grow with the statements, not the messages.
+    if let Err(e) = shared::traffic::compact(&deps.pool).await {
+        tracing::warn!(error = %e, "per-minute counts compaction failed; next time");
     }
 }
 

@@ -5,44 +5,10 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use axum::{extract::State, response::Response};
-use chrono::{DateTime, DurationRound, Utc};
+use chrono::{DateTime, Utc};
 
 use super::{ConsoleError, Operator, html};
 use crate::AppState;
-
-/// Messages per minute, oldest first, the last 60 minutes (the current one included).
-async fn per_minute(
-    pool: &sqlx::PgPool,
-    tenant: Option<&str>,
-) -> Result<Vec<(DateTime<Utc>, i64, i64)>, sqlx::Error> {
-    let rows = sqlx::query!(
-        r#"SELECT date_trunc('minute', created_at) AS "minute!",
-                  count(*) FILTER (WHERE direction = 'inbound') AS "inbound!",
-                  count(*) FILTER (WHERE direction = 'outbound') AS "outbound!"
-           FROM sms_messages
-           WHERE created_at >= date_trunc('minute', now()) - interval '59 minutes'
-             AND ($1::text IS NULL OR tenant_id = $1)
-           GROUP BY 1"#,
-        tenant
-    )
-    .fetch_all(pool)
-    .await?;
-    let counted: BTreeMap<DateTime<Utc>, (i64, i64)> = rows
-        .into_iter()
-        .map(|r| (r.minute, (r.inbound, r.outbound)))
-        .collect();
-    let now = Utc::now()
-        .duration_trunc(chrono::Duration::minutes(1))
-        .unwrap_or_else(|_| Utc::now());
-    Ok((0..60)
-        .rev()
-        .map(|ago| {
-            let minute = now - chrono::Duration::minutes(ago);
-            let (i, o) = counted.get(&minute).copied().unwrap_or_default();
-            (minute, i, o)
-        })
-        .collect())
-}
 
 /// Bars of inbound (up) and outbound (down) per minute, as an inline SVG.
 fn chart(minutes: &[(DateTime<Utc>, i64, i64)]) -> String {
@@ -116,7 +82,10 @@ pub async fn page(
             )
         })
         .collect();
-    let minutes = per_minute(&state.pool, operator.key.tenant_id.as_deref()).await?;
+    let minutes = match operator.key.tenant_id.as_deref() {
+        None => shared::traffic::last_hour(&state.pool).await?,
+        Some(tenant) => shared::traffic::last_hour_of(&state.pool, tenant).await?,
+    };
     let (total_in, total_out) = minutes
         .iter()
         .fold((0, 0), |(a, b), (_, i, o)| (a + i, b + o));

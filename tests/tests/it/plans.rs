@@ -23,6 +23,14 @@ const LAST: &str =
     "SELECT created_at FROM sms_messages WHERE conversation_id = $1 AND tenant_id = $2
                  ORDER BY created_at DESC, id DESC LIMIT 1";
 
+/// A page of the usage ledger over all tenants, and over one, as `shared/src/usage.rs` reads them.
+const USAGE: &str = "SELECT tenant_id, direction, status, messages, segments FROM sms_usage_logs
+                   WHERE (tenant_id, direction, status) > ($3, $4, $5) AND day >= $1 AND day < $2
+                   ORDER BY tenant_id, direction, status, day LIMIT $6";
+const USAGE_TENANT: &str = "SELECT tenant_id, direction, status, messages, segments FROM sms_usage_logs
+                   WHERE tenant_id = $3 AND (direction, status) > ($4, $5) AND day >= $1 AND day < $2
+                   ORDER BY tenant_id, direction, status, day LIMIT $6";
+
 fn words(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
@@ -57,6 +65,10 @@ fn the_statements_here_are_the_ones_the_endpoint_runs() {
             source.contains(&words(sql)),
             "not in conversations.rs: {sql}"
         );
+    }
+    let source = words(include_str!("../../../shared/src/usage.rs"));
+    for sql in [USAGE, USAGE_TENANT] {
+        assert!(source.contains(&words(sql)), "not in usage.rs: {sql}");
     }
 }
 
@@ -156,6 +168,76 @@ async fn a_tenant_page_of_a_busy_conversation_costs_a_page_at_every_execution() 
                 assert!(
                     !nodes.iter().any(|n| n.starts_with("BitmapAnd")),
                     "{mode}, execution {execution}: {call}: {nodes:?}"
+                );
+            }
+        }
+    }
+    conn.close().await.unwrap();
+}
+
+/// A year of the usage ledger: 600 tenants, two keys each, a row per day. A page of 1,608 day rows
+/// (what a 200-row page reads), over all tenants and over one, at every execution and forced
+/// generic: an index-only scan of the primary key, which holds the counts, in key order with no
+/// sort; through the plain key each row was a heap fetch (day rows lie in the heap by day).
+#[tokio::test]
+async fn a_usage_page_is_an_index_only_scan_at_every_execution() {
+    let db = pg::fresh_db().await;
+    db.pool
+        .execute(
+            "INSERT INTO sms_usage_logs (tenant_id, direction, status, day, messages, segments)
+             SELECT 't-' || lpad(t::text, 4, '0'), d, s, current_date - k, 3, 4
+             FROM generate_series(1, 600) t, generate_series(0, 364) k,
+                  (VALUES ('inbound', 'received'), ('outbound', 'delivered')) v(d, s)",
+        )
+        .await
+        .unwrap();
+    // As autovacuum leaves a ledger whose old days no longer change: pages all-visible.
+    db.pool
+        .execute("VACUUM ANALYZE sms_usage_logs")
+        .await
+        .unwrap();
+    let mut conn = PgConnection::connect(&db.url).await.unwrap();
+    conn.execute(AssertSqlSafe(format!(
+        "PREPARE usage(date, date, text, text, text, bigint) AS {USAGE}"
+    )))
+    .await
+    .unwrap();
+    conn.execute(AssertSqlSafe(format!(
+        "PREPARE usage_tenant(date, date, text, text, text, bigint) AS {USAGE_TENANT}"
+    )))
+    .await
+    .unwrap();
+    let month = "current_date - 29, current_date + 1";
+    let year = "current_date - 364, current_date + 1";
+    let calls = [
+        format!("EXECUTE usage({month}, '', '', '', 1608)"),
+        format!("EXECUTE usage({month}, 't-0300', 'inbound', 'received', 1608)"),
+        format!("EXECUTE usage({year}, '', '', '', 1608)"),
+        format!("EXECUTE usage_tenant({year}, 't-0042', '', '', 1608)"),
+    ];
+    for mode in ["auto", "force_generic_plan"] {
+        conn.execute(AssertSqlSafe(format!("SET plan_cache_mode = {mode}")))
+            .await
+            .unwrap();
+        for execution in 1..=8 {
+            for call in &calls {
+                let sql = format!("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {call}");
+                let plan: Value = sqlx::query_scalar(AssertSqlSafe(sql))
+                    .fetch_one(&mut conn)
+                    .await
+                    .unwrap();
+                let nodes = node_types(&plan);
+                assert_eq!(
+                    nodes,
+                    ["Limit", "Index Only Scan sms_usage_logs_pkey"],
+                    "{mode}, execution {execution}: {call}"
+                );
+                // 1,608 rows of a month are some 54 keys' years: about 20,000 index entries, 170
+                // leaf pages (no skip scan in Postgres 15); heap fetches would add a page a row.
+                assert!(
+                    blocks(&plan) <= 300,
+                    "{mode}, execution {execution}: {call} read {} blocks",
+                    blocks(&plan)
                 );
             }
         }

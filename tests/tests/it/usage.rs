@@ -1,12 +1,16 @@
 //! The usage ledger (issue 21): triggers keep per-day counts in the transactions that change
 //! messages, the reconciler folds them, `/usage` reads days. Checked against a full count of the
 //! messages after a random mix of concurrent inserts, status changes, late tenant attribution,
-//! conversation links, deletes and rollbacks, with folds running in between.
+//! conversation links, deletes and rollbacks, with folds running in between. The health chart's
+//! per-minute counts, kept by the same trigger and compacted on the same timer, likewise.
 
-use chrono::{Days, NaiveDate, Utc};
+use chrono::{DateTime, Days, NaiveDate, Utc};
 use harness::pg;
 use rand::{Rng, SeedableRng, rngs::StdRng};
-use shared::usage::{self, Row};
+use shared::{
+    traffic,
+    usage::{self, Row},
+};
 use sqlx::{AssertSqlSafe, PgPool};
 use uuid::Uuid;
 
@@ -97,6 +101,36 @@ async fn setup(pool: &PgPool) -> Vec<Uuid> {
     conversations
 }
 
+/// The health chart's last hour, from the per-minute counts, equals a count of the messages.
+async fn chart_matches(pool: &PgPool, seed: u64) {
+    let minute = || Utc::now().timestamp() / 60;
+    loop {
+        let at = minute();
+        let got = traffic::last_hour(pool).await.unwrap();
+        let want: Vec<(DateTime<Utc>, i64, i64)> = sqlx::query_as(
+            "SELECT m, count(x.*) FILTER (WHERE x.direction = 'inbound'),
+                    count(x.*) FILTER (WHERE x.direction = 'outbound')
+             FROM generate_series(date_trunc('minute', now()) - interval '59 minutes',
+                                  date_trunc('minute', now()), interval '1 minute') m
+             LEFT JOIN sms_messages x ON date_trunc('minute', x.created_at) = m
+             GROUP BY m ORDER BY m",
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap();
+        // A minute's turn between the two reads shifts the window: read both again.
+        if minute() != at {
+            continue;
+        }
+        assert_eq!(got, want, "seed {seed}");
+        assert!(
+            want.iter().map(|(_, i, o)| i + o).sum::<i64>() > 0,
+            "the mix wrote in the last hour"
+        );
+        return;
+    }
+}
+
 /// A statement's outcome: writers updating random rows in random order can deadlock, and
 /// Postgres then aborts one transaction, which is one more rollback in the mix.
 fn aborted(r: Result<sqlx::postgres::PgQueryResult, sqlx::Error>) -> bool {
@@ -125,7 +159,12 @@ async fn random_transaction(pool: &PgPool, rng: &mut StdRng, conversations: &[Uu
                     Vec::new(),
                 );
                 for _ in 0..n {
-                    let minutes = rng.random_range(0..4 * 24 * 60);
+                    // A quarter in the health chart's last hour and a half.
+                    let minutes = if rng.random_bool(0.25) {
+                        rng.random_range(0..90)
+                    } else {
+                        rng.random_range(0..4 * 24 * 60)
+                    };
                     args.0.push(if rng.random_bool(0.5) {
                         "inbound"
                     } else {
@@ -199,6 +238,16 @@ async fn random_transaction(pool: &PgPool, rng: &mut StdRng, conversations: &[Uu
                 if aborted(first) {
                     return;
                 }
+                // A time rewritten by hand moves a message's minute (and maybe its day).
+                let moved = sqlx::query(
+                    "UPDATE sms_messages SET created_at = created_at - interval '7 minutes'
+                     WHERE id IN (SELECT id FROM sms_messages ORDER BY random() LIMIT 1)",
+                )
+                .execute(&mut *tx)
+                .await;
+                if aborted(moved) {
+                    return;
+                }
                 sqlx::query(
                     "DELETE FROM sms_messages WHERE id IN (SELECT id FROM sms_messages ORDER BY random() LIMIT 1)",
                 )
@@ -240,6 +289,7 @@ async fn the_ledger_equals_a_full_count_after_a_random_mix_of_writes() {
             let mut folded = 0;
             for _ in 0..40 {
                 folded += usage::fold(&pool).await.unwrap();
+                traffic::compact(&pool).await.unwrap();
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             }
             folded
@@ -276,8 +326,11 @@ async fn the_ledger_equals_a_full_count_after_a_random_mix_of_writes() {
                 .len()
         }
     };
-    // Deltas pending and folded alike are counted.
+    // Deltas pending and folded alike are counted; the chart's minutes, compacted or not.
     let rows = check("some deltas pending").await;
+    chart_matches(&db.pool, seed).await;
+    traffic::compact(&db.pool).await.unwrap();
+    chart_matches(&db.pool, seed).await;
     assert!(rows > 10, "the mix covered the ledger's keys: {rows} rows");
     usage::fold(&db.pool).await.unwrap();
     let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM sms_usage_deltas")
