@@ -312,12 +312,11 @@ pub async fn failures_within(
     pool: &sqlx::PgPool,
     window: Duration,
 ) -> Result<Vec<(String, i64)>, sqlx::Error> {
-    let secs = window.as_secs_f64();
     let rows = sqlx::query!(
         r#"SELECT job_type AS "queue!", count(*) AS "n!" FROM apalis.jobs
            WHERE status IN ('Failed', 'Killed') AND done_at > now() - make_interval(secs => $1)
            GROUP BY job_type"#,
-        secs
+        window.as_secs_f64()
     )
     .fetch_all(pool)
     .await?;

@@ -159,7 +159,16 @@ async fn queue_depths_read_only_open_jobs() {
            ('\\x00', 'later-1', 'route', 'Pending', now() + interval '1 hour', NULL),
            ('\\x00', 'later-2', 'route', 'Pending', now() + interval '1 hour', NULL),
            ('\\x00', 'running-1', 'outbound-send', 'Running', now(), 'w-depths'),
-           ('\\x00', 'queued-1', 'outbound-send', 'Queued', now(), 'w-depths')",
+           ('\\x00', 'queued-1', 'outbound-send', 'Queued', now(), 'w-depths'),
+           ('\\x00', 'failed-1', 'route', 'Failed', now(), 'w-depths'),
+           ('\\x00', 'killed-1', 'route', 'Killed', now(), 'w-depths'),
+           ('\\x00', 'failed-old', 'route', 'Failed', now() - interval '2 hours', 'w-depths')",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "UPDATE apalis.jobs SET done_at = run_at WHERE id LIKE 'failed-%' OR id LIKE 'killed-%'",
     )
     .execute(pool)
     .await
@@ -194,4 +203,19 @@ async fn queue_depths_read_only_open_jobs() {
             && plan.contains("apalis_jobs_in_flight_idx"),
         "{plan}"
     );
+    // The health page's failures of the last hour: the failed and killed jobs only, by index.
+    let failures = jobs::failures_within(pool, std::time::Duration::from_secs(3600))
+        .await
+        .unwrap();
+    assert_eq!(failures, [("route".to_owned(), 2)]);
+    let plan: Vec<String> = sqlx::query_scalar(
+        "EXPLAIN SELECT job_type, count(*) FROM apalis.jobs
+         WHERE status IN ('Failed', 'Killed') AND done_at > now() - make_interval(secs => 3600)
+         GROUP BY job_type",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let plan = plan.join("\n");
+    assert!(plan.contains("apalis_jobs_failed_done_idx"), "{plan}");
 }
