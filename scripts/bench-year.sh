@@ -69,7 +69,8 @@ measure() { # db
   settle
   psql -q "$DATABASE_URL" -c "DELETE FROM api_keys WHERE name LIKE 'year-%'" -c "ANALYZE"
   local n tenants
-  n=$(psql -tA "$DATABASE_URL" -c "SELECT count(*) FROM sms_conversations")
+  # The year's numbers (+1 201 2xx xxxx), not the ones the write runs' webhooks add.
+  n=$(psql -tA "$DATABASE_URL" -c "SELECT count(*) FROM sms_conversations WHERE phone_number LIKE '+1201%'")
   tenants=$(psql -tA "$DATABASE_URL" -c "SELECT count(*) FROM tenant_profiles WHERE tenant_id NOT LIKE 'y-prev-%'")
   local unscoped keys
   unscoped=$(target/release/sms-ingress api-key create --name year-admin --scope read --scope admin)
