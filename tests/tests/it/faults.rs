@@ -105,32 +105,41 @@ async fn a_worker_killed_mid_run_loses_nothing_repeats_nothing_and_its_jobs_are_
     let mut first = app.spawn_worker_process(queues, &worker_env);
     let load = tokio::spawn(paced_load(client));
     // Killed mid-run: a quarter of the sends made and jobs in its hands at that moment (under a
-    // busy machine a paced load can leave the worker idle for an instant).
-    wait_until(Duration::from_secs(60), || async {
-        tw.stats().creates >= (KILL_SENDS / 4) as u64
-            && app
-                .count("SELECT count(*) FROM apalis.jobs WHERE status IN ('Queued', 'Running')")
-                .await
-                > 0
-    })
-    .await
-    .expect("the worker started sending");
-    first.kill().unwrap(); // SIGKILL
-    let killed_at = Instant::now();
-    first.wait().unwrap();
-
-    // Everything locked now was locked by the dead worker (no other worker ran yet).
-    let dead_workers: Vec<String> = sqlx::query_scalar("SELECT id FROM apalis.workers")
+    // busy machine a paced load can leave the worker idle for an instant). A job seen in flight
+    // can still finish in the instant before the signal lands: then the worker is restarted, as
+    // a supervisor would, and killed again (each a kill mid-run; the load goes on throughout).
+    let mut kills = 0;
+    let (killed_at, dead_workers, orphans) = loop {
+        wait_until(Duration::from_secs(60), || async {
+            tw.stats().creates >= (KILL_SENDS / 4) as u64
+                && app
+                    .count("SELECT count(*) FROM apalis.jobs WHERE status IN ('Queued', 'Running')")
+                    .await
+                    > 0
+        })
+        .await
+        .expect("the worker started sending");
+        first.kill().unwrap(); // SIGKILL
+        let killed_at = Instant::now();
+        first.wait().unwrap();
+        kills += 1;
+        // Everything locked now was locked by a dead worker (no other worker runs).
+        let dead_workers: Vec<String> = sqlx::query_scalar("SELECT id FROM apalis.workers")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+        let orphans: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM apalis.jobs WHERE status IN ('Queued', 'Running') AND lock_by = ANY($1)",
+        )
+        .bind(&dead_workers)
         .fetch_all(&app.pool)
         .await
         .unwrap();
-    let orphans: Vec<String> = sqlx::query_scalar(
-        "SELECT id FROM apalis.jobs WHERE status IN ('Queued', 'Running') AND lock_by = ANY($1)",
-    )
-    .bind(&dead_workers)
-    .fetch_all(&app.pool)
-    .await
-    .unwrap();
+        if !orphans.is_empty() || kills == 5 {
+            break (killed_at, dead_workers, orphans);
+        }
+        first = app.spawn_worker_process(queues, &worker_env);
+    };
     let sent_at_kill = tw.stats().creates;
     let processed_at_kill =
         app.count("SELECT count(*) FROM sms_messages WHERE direction = 'inbound' AND processed_at IS NOT NULL").await;
@@ -140,7 +149,7 @@ async fn a_worker_killed_mid_run_loses_nothing_repeats_nothing_and_its_jobs_are_
     );
     assert!(
         !orphans.is_empty(),
-        "the killed worker held jobs at its death"
+        "the killed worker held jobs at its death ({kills} kills)"
     );
 
     // Restarted at once, as a supervisor (systemd, Kubernetes) would.
