@@ -114,9 +114,9 @@ impl Counted {
 /// every message has left) are not answers.
 ///
 /// Its cost is bounded by the page, not the ledger: day rows are read in the primary key's order
-/// with a LIMIT (so the plan is an ordered index scan that stops, whatever the planner thinks of
-/// the window), grouped here, the last group dropped when the LIMIT may have cut it; pending
-/// deltas of the keys covered are added. Both reads share one snapshot.
+/// with a LIMIT (so the plan is an index-only scan that stops, whatever the planner thinks of the
+/// window), grouped here, the last group dropped when the LIMIT may have cut it; pending deltas of
+/// the keys covered are added. All reads share one snapshot.
 pub async fn page(
     pool: &sqlx::PgPool,
     from: NaiveDate,
@@ -125,10 +125,7 @@ pub async fn page(
     after: Option<&After>,
     limit: usize,
 ) -> Result<Page, sqlx::Error> {
-    // Day rows read: enough for `limit` groups of a week's rows each, and always more than one
-    // group can hold (a group has at most one row per day of the window).
     let days = (to - from).num_days().clamp(0, 10_000) as usize;
-    let budget = ((limit + 1) * 8).max(days + 2) as i64;
     // No cursor: the smallest key ('' sorts first, and every direction is non-empty). Within
     // one tenant, a cursor of another tenant starts at that tenant's beginning (the policy
     // confines the tenant; a cursor is only ever this API's).
@@ -138,18 +135,51 @@ pub async fn page(
         (Some((t, d, s)), None) => (t.as_str(), d.as_str(), s.as_str()),
         (None, None) => (NO_TENANT, "", ""),
     };
+    let start = (t.to_owned(), d.to_owned(), s.to_owned());
     let mut tx = pool.begin().await?;
     sqlx::query!("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         .execute(&mut *tx)
         .await?;
-    let after = (t, d, s);
-    let days_read = read_days(&mut tx, from, to, tenant, after, budget).await?;
-    let cut = days_read.len() as i64 == budget;
-    let mut groups = group(days_read);
-    // The LIMIT may have cut the last group: it is read again, whole, on the next page. (The
-    // budget exceeds the days of the window, so at least one whole group was read.)
-    if cut {
-        groups.pop();
+    // Rounds of day rows until the page's groups are read or the ledger ends. A group holds at
+    // most a row per day of the window, so a budget above that always completes one group. The
+    // first round guesses two rows a group (a year of 100,000 tenants averages under two in a
+    // month); the next ones size themselves on the rows per group seen so far.
+    let mut groups: Vec<Counted> = Vec::new();
+    let (mut rows_read, mut cut, mut from_key) = (0usize, true, start.clone());
+    while cut && groups.len() <= limit {
+        let per_group = if groups.is_empty() {
+            2.0
+        } else {
+            rows_read as f64 / groups.len() as f64
+        };
+        let wanted = (limit + 1 - groups.len()) as f64 * per_group * 1.25;
+        let budget = (wanted.ceil() as usize).clamp(days + 2, MAX_ROUND.max(days + 2)) as i64;
+        let key = (
+            from_key.0.as_str(),
+            from_key.1.as_str(),
+            from_key.2.as_str(),
+        );
+        let read = read_days(&mut tx, from, to, tenant, key, budget).await?;
+        cut = read.len() as i64 == budget;
+        // The LIMIT may have cut the last group: it is read again, whole, in the next round (or
+        // on the next page).
+        let cut_rows = match read.last() {
+            Some(last) if cut => read
+                .iter()
+                .rev()
+                .take_while(|r| r.key() == last.key())
+                .count(),
+            _ => 0,
+        };
+        rows_read += read.len() - cut_rows;
+        let mut round = group(read);
+        if cut {
+            round.pop();
+        }
+        if let Some(last) = round.last() {
+            from_key = last.key();
+        }
+        groups.extend(round);
     }
     // Pending deltas of the keys this page covers: up to its last whole group when the ledger
     // was cut, all after the cursor when it was read to its end.
@@ -158,10 +188,13 @@ pub async fn page(
     } else {
         None
     };
-    let pending = read_pending(&mut tx, from, to, tenant, after, upto.as_ref()).await?;
+    let pending = read_pending(&mut tx, from, to, tenant, (t, d, s), upto.as_ref()).await?;
     tx.commit().await?;
     Ok(paged(merge(groups, pending), limit, cut))
 }
+
+/// Most day rows one round reads (a page of dense keys over a long window takes a few rounds).
+const MAX_ROUND: usize = 20_000;
 
 /// Up to `budget` day rows of the window after `after`, in primary-key order.
 async fn read_days(
