@@ -140,20 +140,22 @@ pub async fn page(
     sqlx::query!("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         .execute(&mut *tx)
         .await?;
-    // Rounds of day rows until the page's groups are read or the ledger ends. A group holds at
-    // most a row per day of the window, so a budget above that always completes one group. The
+    // Rounds of day rows until the page's groups are read, the ledger ends or the page has read
+    // its share ([`MAX_PAGE_ROWS`]). A group holds at most a row per day of the window, so a
+    // budget above that always completes one group. The
     // first round guesses two rows a group (a year of 100,000 tenants averages under two in a
     // month); the next ones size themselves on the rows per group seen so far.
     let mut groups: Vec<Counted> = Vec::new();
     let (mut rows_read, mut cut, mut from_key) = (0usize, true, start.clone());
-    while cut && groups.len() <= limit {
+    while cut && groups.len() <= limit && rows_read < MAX_PAGE_ROWS {
         let per_group = if groups.is_empty() {
             2.0
         } else {
             rows_read as f64 / groups.len() as f64
         };
         let wanted = (limit + 1 - groups.len()) as f64 * per_group * 1.25;
-        let budget = (wanted.ceil() as usize).clamp(days + 2, MAX_ROUND.max(days + 2)) as i64;
+        let budget = (wanted.ceil() as usize)
+            .clamp(days + 2, (MAX_PAGE_ROWS - rows_read).max(days + 2)) as i64;
         let key = (
             from_key.0.as_str(),
             from_key.1.as_str(),
@@ -193,8 +195,10 @@ pub async fn page(
     Ok(paged(merge(groups, pending), limit, cut))
 }
 
-/// Most day rows one round reads (a page of dense keys over a long window takes a few rounds).
-const MAX_ROUND: usize = 20_000;
+/// Day rows a page reads at most (beyond one whole group): a page's cost stays that of a few
+/// thousand index entries. Over a long window, keys with a row every day fill fewer than `limit`
+/// rows of a page (a year of them: about a dozen), and the next page goes on.
+const MAX_PAGE_ROWS: usize = 4_000;
 
 /// Up to `budget` day rows of the window after `after`, in primary-key order.
 async fn read_days(
