@@ -57,7 +57,7 @@ async fn load(state: &AppState, tenant_id: &str) -> Result<Phones, ApiError> {
     })
 }
 
-/// The tenant the directory gives `number`, by its rule (shared::tenants::owners): the
+/// The tenant the directory gives `number`, by its rule (shared::tenants::owners_of_each): the
 /// first-listed one. The policy then decides what a key may do with the number.
 pub(crate) async fn owner_of(
     conn: &mut sqlx::PgConnection,

@@ -2,6 +2,7 @@
 //! then the Collections Monitor. Answers, found and not found, are cached with a TTL.
 
 use std::{
+    collections::HashMap,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -60,16 +61,47 @@ struct Counters {
     shared_numbers: AtomicU64,
 }
 
-/// The tenants whose profile lists any of these written forms, in the order that decides who a
-/// shared number (a household sharing a phone) belongs to: the tenant that listed it first
-/// (oldest profile), then by id. Stable: activity on a profile never changes the answer.
-pub async fn owners(pool: &PgPool, variants: &[String]) -> Result<Vec<String>, sqlx::Error> {
-    sqlx::query_scalar!(
-        "SELECT tenant_id FROM tenant_profiles WHERE phone_numbers ?| $1::text[] ORDER BY created_at, tenant_id LIMIT 5",
-        variants
+/// For each number (given as its written forms), the tenants whose profile lists any of them, in
+/// the order that decides who a shared number (a household sharing a phone) belongs to: the
+/// tenant that listed it first (oldest profile), then by id (at most 5 each). Stable: activity on
+/// a profile never changes the answer. One statement for all of them: a chunk's senders cost one
+/// round trip, not one each (through a pooler, each round trip is a hop more).
+pub async fn owners_of_each(
+    pool: &PgPool,
+    numbers: &[Vec<String>],
+) -> Result<Vec<Vec<String>>, sqlx::Error> {
+    let (index, variants): (Vec<i32>, Vec<&str>) = numbers
+        .iter()
+        .enumerate()
+        .flat_map(|(i, vs)| vs.iter().map(move |v| (i as i32, v.as_str())))
+        .unzip();
+    let rows = sqlx::query!(
+        // Each number's owners by the directory's GIN index (26 us a number for a chunk of 128,
+        // against 0.38 ms for a statement of its own; without statistics on the table the
+        // planner scans it for each number instead: ANALYZE after a bulk load of tenants).
+        r#"WITH n AS (
+               SELECT i, array_agg(variant) AS variants
+               FROM UNNEST($1::int4[], $2::text[]) AS u(i, variant) GROUP BY i
+           )
+           SELECT n.i AS "i!", o.tenant_ids AS "tenant_ids!"
+           FROM n CROSS JOIN LATERAL (
+               SELECT COALESCE(array_agg(t.tenant_id ORDER BY t.created_at, t.tenant_id), '{}') AS tenant_ids
+               FROM (SELECT tenant_id, created_at FROM tenant_profiles
+                     WHERE phone_numbers ?| n.variants
+                     ORDER BY created_at, tenant_id LIMIT 5) t
+           ) o"#,
+        &index,
+        &variants as &[&str]
     )
     .fetch_all(pool)
-    .await
+    .await?;
+    let mut owners = vec![Vec::new(); numbers.len()];
+    for row in rows {
+        if let Some(slot) = owners.get_mut(row.i as usize) {
+            *slot = row.tenant_ids;
+        }
+    }
+    Ok(owners)
 }
 
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
@@ -190,31 +222,80 @@ impl TenantResolver {
 
     /// Resolves the tenant behind `raw` (normalised as `e164` when it parsed).
     pub async fn resolve(&self, raw: &str, e164: Option<&E164>) -> Result<Resolution, sqlx::Error> {
-        let key = e164.map_or_else(|| raw.trim().to_owned(), |e| e.as_str().to_owned());
-        if let Some(cached) = self.cache.get(&key).await {
-            self.counters.hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(match cached {
-                Cached::Found(t) => Resolution::Found(t),
-                Cached::NotFound => Resolution::Unknown,
-            });
-        }
-        self.counters.misses.fetch_add(1, Ordering::Relaxed);
-        let variants = phone::lookup_variants(raw, e164);
-        let resolution = self.resolve_uncached(&variants, e164).await?;
-        match &resolution {
-            Resolution::Found(t) => self.cache.insert(key, Cached::Found(t.clone())).await,
-            Resolution::Unknown => self.cache.insert(key, Cached::NotFound).await,
-            Resolution::Unavailable => {}
-        }
-        Ok(resolution)
+        let mut answers = self.resolve_many(&[(raw, e164)]).await?;
+        Ok(answers.pop().unwrap_or(Resolution::Unknown))
     }
 
-    async fn resolve_uncached(
+    /// Resolves several numbers, an answer for each in their order: cached answers first, then
+    /// one directory statement for all the others ([`owners_of_each`]), then the Monitor for
+    /// those the directory does not list. Answers as [`Self::resolve`] gives them one by one.
+    pub async fn resolve_many(
         &self,
+        numbers: &[(&str, Option<&E164>)],
+    ) -> Result<Vec<Resolution>, sqlx::Error> {
+        let keys: Vec<String> = numbers
+            .iter()
+            .map(|(raw, e164)| {
+                e164.map_or_else(|| raw.trim().to_owned(), |e| e.as_str().to_owned())
+            })
+            .collect();
+        let mut cached: Vec<Option<Resolution>> = Vec::with_capacity(numbers.len());
+        // The first position of each key not cached: asked once, however often it appears.
+        let mut missing: Vec<usize> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for (i, key) in keys.iter().enumerate() {
+            let hit = self.cache.get(key).await;
+            if hit.is_some() {
+                self.counters.hits.fetch_add(1, Ordering::Relaxed);
+            } else if seen.insert(key.as_str()) {
+                self.counters.misses.fetch_add(1, Ordering::Relaxed);
+                missing.push(i);
+            }
+            cached.push(hit.map(|c| match c {
+                Cached::Found(t) => Resolution::Found(t),
+                Cached::NotFound => Resolution::Unknown,
+            }));
+        }
+        let mut asked: HashMap<&str, Resolution> = HashMap::new();
+        if !missing.is_empty() {
+            let variants: Vec<Vec<String>> = missing
+                .iter()
+                .map(|&i| phone::lookup_variants(numbers[i].0, numbers[i].1))
+                .collect();
+            let listed = owners_of_each(&self.pool, &variants).await?;
+            for ((&i, variants), local) in missing.iter().zip(&variants).zip(listed) {
+                let resolution = self.answer_for(local, variants, numbers[i].1).await?;
+                let key = &keys[i];
+                match &resolution {
+                    Resolution::Found(t) => {
+                        self.cache
+                            .insert(key.clone(), Cached::Found(t.clone()))
+                            .await
+                    }
+                    Resolution::Unknown => self.cache.insert(key.clone(), Cached::NotFound).await,
+                    Resolution::Unavailable => {}
+                }
+                asked.insert(key.as_str(), resolution);
+            }
+        }
+        Ok(keys
+            .iter()
+            .zip(cached)
+            .map(|(key, hit)| {
+                hit.or_else(|| asked.get(key.as_str()).cloned())
+                    .unwrap_or(Resolution::Unavailable)
+            })
+            .collect())
+    }
+
+    /// A number's answer from what the directory lists for it (`local`, first-listed first),
+    /// else from the Monitor.
+    async fn answer_for(
+        &self,
+        local: Vec<String>,
         variants: &[String],
         e164: Option<&E164>,
     ) -> Result<Resolution, sqlx::Error> {
-        let local = owners(&self.pool, variants).await?;
         if local.len() > 1 {
             self.counters.shared_numbers.fetch_add(1, Ordering::Relaxed);
             tracing::info!(

@@ -25,7 +25,6 @@
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
-use serde_json::Value;
 use shared::{
     jobs::{self, NotifyLanguage, ProcessInbound, RouteMessage, RouteMessages, When},
     language::{self, Detection, Language},
@@ -67,7 +66,9 @@ pub struct Stored {
     pub from_number: Option<String>,
     pub to_number: Option<String>,
     pub body: String,
-    pub raw: Option<Value>,
+    /// Twilio's `OptOutType` from the stored webhook: the one field of it processing reads
+    /// (the whole payload, read for it before, was most of the bytes a chunk's load moved).
+    pub opt_out_type: Option<String>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -129,41 +130,20 @@ const BEHIND: std::time::Duration = std::time::Duration::from_secs(2);
 pub async fn process_batch(deps: &Deps, job: &ProcessInbound) -> anyhow::Result<()> {
     let chunks: Vec<&[Uuid]> = job.message_ids.chunks(CHUNK).collect();
     for (i, ids) in chunks.iter().enumerate() {
-        let along = if i + 1 == chunks.len() {
-            waiting(deps, CHUNK - ids.len(), ids).await?
+        let room = if i + 1 == chunks.len() {
+            CHUNK - ids.len()
         } else {
-            Vec::new()
+            0
         };
-        process_chunk(deps, ids, &along, &job.traces).await?;
+        process_chunk(deps, ids, room, &job.traces).await?;
     }
     Ok(())
 }
 
 /// One message, as a re-run or a test does it: a chunk of one.
 pub async fn process(deps: &Deps, message_id: Uuid) -> anyhow::Result<Outcome> {
-    let mut outcomes = process_chunk(deps, &[message_id], &[], &HashMap::new()).await?;
+    let mut outcomes = process_chunk(deps, &[message_id], 0, &HashMap::new()).await?;
     Ok(outcomes.remove(&message_id).unwrap_or(Outcome::Missing))
-}
-
-/// Up to `n` messages stored more than [`BEHIND`] ago and not yet processed, other than `own`:
-/// the newest of them, whose own jobs are furthest back in the queue. (Oldest first took the
-/// messages of the jobs about to run, which then waited on each other's locks: half the
-/// throughput of `scripts/bench-worker.sh`.)
-async fn waiting(deps: &Deps, n: usize, own: &[Uuid]) -> anyhow::Result<Vec<Uuid>> {
-    if n == 0 {
-        return Ok(Vec::new());
-    }
-    Ok(sqlx::query_scalar!(
-        r#"SELECT id FROM sms_messages
-           WHERE direction = 'inbound' AND processed_at IS NULL
-             AND created_at < now() - make_interval(secs => $1) AND id <> ALL($2)
-           ORDER BY created_at DESC LIMIT $3"#,
-        BEHIND.as_secs_f64(),
-        own,
-        n as i64
-    )
-    .fetch_all(&deps.pool)
-    .await?)
 }
 
 /// One stored message on its way: what it is, what was decided, and its own span (continuing
@@ -176,20 +156,19 @@ struct Item {
     span: tracing::Span,
 }
 
+/// Processes `ids` and up to `room` waiting messages taken along (see [`load`]).
 async fn process_chunk(
     deps: &Deps,
     ids: &[Uuid],
-    along: &[Uuid],
+    room: usize,
     traces: &HashMap<Uuid, TraceContext>,
 ) -> anyhow::Result<HashMap<Uuid, Outcome>> {
+    let (stored, along) = load(deps, ids, room).await?;
+    let along = &along[..];
     let all: Vec<Uuid> = ids.iter().chain(along).copied().collect();
-    let stored = load(deps, &all).await?;
     let mut outcomes: HashMap<Uuid, Outcome> =
         all.iter().map(|id| (*id, Outcome::Missing)).collect();
-    let mut items = Vec::with_capacity(stored.len());
-    // Directory lookups happen before the transaction so no row is locked while waiting on HTTP;
-    // one lookup per number.
-    let mut resolved: HashMap<String, Resolution> = HashMap::new();
+    let mut pending = Vec::with_capacity(stored.len());
     for (id, msg) in stored {
         if msg.state == InboundState::Processed {
             outcomes.insert(id, Outcome::AlreadyProcessed);
@@ -198,26 +177,26 @@ async fn process_chunk(
         let span = tracing::info_span!("process_inbound", message_id = %id);
         shared::telemetry::continue_trace_in(&span, traces.get(&id));
         let d = decide(&msg, deps.region);
-        let resolution = match resolved.get(&d.number) {
-            Some(r) => r.clone(),
-            None => {
-                let r = deps
-                    .tenants
-                    .resolve(&d.original, d.e164.as_ref())
-                    .instrument(span.clone())
-                    .await?;
-                resolved.insert(d.number.clone(), r.clone());
-                r
-            }
-        };
-        items.push(Item {
+        pending.push((id, msg, d, span));
+    }
+    // Directory lookups happen before the transaction so no row is locked while waiting on HTTP;
+    // the chunk's senders in one lookup (one round trip for all those not cached).
+    let senders: Vec<(&str, Option<&phone::E164>)> = pending
+        .iter()
+        .map(|(_, _, d, _)| (d.original.as_str(), d.e164.as_ref()))
+        .collect();
+    let resolutions = deps.tenants.resolve_many(&senders).await?;
+    let items: Vec<Item> = pending
+        .into_iter()
+        .zip(resolutions)
+        .map(|((id, msg, d, span), resolution)| Item {
             id,
             msg,
             d,
             resolution,
             span,
-        });
-    }
+        })
+        .collect();
     if items.is_empty() {
         return Ok(outcomes);
     }
@@ -240,18 +219,42 @@ async fn process_chunk(
     Ok(outcomes)
 }
 
-/// Stored messages by arrival (the order their effects apply in).
-async fn load(deps: &Deps, ids: &[Uuid]) -> anyhow::Result<Vec<(Uuid, Stored)>> {
+/// The job's stored messages and up to `room` others taken along, by arrival (the order their
+/// effects apply in), with the ids of those taken along. Taken along: messages stored more than
+/// [`BEHIND`] ago and not yet processed, the newest of them, whose own jobs are furthest back in
+/// the queue. (Oldest first took the messages of the jobs about to run, which then waited on
+/// each other's locks: half the throughput of `scripts/bench-worker.sh`.) One statement for
+/// both: behind a pooler each round trip is a hop more.
+async fn load(
+    deps: &Deps,
+    ids: &[Uuid],
+    room: usize,
+) -> anyhow::Result<(Vec<(Uuid, Stored)>, Vec<Uuid>)> {
     let rows = sqlx::query!(
-        r#"SELECT id, from_number, to_number, message_content, raw_webhook_data, created_at,
-                  processed_at
-           FROM sms_messages WHERE id = ANY($1) AND direction = 'inbound'
+        r#"SELECT id AS "id!", from_number, to_number, message_content AS "message_content!",
+                  opt_out_type, created_at AS "created_at!", processed_at, along AS "along!"
+           FROM (
+               SELECT id, from_number, to_number, message_content,
+                      raw_webhook_data ->> 'OptOutType' AS opt_out_type, created_at, processed_at,
+                      false AS along
+               FROM sms_messages WHERE id = ANY($1) AND direction = 'inbound'
+               UNION ALL
+               (SELECT id, from_number, to_number, message_content,
+                       raw_webhook_data ->> 'OptOutType', created_at, processed_at, true
+                FROM sms_messages
+                WHERE direction = 'inbound' AND processed_at IS NULL
+                  AND created_at < now() - make_interval(secs => $2) AND id <> ALL($1)
+                ORDER BY created_at DESC LIMIT $3)
+           ) m
            ORDER BY created_at, id"#,
-        ids
+        ids,
+        BEHIND.as_secs_f64(),
+        room as i64
     )
     .fetch_all(&deps.pool)
     .await?;
-    Ok(rows
+    let along = rows.iter().filter(|r| r.along).map(|r| r.id).collect();
+    let stored = rows
         .into_iter()
         .map(|row| {
             let msg = Stored {
@@ -263,12 +266,13 @@ async fn load(deps: &Deps, ids: &[Uuid]) -> anyhow::Result<Vec<(Uuid, Stored)>> 
                 from_number: row.from_number,
                 to_number: row.to_number,
                 body: row.message_content,
-                raw: row.raw_webhook_data,
+                opt_out_type: row.opt_out_type,
                 created_at: row.created_at,
             };
             (row.id, msg)
         })
-        .collect())
+        .collect();
+    Ok((stored, along))
 }
 
 /// A conversation as the batch found it after its upsert.
@@ -368,24 +372,24 @@ async fn lock_messages(
         .iter()
         .map(|i| i.id)
         .partition(|id| along.contains(id));
-    let mut held: std::collections::HashSet<Uuid> = sqlx::query_scalar!(
-        "SELECT id FROM sms_messages WHERE id = ANY($1) AND processed_at IS NULL ORDER BY id FOR UPDATE",
-        &own
+    // One statement, one round trip: the job's own first (waiting for a run that holds one),
+    // then those taken along that no run holds.
+    let held = sqlx::query_scalar!(
+        r#"WITH own AS (
+               SELECT id FROM sms_messages WHERE id = ANY($1) AND processed_at IS NULL
+               ORDER BY id FOR UPDATE
+           ), along AS (
+               SELECT id FROM sms_messages WHERE id = ANY($2) AND processed_at IS NULL
+               ORDER BY id FOR UPDATE SKIP LOCKED
+           )
+           SELECT id AS "id!" FROM own UNION ALL SELECT id FROM along"#,
+        &own,
+        &extra
     )
     .fetch_all(&mut *tx)
     .await?
     .into_iter()
     .collect();
-    if !extra.is_empty() {
-        held.extend(
-            sqlx::query_scalar!(
-                "SELECT id FROM sms_messages WHERE id = ANY($1) AND processed_at IS NULL ORDER BY id FOR UPDATE SKIP LOCKED",
-                &extra
-            )
-            .fetch_all(&mut *tx)
-            .await?,
-        );
-    }
     Ok(held)
 }
 
@@ -745,12 +749,7 @@ fn stored_detection(code: Option<&str>, confidence: Option<f32>) -> Option<Detec
 /// A keyword or revocation phrase in the body, or Twilio's own `OptOutType` field (which wins
 /// when present).
 fn opt_change(msg: &Stored) -> Option<OptChangeSeen> {
-    let kind = msg
-        .raw
-        .as_ref()
-        .and_then(|r| r.get("OptOutType"))
-        .and_then(Value::as_str)
-        .map(str::to_owned);
+    let kind = msg.opt_out_type.clone();
     let detected = optout::detect(&msg.body);
     if let Some(change) = kind.as_deref().and_then(optout::from_opt_out_type) {
         return Some(OptChangeSeen {

@@ -297,3 +297,85 @@ async fn usage_counts_messages_and_segments_per_tenant() {
         400
     );
 }
+
+/// A chunk's senders resolved at once answer what each resolved alone answers: first-listed
+/// owner of a shared number, written forms, numbers no tenant lists, repeats, and a mix of
+/// cached and uncached numbers in one call.
+#[tokio::test]
+async fn a_chunk_of_senders_resolves_as_each_alone() {
+    let db = pg::fresh_db().await;
+    seed_directory(&db.pool, 50).await;
+    // t-older and t-newer both list +15559990001; the older profile wins.
+    sqlx::query(
+        "INSERT INTO tenant_profiles (tenant_id, phone_numbers, created_at) VALUES
+           ('t-older', '[\"+15559990001\"]', now() - interval '2 days'),
+           ('t-newer', '[\"+15559990001\", \"(555) 999-0002\"]', now() - interval '1 day')",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let cfg = shared::config::TenantCache {
+        ttl: std::time::Duration::from_secs(300),
+        negative_ttl: std::time::Duration::from_secs(60),
+        capacity: 1_000,
+    };
+    let new_resolver = || {
+        shared::tenants::TenantResolver::new(
+            db.pool.clone(),
+            None,
+            &cfg,
+            phonenumber::country::Id::US,
+        )
+    };
+    let written = [
+        "+15559990001", // shared: t-older
+        "5559990002",   // listed in a written form by t-newer
+        "+15550000007", // t-7's main number
+        "+15570000012", // t-12's third number
+        "+15558880000", // nobody's
+        "+15550000007", // a repeat
+        "555-999-0001", // the shared number written otherwise
+    ];
+    let e164: Vec<_> = written
+        .iter()
+        .map(|n| phone::normalize(n, phonenumber::country::Id::US).ok())
+        .collect();
+    let alone = new_resolver();
+    let mut expected = Vec::new();
+    for (n, e) in written.iter().zip(&e164) {
+        expected.push(alone.resolve(n, e.as_ref()).await.unwrap());
+    }
+    let tenant = |r: &Resolution| match r {
+        Resolution::Found(t) => Some(t.tenant_id.clone()),
+        _ => None,
+    };
+    assert_eq!(
+        expected.iter().map(tenant).collect::<Vec<_>>(),
+        vec![
+            Some("t-older".into()),
+            Some("t-newer".into()),
+            Some("t-7".into()),
+            Some("t-12".into()),
+            None,
+            Some("t-7".into()),
+            Some("t-older".into()),
+        ]
+    );
+    let batch = new_resolver();
+    // Two of them cached first, so the call mixes hits and one statement for the rest.
+    batch.resolve(written[2], e164[2].as_ref()).await.unwrap();
+    batch.resolve(written[4], e164[4].as_ref()).await.unwrap();
+    let senders: Vec<(&str, Option<&phone::E164>)> = written
+        .iter()
+        .zip(&e164)
+        .map(|(n, e)| (*n, e.as_ref()))
+        .collect();
+    let answers = batch.resolve_many(&senders).await.unwrap();
+    assert_eq!(answers, expected);
+    let stats = batch.stats();
+    // 2 misses before; then 3 hits (the two cached, the repeat) and 3 misses: the shared
+    // number's other written form has the same key and is asked once.
+    assert_eq!((stats.hits, stats.misses), (3, 5), "{stats:?}");
+    assert_eq!(stats.shared_numbers, 1, "{stats:?}");
+    assert_eq!(batch.resolve_many(&[]).await.unwrap(), vec![]);
+}
