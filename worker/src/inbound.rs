@@ -164,8 +164,7 @@ async fn process_chunk(
     traces: &HashMap<Uuid, TraceContext>,
 ) -> anyhow::Result<HashMap<Uuid, Outcome>> {
     let (stored, along) = load(deps, ids, room).await?;
-    let along = &along[..];
-    let all: Vec<Uuid> = ids.iter().chain(along).copied().collect();
+    let all: Vec<Uuid> = ids.iter().chain(&along).copied().collect();
     let mut outcomes: HashMap<Uuid, Outcome> =
         all.iter().map(|id| (*id, Outcome::Missing)).collect();
     let mut pending = Vec::with_capacity(stored.len());
@@ -200,7 +199,7 @@ async fn process_chunk(
     if items.is_empty() {
         return Ok(outcomes);
     }
-    let applied = crate::retrying_deadlocks("inbound", || apply(deps, &items, along)).await?;
+    let applied = crate::retrying_deadlocks("inbound", || apply(deps, &items, &along)).await?;
     for item in &items {
         let outcome = match applied.get(&item.id) {
             Some(conv) => {

@@ -56,6 +56,32 @@ fn node_types(plan: &Value) -> Vec<String> {
     out
 }
 
+/// Each of `calls` (EXECUTEs of statements prepared on `conn`) explained with ANALYZE and
+/// BUFFERS at executions 1 to 8, under `plan_cache_mode` auto and then forced generic (a pooled
+/// connection's prepared statement switches to its generic plan from the sixth execution);
+/// `check` gets each plan with the mode, execution and call it came from.
+async fn at_every_execution(
+    conn: &mut PgConnection,
+    calls: &[String],
+    check: impl Fn(&str, u32, &str, &Value),
+) {
+    for mode in ["auto", "force_generic_plan"] {
+        conn.execute(AssertSqlSafe(format!("SET plan_cache_mode = {mode}")))
+            .await
+            .unwrap();
+        for execution in 1..=8 {
+            for call in calls {
+                let sql = format!("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {call}");
+                let plan: Value = sqlx::query_scalar(AssertSqlSafe(sql))
+                    .fetch_one(&mut *conn)
+                    .await
+                    .unwrap();
+                check(mode, execution, call, &plan);
+            }
+        }
+    }
+}
+
 #[test]
 fn the_statements_here_are_the_ones_the_endpoint_runs() {
     let source = include_str!("../../../ingress/src/conversations.rs");
@@ -145,33 +171,22 @@ async fn a_tenant_page_of_a_busy_conversation_costs_a_page_at_every_execution() 
         // A generic plan of max() here aggregated all 6,600 of its rows.
         format!("EXECUTE last('{conversation}', 't-heavy')"),
     ];
-    for mode in ["auto", "force_generic_plan"] {
-        conn.execute(AssertSqlSafe(format!("SET plan_cache_mode = {mode}")))
-            .await
-            .unwrap();
-        for execution in 1..=8 {
-            for call in &calls {
-                let sql = format!("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {call}");
-                let plan: Value = sqlx::query_scalar(AssertSqlSafe(sql))
-                    .fetch_one(&mut conn)
-                    .await
-                    .unwrap();
-                let nodes = node_types(&plan);
-                // A page of up to 51 rows of the conversation's 20,100: an index scan reads a few
-                // index pages and one heap page per row at most; the plan that ANDed two indexes
-                // read every heap page of the tenant's messages (about 200 here) and sorted them.
-                assert!(
-                    blocks(&plan) <= 70,
-                    "{mode}, execution {execution}: {call} read {} blocks: {nodes:?}",
-                    blocks(&plan)
-                );
-                assert!(
-                    !nodes.iter().any(|n| n.starts_with("BitmapAnd")),
-                    "{mode}, execution {execution}: {call}: {nodes:?}"
-                );
-            }
-        }
-    }
+    at_every_execution(&mut conn, &calls, |mode, execution, call, plan| {
+        let nodes = node_types(plan);
+        // A page of up to 51 rows of the conversation's 20,100: an index scan reads a few index
+        // pages and one heap page per row at most; the plan that ANDed two indexes read every
+        // heap page of the tenant's messages (about 200 here) and sorted them.
+        assert!(
+            blocks(plan) <= 70,
+            "{mode}, execution {execution}: {call} read {} blocks: {nodes:?}",
+            blocks(plan)
+        );
+        assert!(
+            !nodes.iter().any(|n| n.starts_with("BitmapAnd")),
+            "{mode}, execution {execution}: {call}: {nodes:?}"
+        );
+    })
+    .await;
     conn.close().await.unwrap();
 }
 
@@ -215,32 +230,20 @@ async fn a_usage_page_is_an_index_only_scan_at_every_execution() {
         format!("EXECUTE usage({year}, '', '', '', 1608)"),
         format!("EXECUTE usage_tenant({year}, 't-0042', '', '', 1608)"),
     ];
-    for mode in ["auto", "force_generic_plan"] {
-        conn.execute(AssertSqlSafe(format!("SET plan_cache_mode = {mode}")))
-            .await
-            .unwrap();
-        for execution in 1..=8 {
-            for call in &calls {
-                let sql = format!("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {call}");
-                let plan: Value = sqlx::query_scalar(AssertSqlSafe(sql))
-                    .fetch_one(&mut conn)
-                    .await
-                    .unwrap();
-                let nodes = node_types(&plan);
-                assert_eq!(
-                    nodes,
-                    ["Limit", "Index Only Scan sms_usage_logs_pkey"],
-                    "{mode}, execution {execution}: {call}"
-                );
-                // 1,608 rows of a month are some 54 keys' years: about 20,000 index entries, 170
-                // leaf pages (no skip scan in Postgres 15); heap fetches would add a page a row.
-                assert!(
-                    blocks(&plan) <= 300,
-                    "{mode}, execution {execution}: {call} read {} blocks",
-                    blocks(&plan)
-                );
-            }
-        }
-    }
+    at_every_execution(&mut conn, &calls, |mode, execution, call, plan| {
+        assert_eq!(
+            node_types(plan),
+            ["Limit", "Index Only Scan sms_usage_logs_pkey"],
+            "{mode}, execution {execution}: {call}"
+        );
+        // 1,608 rows of a month are some 54 keys' years: about 20,000 index entries, 170 leaf
+        // pages (no skip scan in Postgres 15); heap fetches would add a page a row.
+        assert!(
+            blocks(plan) <= 300,
+            "{mode}, execution {execution}: {call} read {} blocks",
+            blocks(plan)
+        );
+    })
+    .await;
     conn.close().await.unwrap();
 }
