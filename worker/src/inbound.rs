@@ -17,9 +17,9 @@
 //! then numbers, then tenants by id) and a deadlock still detected is retried.
 //!
 //! Under a backlog (messages stored more than [`BEHIND`] ago and still waiting), a job takes the
-//! newest of them along (their own jobs are furthest back), up to a chunk: the rows every batch writes (a number's conversation, a
-//! tenant) are then written once per chunk rather than once per webhook commit, so the backlog
-//! drains in a few large transactions. Taken-along messages are locked with SKIP LOCKED (another
+//! newest of them along (their own jobs are furthest back), up to a chunk: the rows every batch
+//! writes (a number's conversation, a tenant) are then written once per chunk rather than once
+//! per webhook commit, so the backlog drains in a few large transactions. Taken-along messages are locked with SKIP LOCKED (another
 //! run has them); each still has its own job, which then finds it processed.
 
 use std::collections::{BTreeMap, HashMap};
