@@ -13,3 +13,16 @@ case "$via" in
   *) echo "BENCH_VIA must be direct or pgbouncer" >&2; exit 2 ;;
 esac
 echo "service database connections: $via" >&2
+
+# Statements the pooler has passed for DATABASE so far (SHOW STATS' total_query_count; empty when
+# direct): the difference over a drain, divided by its messages, is round trips a message.
+pooler_queries() { # database
+  [ "$via" = pgbouncer ] || return 0
+  psql -A -F'|' "$service_base/pgbouncer" -c "SHOW STATS" | python3 -c "
+import sys
+rows = [l.rstrip('\\n').split('|') for l in sys.stdin if '|' in l]
+head = rows[0]
+for r in rows[1:]:
+    if r[0] == sys.argv[1]:
+        print(r[head.index('total_query_count')])" "$1"
+}

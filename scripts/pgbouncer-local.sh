@@ -41,6 +41,7 @@ listen_port = $port
 unix_socket_dir =
 auth_type = trust
 auth_file = $dir/userlist.txt
+stats_users = postgres
 pool_mode = transaction
 default_pool_size = $pool
 max_client_conn = 2000

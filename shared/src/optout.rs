@@ -311,13 +311,19 @@ pub async fn record(
     conn: &mut sqlx::PgConnection,
     c: &Change<'_>,
 ) -> Result<Recorded, sqlx::Error> {
-    let before = sqlx::query_scalar!(
-        "SELECT opted_out FROM sms_opt_outs WHERE our_number = $1 AND their_number = $2 FOR UPDATE",
-        c.our_number,
-        c.their_number
-    )
-    .fetch_optional(&mut *conn)
-    .await?;
+    // An opt-out locks the pair's row first to learn whether it was already opted out (who gets
+    // the confirmation). An opt-in needs no such answer: its UPDATE takes the same row lock at the
+    // same point, one round trip instead of two (a no-op for the many numbers never opted out).
+    let before = match c.change {
+        OptChange::OptOut => sqlx::query_scalar!(
+            "SELECT opted_out FROM sms_opt_outs WHERE our_number = $1 AND their_number = $2 FOR UPDATE",
+            c.our_number,
+            c.their_number
+        )
+        .fetch_optional(&mut *conn)
+        .await?,
+        OptChange::OptIn => None,
+    };
     let changed = match c.change {
         OptChange::OptOut => sqlx::query!(
             r#"INSERT INTO sms_opt_outs (our_number, their_number, opted_out, keyword, opt_out_type, message_id, changed_at, rule)

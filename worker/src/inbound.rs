@@ -19,8 +19,10 @@
 //! Under a backlog (messages stored more than [`BEHIND`] ago and still waiting), a job takes the
 //! newest of them along (their own jobs are furthest back), up to a chunk: the rows every batch
 //! writes (a number's conversation, a tenant) are then written once per chunk rather than once
-//! per webhook commit, so the backlog drains in a few large transactions. Taken-along messages are locked with SKIP LOCKED (another
-//! run has them); each still has its own job, which then finds it processed.
+//! per webhook commit, so the backlog drains in a few large transactions. Jobs running at once
+//! take along different stretches of the backlog (see [`SPREAD`]); taken-along messages are
+//! locked with SKIP LOCKED (another run has them); each still has its own job, which then finds
+//! it processed.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -125,6 +127,16 @@ const CHUNK: usize = 128;
 /// job is behind.
 const BEHIND: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// Stretches of the backlog that jobs running at once take along: the n-th job of this process
+/// skips (n mod SPREAD) chunks' worth of the newest waiting messages. When all took the same
+/// newest ones, the first to lock them had them and the rest took almost none along (SKIP
+/// LOCKED): chunks of about 25 messages instead of 128 in `scripts/bench-worker.sh`, each
+/// costing the same round trips.
+const SPREAD: usize = 8;
+
+/// The next job's stretch (see [`SPREAD`]).
+static NEXT_STRETCH: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// Processes every message of a job, a chunk per transaction, the last chunk filled with waiting
 /// messages; a re-run skips what an earlier run linked.
 pub async fn process_batch(deps: &Deps, job: &ProcessInbound) -> anyhow::Result<()> {
@@ -220,8 +232,8 @@ async fn process_chunk(
 
 /// The job's stored messages and up to `room` others taken along, by arrival (the order their
 /// effects apply in), with the ids of those taken along. Taken along: messages stored more than
-/// [`BEHIND`] ago and not yet processed, the newest of them, whose own jobs are furthest back in
-/// the queue. (Oldest first took the messages of the jobs about to run, which then waited on
+/// [`BEHIND`] ago and not yet processed, the newest of them (after this job's stretch, see
+/// [`SPREAD`]), whose own jobs are furthest back in the queue. (Oldest first took the messages of the jobs about to run, which then waited on
 /// each other's locks: half the throughput of `scripts/bench-worker.sh`.) One statement for
 /// both: behind a pooler each round trip is a hop more.
 async fn load(
@@ -229,6 +241,8 @@ async fn load(
     ids: &[Uuid],
     room: usize,
 ) -> anyhow::Result<(Vec<(Uuid, Stored)>, Vec<Uuid>)> {
+    let stretch = NEXT_STRETCH.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % SPREAD;
+    let skip = if room == 0 { 0 } else { stretch * CHUNK };
     let rows = sqlx::query!(
         r#"SELECT id AS "id!", from_number, to_number, message_content AS "message_content!",
                   opt_out_type, created_at AS "created_at!", processed_at, along AS "along!"
@@ -243,12 +257,13 @@ async fn load(
                 FROM sms_messages
                 WHERE direction = 'inbound' AND processed_at IS NULL
                   AND created_at < now() - make_interval(secs => $2) AND id <> ALL($1)
-                ORDER BY created_at DESC LIMIT $3)
+                ORDER BY created_at DESC OFFSET $4 LIMIT $3)
            ) m
            ORDER BY created_at, id"#,
         ids,
         BEHIND.as_secs_f64(),
-        room as i64
+        room as i64,
+        skip as i64
     )
     .fetch_all(&deps.pool)
     .await?;
