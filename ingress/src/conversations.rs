@@ -317,8 +317,14 @@ pub(crate) async fn messages_page(
     } else {
         None
     };
-    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
-    let mut decisions = decisions(pool, &ids).await?;
+    // Only inbound messages are routed (the route worker records their decisions): looking up
+    // the others would read an index page each for nothing, cold on a large database.
+    let routed: Vec<Uuid> = rows
+        .iter()
+        .filter(|r| r.direction == "inbound")
+        .map(|r| r.id)
+        .collect();
+    let mut decisions = decisions(pool, &routed).await?;
     let messages = rows
         .into_iter()
         .map(|r| MessageView {
