@@ -13,12 +13,14 @@
 # BENCH_YEAR_REGENERATE=1 to build it again, BENCH_YEAR_GENERATE_ONLY=1 to stop once it is
 # built); the fresh one is rebuilt each time. BENCH_YEAR_WRITES_ONLY=N runs only the writes, N times
 # alternately on each, and prints the medians; BENCH_YEAR_INGEST=N
-# sets the webhooks a write run stores (30,000 by default). Generation takes about a minute per million
+# sets the webhooks a write run stores (30,000 by default); BENCH_YEAR_COLD=1 starts each
+# database's reads cold (see cold()). Generation takes about a minute per million
 # messages on a 2-core machine, then the ledger's fold and VACUUM ANALYZE.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd); cd "$root"
 messages=${1:-10000000}; requests=${2:-2000}
 cargo build --release --quiet -p sms-ingress -p sms-worker -p sms-sim
+DATABASE_URL_GIVEN=${DATABASE_URL:-}
 server=${DATABASE_URL:-$(scripts/pg-local.sh start)}
 admin=${server%/*}/postgres
 port=${BENCH_PORT:-18087}
@@ -65,9 +67,18 @@ settle() {
   psql -q "$DATABASE_URL" -c "DELETE FROM apalis.jobs WHERE status <> 'Done'" -c "VACUUM ANALYZE apalis.jobs"
 }
 
+# BENCH_YEAR_COLD=1: each database's reads start cold (the local cluster restarted and the OS
+# page cache dropped; root, local cluster only), so that runs compare alike whatever ran before.
+cold() {
+  [ -n "${BENCH_YEAR_COLD:-}" ] || return 0
+  [ -z "${DATABASE_URL_GIVEN:-}" ] || { echo "BENCH_YEAR_COLD needs the local cluster" >&2; exit 2; }
+  scripts/pg-local.sh stop >/dev/null; sync; echo 1 >/proc/sys/vm/drop_caches; scripts/pg-local.sh start >/dev/null
+}
+
 # Figures for one database, as JSON on stdout.
 measure() { # db
   local db=$1
+  cold
   export DATABASE_URL=${server%/*}/$db
   target/release/sms-ingress migrate
   settle
