@@ -211,7 +211,7 @@ async fn a_usage_page_is_an_index_only_scan_at_every_execution() {
     // has pinned, e.g. the checkpointer writing it, and leaves it not all-visible: a heap fetch a
     // row there); a snapshot older than the insert held elsewhere can still defer it, so check.
     let mut all_visible = false;
-    for _ in 0..20 {
+    for _ in 0..60 {
         db.pool
             .execute("VACUUM (FREEZE, ANALYZE) sms_usage_logs")
             .await
