@@ -233,9 +233,10 @@ async fn process_chunk(
 /// The job's stored messages and up to `room` others taken along, by arrival (the order their
 /// effects apply in), with the ids of those taken along. Taken along: messages stored more than
 /// [`BEHIND`] ago and not yet processed, the newest of them (after this job's stretch, see
-/// [`SPREAD`]), whose own jobs are furthest back in the queue. (Oldest first took the messages of the jobs about to run, which then waited on
-/// each other's locks: half the throughput of `scripts/bench-worker.sh`.) One statement for
-/// both: behind a pooler each round trip is a hop more.
+/// [`SPREAD`]), whose own jobs are furthest back in the queue. (Oldest first took the messages
+/// of the jobs about to run, which then waited on each other's locks: half the throughput of
+/// `scripts/bench-worker.sh`.) One statement for both: behind a pooler each round trip is a hop
+/// more.
 async fn load(
     deps: &Deps,
     ids: &[Uuid],
