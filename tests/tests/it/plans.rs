@@ -2,7 +2,9 @@
 //! conversation, first page and a later one, planned with its parameters and as the generic plan
 //! a pooled connection's prepared statement switches to after its fifth execution (issue 21).
 
-use harness::pg;
+use std::time::Duration;
+
+use harness::{app::wait_until_every, pg};
 use serde_json::Value;
 use sqlx::{AssertSqlSafe, Connection, Executor, PgConnection};
 use uuid::Uuid;
@@ -210,24 +212,27 @@ async fn a_usage_page_is_an_index_only_scan_at_every_execution() {
     // makes VACUUM wait for each page's cleanup lock (a plain VACUUM skips a page another process
     // has pinned, e.g. the checkpointer writing it, and leaves it not all-visible: a heap fetch a
     // row there); a snapshot older than the insert held elsewhere can still defer it, so check.
-    let mut all_visible = false;
-    for _ in 0..60 {
-        db.pool
-            .execute("VACUUM (FREEZE, ANALYZE) sms_usage_logs")
-            .await
-            .unwrap();
-        all_visible = sqlx::query_scalar(
+    let all_visible = wait_until_every(
+        Duration::from_secs(15),
+        Duration::from_millis(250),
+        || async {
+            db.pool
+                .execute("VACUUM (FREEZE, ANALYZE) sms_usage_logs")
+                .await
+                .unwrap();
+            sqlx::query_scalar(
             "SELECT relallvisible >= relpages FROM pg_class WHERE oid = 'sms_usage_logs'::regclass",
         )
         .fetch_one(&db.pool)
         .await
-        .unwrap();
-        if all_visible {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-    }
-    assert!(all_visible, "VACUUM never marked the ledger all-visible");
+        .unwrap()
+        },
+    )
+    .await;
+    assert!(
+        all_visible.is_ok(),
+        "VACUUM never marked the ledger all-visible"
+    );
     let mut conn = PgConnection::connect(&db.url).await.unwrap();
     conn.execute(AssertSqlSafe(format!(
         "PREPARE usage(date, date, text, text, text, bigint) AS {USAGE}"
