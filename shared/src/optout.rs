@@ -311,42 +311,55 @@ pub async fn record(
     conn: &mut sqlx::PgConnection,
     c: &Change<'_>,
 ) -> Result<Recorded, sqlx::Error> {
-    // An opt-out locks the pair's row first to learn whether it was already opted out (who gets
-    // the confirmation). An opt-in needs no such answer: its UPDATE takes the same row lock at the
-    // same point, one round trip instead of two (a no-op for the many numbers never opted out).
-    let before = match c.change {
-        OptChange::OptOut => sqlx::query_scalar!(
-            "SELECT opted_out FROM sms_opt_outs WHERE our_number = $1 AND their_number = $2 FOR UPDATE",
-            c.our_number,
-            c.their_number
-        )
-        .fetch_optional(&mut *conn)
-        .await?,
-        OptChange::OptIn => None,
+    // (changed, newly_opted_out): the state in force changed, and the number was not opted out
+    // before (the one moment a confirmation may be sent).
+    let (changed, newly_opted_out) = match c.change {
+        // An opt-out locks the pair's row first to learn whether it was already opted out.
+        OptChange::OptOut => {
+            let before = sqlx::query_scalar!(
+                "SELECT opted_out FROM sms_opt_outs WHERE our_number = $1 AND their_number = $2 FOR UPDATE",
+                c.our_number,
+                c.their_number
+            )
+            .fetch_optional(&mut *conn)
+            .await?;
+            let changed = sqlx::query!(
+                r#"INSERT INTO sms_opt_outs (our_number, their_number, opted_out, keyword, opt_out_type, message_id, changed_at, rule)
+                   VALUES ($1, $2, true, $3, $4, $5, $6, $7)
+                   ON CONFLICT (our_number, their_number) DO UPDATE SET
+                       opted_out = true, keyword = EXCLUDED.keyword, opt_out_type = EXCLUDED.opt_out_type,
+                       message_id = EXCLUDED.message_id, changed_at = EXCLUDED.changed_at, rule = EXCLUDED.rule
+                   WHERE sms_opt_outs.changed_at <= EXCLUDED.changed_at"#,
+                c.our_number, c.their_number, c.keyword, c.opt_out_type, c.message_id, c.occurred_at, c.rule
+            )
+            .execute(&mut *conn)
+            .await?
+            .rows_affected()
+                > 0;
+            (changed, changed && before != Some(true))
+        }
+        // An opt-in needs no such answer: its UPDATE takes the same row lock at the same point,
+        // one round trip instead of two (a no-op for the many numbers never opted out).
+        OptChange::OptIn => {
+            let changed = sqlx::query!(
+                r#"UPDATE sms_opt_outs SET opted_out = false, keyword = $3, opt_out_type = $4,
+                       message_id = $5, changed_at = $6, rule = $7
+                   WHERE our_number = $1 AND their_number = $2 AND changed_at <= $6"#,
+                c.our_number,
+                c.their_number,
+                c.keyword,
+                c.opt_out_type,
+                c.message_id,
+                c.occurred_at,
+                c.rule
+            )
+            .execute(&mut *conn)
+            .await?
+            .rows_affected()
+                > 0;
+            (changed, false)
+        }
     };
-    let changed = match c.change {
-        OptChange::OptOut => sqlx::query!(
-            r#"INSERT INTO sms_opt_outs (our_number, their_number, opted_out, keyword, opt_out_type, message_id, changed_at, rule)
-               VALUES ($1, $2, true, $3, $4, $5, $6, $7)
-               ON CONFLICT (our_number, their_number) DO UPDATE SET
-                   opted_out = true, keyword = EXCLUDED.keyword, opt_out_type = EXCLUDED.opt_out_type,
-                   message_id = EXCLUDED.message_id, changed_at = EXCLUDED.changed_at, rule = EXCLUDED.rule
-               WHERE sms_opt_outs.changed_at <= EXCLUDED.changed_at"#,
-            c.our_number, c.their_number, c.keyword, c.opt_out_type, c.message_id, c.occurred_at, c.rule
-        )
-        .execute(&mut *conn)
-        .await?
-        .rows_affected(),
-        OptChange::OptIn => sqlx::query!(
-            r#"UPDATE sms_opt_outs SET opted_out = false, keyword = $3, opt_out_type = $4,
-                   message_id = $5, changed_at = $6, rule = $7
-               WHERE our_number = $1 AND their_number = $2 AND changed_at <= $6"#,
-            c.our_number, c.their_number, c.keyword, c.opt_out_type, c.message_id, c.occurred_at, c.rule
-        )
-        .execute(&mut *conn)
-        .await?
-        .rows_affected(),
-    } > 0;
     // Every opt-out received is in the ledger; an opt-in only when it lifted one.
     let event_id = if changed || c.change == OptChange::OptOut {
         Some(sqlx::query_scalar!(
@@ -364,7 +377,7 @@ pub async fn record(
     Ok(Recorded {
         event_id,
         changed,
-        newly_opted_out: changed && c.change == OptChange::OptOut && before != Some(true),
+        newly_opted_out,
     })
 }
 
