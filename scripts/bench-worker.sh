@@ -16,6 +16,13 @@ admin=${server%/*}/postgres
 port=${BENCH_PORT:-18082}
 export TWILIO_AUTH_TOKEN=bench-token PUBLIC_URL=http://127.0.0.1:$port BIND_ADDR=127.0.0.1:$port RUST_LOG=warn WORKER_METRICS_ADDR=off
 results=()
+# Waits until the count SQL gives is 0, while the worker ($wp) runs.
+until_none() { # sql
+  while [ "$(psql -tA "$DATABASE_URL" -c "$1")" != 0 ]; do
+    kill -0 $wp 2>/dev/null || { echo "sms-worker exited early (exit $(wait $wp; echo $?))" >&2; exit 1; }
+    sleep 0.5
+  done
+}
 for i in $(seq 1 "$runs"); do
   PGOPTIONS=--client-min-messages=warning psql -q "$admin" -c "DROP DATABASE IF EXISTS sms_bench_worker WITH (FORCE)" -c "CREATE DATABASE sms_bench_worker"
   export DATABASE_URL=${server%/*}/sms_bench_worker
@@ -32,16 +39,10 @@ for i in $(seq 1 "$runs"); do
   kill $ip; wait $ip 2>/dev/null || true
   q0=$(pooler_queries sms_bench_worker)
   DATABASE_URL=$service_base/sms_bench_worker target/release/sms-worker --queues inbound >/dev/null 2>/tmp/sms-bench-worker.err & wp=$!
-  while [ "$(psql -tA "$DATABASE_URL" -c "SELECT count(*) FROM sms_messages WHERE processed_at IS NULL")" != 0 ]; do
-    kill -0 $wp 2>/dev/null || { echo "sms-worker exited early (exit $(wait $wp; echo $?))" >&2; exit 1; }
-    sleep 0.5
-  done
+  until_none "SELECT count(*) FROM sms_messages WHERE processed_at IS NULL"
   # Then the jobs whose messages others took along, until the queue is empty: each still runs
   # (and finds its messages processed).
-  while [ "$(psql -tA "$DATABASE_URL" -c "SELECT count(*) FROM apalis.jobs WHERE job_type = 'inbound' AND status NOT IN ('Done', 'Failed', 'Killed')")" != 0 ]; do
-    kill -0 $wp 2>/dev/null || { echo "sms-worker exited early (exit $(wait $wp; echo $?))" >&2; exit 1; }
-    sleep 0.5
-  done
+  until_none "SELECT count(*) FROM apalis.jobs WHERE job_type = 'inbound' AND status NOT IN ('Done', 'Failed', 'Killed')"
   rss=$(awk '/VmHWM/ {print $2}' /proc/$wp/status)
   kill $wp; wait $wp 2>/dev/null || true
   line=$(psql -tA -F' ' "$DATABASE_URL" -c "SELECT round(count(*) / extract(epoch FROM max(processed_at) - min(processed_at))),
