@@ -265,52 +265,7 @@ pub(crate) async fn messages_page(
     cursor: Option<(DateTime<Utc>, Uuid)>,
     limit: i64,
 ) -> Result<(Vec<MessageView>, Option<String>), ApiError> {
-    let (after_at, after_id) = cursor.unzip();
-    // Two statements rather than one with "$5 IS NULL OR ...": each keeps one cached plan. The
-    // cursor is a row comparison with the top of the order standing in for "no cursor" (an "IS
-    // NULL OR" would keep the generic plan from using it as the index scan's bound), so any page
-    // costs a page, whichever execution of the statement this is (tests/it/plans.rs).
-    let mut rows = match tenant {
-        None => {
-            sqlx::query_as!(
-                Row,
-                r#"SELECT id, direction, message_content, twilio_sid, delivery_status, language_detected,
-                          created_at, route_status, tenant_id, scheduled_for
-                   FROM sms_messages
-                   WHERE conversation_id = $1
-                     AND (created_at, id) < (COALESCE($2::timestamptz, 'infinity'),
-                                             COALESCE($3::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'))
-                   ORDER BY created_at DESC, id DESC
-                   LIMIT $4"#,
-                conversation_id,
-                after_at,
-                after_id,
-                limit + 1
-            )
-            .fetch_all(pool)
-            .await?
-        }
-        Some(tenant) => {
-            sqlx::query_as!(
-                Row,
-                r#"SELECT id, direction, message_content, twilio_sid, delivery_status, language_detected,
-                          created_at, route_status, tenant_id, scheduled_for
-                   FROM sms_messages
-                   WHERE conversation_id = $1 AND tenant_id = $5
-                     AND (created_at, id) < (COALESCE($2::timestamptz, 'infinity'),
-                                             COALESCE($3::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'))
-                   ORDER BY created_at DESC, id DESC
-                   LIMIT $4"#,
-                conversation_id,
-                after_at,
-                after_id,
-                limit + 1,
-                tenant
-            )
-            .fetch_all(pool)
-            .await?
-        }
-    };
+    let mut rows = page_rows(pool, conversation_id, tenant, cursor, limit + 1).await?;
     let next_cursor = if rows.len() as i64 > limit {
         rows.truncate(limit as usize);
         rows.last().map(|r| encode_cursor(r.created_at, r.id))
@@ -342,6 +297,63 @@ pub(crate) async fn messages_page(
         })
         .collect();
     Ok((messages, next_cursor))
+}
+
+/// Up to `limit` of a conversation's messages (of `tenant`'s only, when given) before `cursor`,
+/// newest first.
+async fn page_rows(
+    pool: &sqlx::PgPool,
+    conversation_id: Uuid,
+    tenant: Option<&str>,
+    cursor: Option<(DateTime<Utc>, Uuid)>,
+    limit: i64,
+) -> Result<Vec<Row>, sqlx::Error> {
+    let (after_at, after_id) = cursor.unzip();
+    // Two statements rather than one with "$5 IS NULL OR ...": each keeps one cached plan. The
+    // cursor is a row comparison with the top of the order standing in for "no cursor" (an "IS
+    // NULL OR" would keep the generic plan from using it as the index scan's bound), so any page
+    // costs a page, whichever execution of the statement this is (tests/it/plans.rs).
+    match tenant {
+        None => {
+            sqlx::query_as!(
+                Row,
+                r#"SELECT id, direction, message_content, twilio_sid, delivery_status, language_detected,
+                          created_at, route_status, tenant_id, scheduled_for
+                   FROM sms_messages
+                   WHERE conversation_id = $1
+                     AND (created_at, id) < (COALESCE($2::timestamptz, 'infinity'),
+                                             COALESCE($3::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'))
+                   ORDER BY created_at DESC, id DESC
+                   LIMIT $4"#,
+                conversation_id,
+                after_at,
+                after_id,
+                limit
+            )
+            .fetch_all(pool)
+            .await
+        }
+        Some(tenant) => {
+            sqlx::query_as!(
+                Row,
+                r#"SELECT id, direction, message_content, twilio_sid, delivery_status, language_detected,
+                          created_at, route_status, tenant_id, scheduled_for
+                   FROM sms_messages
+                   WHERE conversation_id = $1 AND tenant_id = $5
+                     AND (created_at, id) < (COALESCE($2::timestamptz, 'infinity'),
+                                             COALESCE($3::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'))
+                   ORDER BY created_at DESC, id DESC
+                   LIMIT $4"#,
+                conversation_id,
+                after_at,
+                after_id,
+                limit,
+                tenant
+            )
+            .fetch_all(pool)
+            .await
+        }
+    }
 }
 
 /// Blanks the agent URL of decisions made by a global route (default or workflow type) for a key
