@@ -188,13 +188,17 @@ writes() { # db
   export DATABASE_URL=${server%/*}/$db
   settle
   psql -q "$DATABASE_URL" -c "CHECKPOINT"
-  local before
+  local before wal0 wal1
   before=$(psql -tA "$DATABASE_URL" -c "SELECT now()")
+  # The WAL the ingest writes (whole-page images and bytes, cluster-wide; nothing else runs):
+  # steadier than its rate, and what a larger table costs it.
+  wal0=$(psql -tA -F' ' "$DATABASE_URL" -c "SELECT wal_fpi, wal_bytes FROM pg_stat_wal")
   target/release/sms-ingress serve >/dev/null 2>&1 & local ip=$!
   sleep 0.5
   local ingest
   ingest=$(target/release/sms-sim webhooks --url "$PUBLIC_URL/webhook/twilio/sms" --count "$ingest_count" --concurrency 32 --numbers 1000)
   kill $ip; wait $ip 2>/dev/null || true
+  wal1=$(psql -tA -F' ' "$DATABASE_URL" -c "SELECT wal_fpi, wal_bytes FROM pg_stat_wal")
   target/release/sms-worker --queues inbound >/dev/null 2>/tmp/sms-bench-year-worker.err & local wp=$!
   while [ "$(psql -tA "$DATABASE_URL" -c "SELECT count(*) FROM sms_messages WHERE processed_at IS NULL AND created_at >= '$before'")" != 0 ]; do
     kill -0 $wp 2>/dev/null || { echo "sms-worker exited early" >&2; exit 1; }
@@ -203,7 +207,7 @@ writes() { # db
   kill $wp; wait $wp 2>/dev/null || true
   local drain
   drain=$(psql -tA "$DATABASE_URL" -c "SELECT round(count(*) / extract(epoch FROM max(processed_at) - min(processed_at))) FROM sms_messages WHERE created_at >= '$before'")
-  python3 -c "import json,sys; r=json.loads(sys.argv[1]); n=int(sys.argv[3]); print(json.dumps({f'webhook ingest, {n:,} at 32 connections': {'rps': round(r['throughput_rps']), 'p99_ms': r['latency_ms']['p99'], 'ok': r['statuses'].get('200', 0)}, f'one worker draining {n:,} inbound': {'rps': int(sys.argv[2])}}))" "$ingest" "$drain" "$ingest_count"
+  python3 -c "import json,sys; r=json.loads(sys.argv[1]); n=int(sys.argv[3]); w0, w1 = (list(map(int, a.split())) for a in sys.argv[4:6]); print(json.dumps({f'webhook ingest, {n:,} at 32 connections': {'rps': round(r['throughput_rps']), 'p99_ms': r['latency_ms']['p99'], 'ok': r['statuses'].get('200', 0), 'fpi_per_msg': round((w1[0] - w0[0]) / n, 2), 'wal_kb_per_msg': round((w1[1] - w0[1]) / n / 1024, 2)}, f'one worker draining {n:,} inbound': {'rps': int(sys.argv[2])}}))" "$ingest" "$drain" "$ingest_count" "$wal0" "$wal1"
 }
 
 sizes() { # db
@@ -227,7 +231,9 @@ runs = [json.loads(a) for a in sys.argv[1:]]
 for label in runs[0]:
     f = statistics.median(r[label]["rps"] for r in runs[0::2])
     b = statistics.median(r[label]["rps"] for r in runs[1::2])
-    print(f"{label}: median {f:,.0f} / {b:,.0f} per s, {b / f:.2f}x")
+    wal = lambda rs, k: statistics.median(r[label][k] for r in rs)
+    extra = "" if "fpi_per_msg" not in runs[0][label] else f"; WAL a message: {wal(runs[0::2], 'fpi_per_msg')} / {wal(runs[1::2], 'fpi_per_msg')} page images, {wal(runs[0::2], 'wal_kb_per_msg')} / {wal(runs[1::2], 'wal_kb_per_msg')} KB"
+    print(f"{label}: median {f:,.0f} / {b:,.0f} per s, {b / f:.2f}x{extra}")
 PY
   exit 0
 fi
@@ -246,7 +252,7 @@ for label in fresh:
         cell = lambda x: f"p50 {x['p50_ms']} / p99 {x['p99_ms']} ms; at 8: p99 {x['p99_8_ms']} ms, {x['rps']} req/s; {x['bytes']:,} B" + (f", not 200: {x['errors']}" if x['errors'] else "")
         ratio = f"p99 {b['p99_ms'] / f['p99_ms']:.2f}x; at 8 {b['p99_8_ms'] / f['p99_8_ms']:.2f}x"
     elif "p99_ms" in f:
-        cell = lambda x: f"{x['rps']:,} req/s, p99 {x['p99_ms']:.1f} ms, {x['ok']:,} answered 200"
+        cell = lambda x: f"{x['rps']:,} req/s, p99 {x['p99_ms']:.1f} ms, {x['ok']:,} answered 200; WAL a message: {x['fpi_per_msg']} page images, {x['wal_kb_per_msg']} KB"
         ratio = f"{b['rps'] / f['rps']:.2f}x rate"
     else:
         cell = lambda x: f"{x['rps']:,} msg/s"

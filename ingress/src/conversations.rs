@@ -312,17 +312,33 @@ async fn page_rows(
     // Two statements rather than one with "$5 IS NULL OR ...": each keeps one cached plan. The
     // cursor is a row comparison with the top of the order standing in for "no cursor" (an "IS
     // NULL OR" would keep the generic plan from using it as the index scan's bound), so any page
-    // costs a page, whichever execution of the statement this is (tests/it/plans.rs).
+    // costs a page, whichever execution of the statement this is (tests/it/plans.rs). Each reads
+    // the messages that fit the page index (sms_page_fits: nearly all) by an index-only scan of
+    // it, a conversation's rows side by side, and the rest through their own small index.
     match tenant {
         None => {
             sqlx::query_as!(
                 Row,
-                r#"SELECT id, direction, message_content, twilio_sid, delivery_status, language_detected,
-                          created_at, route_status, tenant_id, scheduled_for
-                   FROM sms_messages
-                   WHERE conversation_id = $1
-                     AND (created_at, id) < (COALESCE($2::timestamptz, 'infinity'),
-                                             COALESCE($3::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'))
+                r#"SELECT id AS "id!", direction AS "direction!", message_content AS "message_content!",
+                          twilio_sid, delivery_status AS "delivery_status!", language_detected,
+                          created_at AS "created_at!", route_status, tenant_id, scheduled_for
+                   FROM ((SELECT id, direction, message_content, twilio_sid, delivery_status, language_detected,
+                                 created_at, route_status, tenant_id, scheduled_for
+                          FROM sms_messages
+                          WHERE conversation_id = $1 AND sms_page_fits(message_content, twilio_sid, tenant_id)
+                            AND (created_at, id) < (COALESCE($2::timestamptz, 'infinity'),
+                                                    COALESCE($3::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'))
+                          ORDER BY created_at DESC, id DESC
+                          LIMIT $4)
+                         UNION ALL
+                         (SELECT id, direction, message_content, twilio_sid, delivery_status, language_detected,
+                                 created_at, route_status, tenant_id, scheduled_for
+                          FROM sms_messages
+                          WHERE conversation_id = $1 AND NOT sms_page_fits(message_content, twilio_sid, tenant_id)
+                            AND (created_at, id) < (COALESCE($2::timestamptz, 'infinity'),
+                                                    COALESCE($3::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'))
+                          ORDER BY created_at DESC, id DESC
+                          LIMIT $4)) page
                    ORDER BY created_at DESC, id DESC
                    LIMIT $4"#,
                 conversation_id,
@@ -336,12 +352,28 @@ async fn page_rows(
         Some(tenant) => {
             sqlx::query_as!(
                 Row,
-                r#"SELECT id, direction, message_content, twilio_sid, delivery_status, language_detected,
-                          created_at, route_status, tenant_id, scheduled_for
-                   FROM sms_messages
-                   WHERE conversation_id = $1 AND tenant_id = $5
-                     AND (created_at, id) < (COALESCE($2::timestamptz, 'infinity'),
-                                             COALESCE($3::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'))
+                r#"SELECT id AS "id!", direction AS "direction!", message_content AS "message_content!",
+                          twilio_sid, delivery_status AS "delivery_status!", language_detected,
+                          created_at AS "created_at!", route_status, tenant_id, scheduled_for
+                   FROM ((SELECT id, direction, message_content, twilio_sid, delivery_status, language_detected,
+                                 created_at, route_status, tenant_id, scheduled_for
+                          FROM sms_messages
+                          WHERE conversation_id = $1 AND tenant_id = $5
+                            AND sms_page_fits(message_content, twilio_sid, tenant_id)
+                            AND (created_at, id) < (COALESCE($2::timestamptz, 'infinity'),
+                                                    COALESCE($3::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'))
+                          ORDER BY created_at DESC, id DESC
+                          LIMIT $4)
+                         UNION ALL
+                         (SELECT id, direction, message_content, twilio_sid, delivery_status, language_detected,
+                                 created_at, route_status, tenant_id, scheduled_for
+                          FROM sms_messages
+                          WHERE conversation_id = $1 AND tenant_id = $5
+                            AND NOT sms_page_fits(message_content, twilio_sid, tenant_id)
+                            AND (created_at, id) < (COALESCE($2::timestamptz, 'infinity'),
+                                                    COALESCE($3::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'))
+                          ORDER BY created_at DESC, id DESC
+                          LIMIT $4)) page
                    ORDER BY created_at DESC, id DESC
                    LIMIT $4"#,
                 conversation_id,
