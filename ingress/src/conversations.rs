@@ -7,6 +7,8 @@
 //! history only (and the conversation only if it has a part in it); an unscoped key sees the
 //! whole history, each message with its tenant, and may filter with `tenant_id`.
 
+use std::collections::HashMap;
+
 use crate::extract::{Path, Query};
 use axum::{Json, extract::State};
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
@@ -279,7 +281,7 @@ pub(crate) async fn messages_page(
         .filter(|r| r.direction == "inbound")
         .map(|r| r.id)
         .collect();
-    let mut decisions = decisions(pool, &routed).await?;
+    let mut decisions = page_decisions(pool, conversation_id, &routed).await?;
     let messages = rows
         .into_iter()
         .map(|r| MessageView {
@@ -414,28 +416,83 @@ pub(crate) fn hide_global_route_urls(
 pub(crate) async fn decisions(
     pool: &sqlx::PgPool,
     ids: &[Uuid],
-) -> Result<std::collections::HashMap<Uuid, Vec<RoutingDecision>>, ApiError> {
-    let mut by_message: std::collections::HashMap<Uuid, Vec<RoutingDecision>> = Default::default();
-    for d in sqlx::query!(
+) -> Result<HashMap<Uuid, Vec<RoutingDecision>>, ApiError> {
+    let rows = sqlx::query_as!(
+        DecisionRow,
         r#"SELECT message_id, attempt, reason, agent_url, agent_status, outcome, detail, latency_ms, decided_at
            FROM sms_routing_decisions WHERE message_id = ANY($1) ORDER BY id"#,
         ids
     )
     .fetch_all(pool)
-    .await?
-    {
-        by_message.entry(d.message_id).or_default().push(RoutingDecision {
-            attempt: d.attempt,
-            reason: d.reason,
-            agent_url: d.agent_url,
-            agent_status: d.agent_status,
-            outcome: d.outcome,
-            detail: d.detail,
-            latency_ms: d.latency_ms,
-            decided_at: d.decided_at,
-        });
+    .await?;
+    Ok(by_message(rows))
+}
+
+/// The same for messages of one conversation (a page's): read from the decisions' page index,
+/// where a conversation's decisions lie side by side (an index-only scan); the decisions too long
+/// for it come from their own small index. One lookup per message id (a join with the ids): with
+/// "message_id = ANY($2)" the generic plan filtered every decision of the conversation instead,
+/// 100,000 on a busy number (tests/it/plans.rs).
+async fn page_decisions(
+    pool: &sqlx::PgPool,
+    conversation_id: Uuid,
+    ids: &[Uuid],
+) -> Result<HashMap<Uuid, Vec<RoutingDecision>>, ApiError> {
+    let rows = sqlx::query_as!(
+        DecisionRow,
+        r#"SELECT p.message_id AS "message_id!", attempt AS "attempt!", reason AS "reason!", agent_url,
+                  agent_status, outcome AS "outcome!", detail, latency_ms, decided_at AS "decided_at!"
+           FROM UNNEST($2::uuid[]) AS p(message_id)
+           CROSS JOIN LATERAL
+                ((SELECT id, attempt, reason, agent_url, agent_status, outcome, detail, latency_ms, decided_at
+                  FROM sms_routing_decisions
+                  WHERE conversation_id = $1 AND message_id = p.message_id
+                    AND sms_decision_fits(agent_url, detail))
+                 UNION ALL
+                 (SELECT id, attempt, reason, agent_url, agent_status, outcome, detail, latency_ms, decided_at
+                  FROM sms_routing_decisions
+                  WHERE conversation_id = $1 AND message_id = p.message_id
+                    AND NOT sms_decision_fits(agent_url, detail))) d
+           ORDER BY d.id"#,
+        conversation_id,
+        ids
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(by_message(rows))
+}
+
+struct DecisionRow {
+    message_id: Uuid,
+    attempt: i32,
+    reason: String,
+    agent_url: Option<String>,
+    agent_status: Option<i32>,
+    outcome: String,
+    detail: Option<String>,
+    latency_ms: Option<i32>,
+    decided_at: DateTime<Utc>,
+}
+
+/// Decisions grouped by message, each message's in the order of `rows`.
+fn by_message(rows: Vec<DecisionRow>) -> HashMap<Uuid, Vec<RoutingDecision>> {
+    let mut by_message: HashMap<Uuid, Vec<RoutingDecision>> = HashMap::new();
+    for d in rows {
+        by_message
+            .entry(d.message_id)
+            .or_default()
+            .push(RoutingDecision {
+                attempt: d.attempt,
+                reason: d.reason,
+                agent_url: d.agent_url,
+                agent_status: d.agent_status,
+                outcome: d.outcome,
+                detail: d.detail,
+                latency_ms: d.latency_ms,
+                decided_at: d.decided_at,
+            });
     }
-    Ok(by_message)
+    by_message
 }
 
 #[cfg(test)]

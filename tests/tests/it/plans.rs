@@ -59,6 +59,22 @@ const PAGE: &str = r#"SELECT id AS "id!", direction AS "direction!", message_con
                    ORDER BY created_at DESC, id DESC
                    LIMIT $4"#;
 
+/// The routing decisions of a page's messages, as `ingress/src/conversations.rs` reads them.
+const DECISIONS: &str = r#"SELECT p.message_id AS "message_id!", attempt AS "attempt!", reason AS "reason!", agent_url,
+                  agent_status, outcome AS "outcome!", detail, latency_ms, decided_at AS "decided_at!"
+           FROM UNNEST($2::uuid[]) AS p(message_id)
+           CROSS JOIN LATERAL
+                ((SELECT id, attempt, reason, agent_url, agent_status, outcome, detail, latency_ms, decided_at
+                  FROM sms_routing_decisions
+                  WHERE conversation_id = $1 AND message_id = p.message_id
+                    AND sms_decision_fits(agent_url, detail))
+                 UNION ALL
+                 (SELECT id, attempt, reason, agent_url, agent_status, outcome, detail, latency_ms, decided_at
+                  FROM sms_routing_decisions
+                  WHERE conversation_id = $1 AND message_id = p.message_id
+                    AND NOT sms_decision_fits(agent_url, detail))) d
+           ORDER BY d.id"#;
+
 /// A tenant's last activity in a conversation another tenant now holds.
 const LAST: &str =
     "SELECT created_at FROM sms_messages WHERE conversation_id = $1 AND tenant_id = $2
@@ -97,6 +113,47 @@ fn node_types(plan: &Value) -> Vec<String> {
     out
 }
 
+/// The index conditions of a plan's index scans.
+fn conditions(plan: &Value) -> Vec<String> {
+    fn walk(node: &Value, out: &mut Vec<String>) {
+        if let Some(c) = node["Index Cond"].as_str() {
+            out.push(c.to_owned());
+        }
+        for child in node["Plans"].as_array().into_iter().flatten() {
+            walk(child, out);
+        }
+    }
+    let mut out = Vec::new();
+    walk(&plan[0]["Plan"], &mut out);
+    out
+}
+
+/// VACUUMs `table` until every page is marked all-visible (what index-only scans need to skip
+/// the heap). `FREEZE` makes VACUUM wait for each page's cleanup lock (a plain VACUUM skips a
+/// page another process has pinned, e.g. the checkpointer writing it, and leaves it not
+/// all-visible: a heap fetch a row there); a snapshot older than the insert held elsewhere can
+/// still defer it, so check.
+async fn all_visible(pool: &sqlx::PgPool, table: &str) {
+    let done = wait_until_every(
+        Duration::from_secs(15),
+        Duration::from_millis(250),
+        || async {
+            pool.execute(AssertSqlSafe(format!("VACUUM (FREEZE, ANALYZE) {table}")))
+                .await
+                .unwrap();
+            sqlx::query_scalar(
+                "SELECT relallvisible >= relpages FROM pg_class WHERE oid = $1::text::regclass",
+            )
+            .bind(table)
+            .fetch_one(pool)
+            .await
+            .unwrap()
+        },
+    )
+    .await;
+    assert!(done.is_ok(), "VACUUM never marked {table} all-visible");
+}
+
 /// Each of `calls` (EXECUTEs of statements prepared on `conn`) explained with ANALYZE and
 /// BUFFERS at executions 1 to 8, under `plan_cache_mode` auto and then forced generic (a pooled
 /// connection's prepared statement switches to its generic plan from the sixth execution);
@@ -127,7 +184,7 @@ async fn at_every_execution(
 fn the_statements_here_are_the_ones_the_endpoint_runs() {
     let source = include_str!("../../../ingress/src/conversations.rs");
     let source = words(source);
-    for sql in [PAGE_ALL, PAGE, LAST] {
+    for sql in [PAGE_ALL, PAGE, DECISIONS, LAST] {
         assert!(
             source.contains(&words(sql)),
             "not in conversations.rs: {sql}"
@@ -189,7 +246,19 @@ async fn a_tenant_page_of_a_busy_conversation_costs_a_page_at_every_execution() 
         )
         .await
         .unwrap();
-    db.pool.execute("ANALYZE sms_messages").await.unwrap();
+    // A routing decision for each message (the too long ones' too long): as in the quiet
+    // conversations, a conversation's decisions are few for the generic plan.
+    db.pool
+        .execute(
+            "INSERT INTO sms_routing_decisions (message_id, attempt, reason, agent_url, outcome, detail)
+             SELECT id, 1, 'tenant', 'https://agents.example.com/sms', 'delivered',
+                    CASE WHEN octet_length(message_content) > 2000 THEN repeat('x', 2500) END
+             FROM sms_messages",
+        )
+        .await
+        .unwrap();
+    all_visible(&db.pool, "sms_messages").await;
+    all_visible(&db.pool, "sms_routing_decisions").await;
 
     let mut conn = PgConnection::connect(&db.url).await.unwrap();
     conn.execute(AssertSqlSafe(format!(
@@ -199,6 +268,11 @@ async fn a_tenant_page_of_a_busy_conversation_costs_a_page_at_every_execution() 
     .unwrap();
     conn.execute(AssertSqlSafe(format!(
         "PREPARE page_all(uuid, timestamptz, uuid, bigint) AS {PAGE_ALL}"
+    )))
+    .await
+    .unwrap();
+    conn.execute(AssertSqlSafe(format!(
+        "PREPARE decisions(uuid, uuid[]) AS {DECISIONS}"
     )))
     .await
     .unwrap();
@@ -213,12 +287,26 @@ async fn a_tenant_page_of_a_busy_conversation_costs_a_page_at_every_execution() 
     .fetch_one(&db.pool)
     .await
     .unwrap();
+    // The first page's messages, whose decisions the page shows.
+    let first: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT id FROM sms_messages WHERE conversation_id = $1 ORDER BY created_at DESC, id DESC LIMIT 51",
+    )
+    .bind(conversation)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let ids = first
+        .iter()
+        .map(Uuid::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
     let calls = [
         format!("EXECUTE page('{conversation}', NULL, NULL, 51, 't-before')"),
         format!("EXECUTE page('{conversation}', '{cursor_at:?}', '{cursor_id}', 11, 't-before')"),
         format!("EXECUTE page('{conversation}', NULL, NULL, 51, 't-busy')"),
         format!("EXECUTE page_all('{conversation}', NULL, NULL, 51)"),
         format!("EXECUTE page_all('{conversation}', '{cursor_at:?}', '{cursor_id}', 51)"),
+        format!("EXECUTE decisions('{conversation}', '{{{ids}}}')"),
         format!("EXECUTE last('{conversation}', 't-before')"),
         // A generic plan of max() here aggregated all 6,600 of its rows.
         format!("EXECUTE last('{conversation}', 't-heavy')"),
@@ -228,8 +316,17 @@ async fn a_tenant_page_of_a_busy_conversation_costs_a_page_at_every_execution() 
         // A page of up to 51 rows of the conversation's 20,100: an index scan reads a few index
         // pages and one heap page per row at most; the plan that ANDed two indexes read every
         // heap page of the tenant's messages (about 200 here) and sorted them.
+        // The decisions: each of the 51 messages costs a descent of the page index (three
+        // pages) and of the small one for long decisions (two), within the conversation's part
+        // of them; the message id is in the index condition (checked below), so no other
+        // decision is read.
+        let bound = if call.contains("decisions(") {
+            5 * 51 + 10
+        } else {
+            70
+        };
         assert!(
-            blocks(plan) <= 70,
+            blocks(plan) <= bound,
             "{mode}, execution {execution}: {call} read {} blocks: {nodes:?}",
             blocks(plan)
         );
@@ -240,12 +337,22 @@ async fn a_tenant_page_of_a_busy_conversation_costs_a_page_at_every_execution() 
         // A page's rows lie side by side in the page index: one index page holds dozens.
         let index = if call.contains("page_all(") {
             "Index Only Scan sms_messages_conversation_page_idx"
+        } else if call.contains("decisions(") {
+            "Index Only Scan sms_routing_decisions_page_idx"
         } else {
             "Index Only Scan sms_messages_conversation_tenant_page_idx"
         };
         assert!(
             call.contains("last(") || nodes.iter().any(|n| n == index),
             "{mode}, execution {execution}: {call}: {nodes:?}"
+        );
+        assert!(
+            !call.contains("decisions(")
+                || conditions(plan)
+                    .iter()
+                    .all(|c| c.contains("message_id = p.message_id")),
+            "{mode}, execution {execution}: {call}: {:?}",
+            conditions(plan)
         );
     })
     .await;
@@ -297,6 +404,34 @@ async fn a_tenant_page_of_a_busy_conversation_costs_a_page_at_every_execution() 
         );
         assert_eq!(page, plain, "{tenant:?} {cursor:?}");
     }
+    // The page's decisions are exactly those a lookup by message finds, in the same order.
+    let pool = &db.pool;
+    let decisions = |sql: &'static str| {
+        let first = first.clone();
+        async move {
+            let rows = sqlx::query(AssertSqlSafe(sql))
+                .bind(conversation)
+                .bind(first)
+                .fetch_all(pool)
+                .await
+                .unwrap();
+            rows.iter()
+                .map(|r| (r.get::<Uuid, _>(0), r.get::<Option<String>, _>(6)))
+                .collect::<Vec<_>>()
+        }
+    };
+    let page = decisions(DECISIONS).await;
+    let plain = decisions(
+        "SELECT message_id, attempt, reason, agent_url, agent_status, outcome, detail FROM sms_routing_decisions
+         WHERE $1::uuid IS NOT NULL AND message_id = ANY($2) ORDER BY id",
+    )
+    .await;
+    assert_eq!(page.len(), 51);
+    assert!(
+        page.iter().any(|(_, detail)| detail.is_some()),
+        "a long decision"
+    );
+    assert_eq!(page, plain);
     conn.close().await.unwrap();
 }
 
@@ -316,31 +451,8 @@ async fn a_usage_page_is_an_index_only_scan_at_every_execution() {
         )
         .await
         .unwrap();
-    // As autovacuum leaves a ledger whose old days no longer change: pages all-visible. FREEZE
-    // makes VACUUM wait for each page's cleanup lock (a plain VACUUM skips a page another process
-    // has pinned, e.g. the checkpointer writing it, and leaves it not all-visible: a heap fetch a
-    // row there); a snapshot older than the insert held elsewhere can still defer it, so check.
-    let all_visible = wait_until_every(
-        Duration::from_secs(15),
-        Duration::from_millis(250),
-        || async {
-            db.pool
-                .execute("VACUUM (FREEZE, ANALYZE) sms_usage_logs")
-                .await
-                .unwrap();
-            sqlx::query_scalar(
-            "SELECT relallvisible >= relpages FROM pg_class WHERE oid = 'sms_usage_logs'::regclass",
-        )
-        .fetch_one(&db.pool)
-        .await
-        .unwrap()
-        },
-    )
-    .await;
-    assert!(
-        all_visible.is_ok(),
-        "VACUUM never marked the ledger all-visible"
-    );
+    // As autovacuum leaves a ledger whose old days no longer change: pages all-visible.
+    all_visible(&db.pool, "sms_usage_logs").await;
     let mut conn = PgConnection::connect(&db.url).await.unwrap();
     conn.execute(AssertSqlSafe(format!(
         "PREPARE usage(date, date, text, text, text, bigint) AS {USAGE}"
@@ -377,4 +489,53 @@ async fn a_usage_page_is_an_index_only_scan_at_every_execution() {
     })
     .await;
     conn.close().await.unwrap();
+}
+
+/// A decision carries its message's conversation (what the page index is keyed by): the trigger
+/// fills it whoever inserts, and the backfill migration fills the decisions stored before it.
+#[tokio::test]
+async fn every_decision_carries_its_messages_conversation() {
+    let db = pg::fresh_db().await;
+    db.pool
+        .execute(
+            "WITH c AS (INSERT INTO sms_conversations (phone_number, phone_number_original)
+                        SELECT p, p FROM generate_series(1, 20) g,
+                             LATERAL (SELECT '+1415700' || lpad(g::text, 4, '0') AS p) n
+                        RETURNING id),
+                  m AS (INSERT INTO sms_messages (direction, message_content, delivery_status, conversation_id)
+                        SELECT 'inbound', 'hi', 'received', c.id FROM c, generate_series(1, 5)
+                        RETURNING id)
+             INSERT INTO sms_routing_decisions (message_id, attempt, reason, outcome)
+             SELECT id, 1, 'tenant', 'delivered' FROM m",
+        )
+        .await
+        .unwrap();
+    let wrong =
+        "SELECT count(*) FROM sms_routing_decisions d JOIN sms_messages m ON m.id = d.message_id
+                 WHERE d.conversation_id IS DISTINCT FROM m.conversation_id";
+    let count = |sql: &'static str| sqlx::query_scalar::<_, i64>(sql).fetch_one(&db.pool);
+    assert_eq!(count(wrong).await.unwrap(), 0, "the trigger fills it");
+    // As stored before the trigger existed.
+    db.pool
+        .execute("UPDATE sms_routing_decisions SET conversation_id = NULL WHERE id % 3 <> 0")
+        .await
+        .unwrap();
+    assert!(count(wrong).await.unwrap() > 0);
+    db.pool
+        .execute(include_str!(
+            "../../../migrations/20261209000007_routing_decisions_conversation_backfill.sql"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        count(wrong).await.unwrap(),
+        0,
+        "the backfill fills the rest"
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM sms_routing_decisions")
+            .await
+            .unwrap(),
+        100
+    );
 }
