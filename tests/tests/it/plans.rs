@@ -98,12 +98,10 @@ fn blocks(plan: &Value) -> i64 {
     top["Shared Hit Blocks"].as_i64().unwrap() + top["Shared Read Blocks"].as_i64().unwrap()
 }
 
-fn node_types(plan: &Value) -> Vec<String> {
-    fn walk(node: &Value, out: &mut Vec<String>) {
-        if let Some(t) = node["Node Type"].as_str() {
-            let index = node["Index Name"].as_str().unwrap_or("");
-            out.push(format!("{t} {index}").trim().to_owned());
-        }
+/// Every node of a plan, depth first.
+fn nodes(plan: &Value) -> Vec<&Value> {
+    fn walk<'a>(node: &'a Value, out: &mut Vec<&'a Value>) {
+        out.push(node);
         for child in node["Plans"].as_array().into_iter().flatten() {
             walk(child, out);
         }
@@ -113,19 +111,33 @@ fn node_types(plan: &Value) -> Vec<String> {
     out
 }
 
+fn node_types(plan: &Value) -> Vec<String> {
+    nodes(plan)
+        .into_iter()
+        .filter_map(|n| {
+            let index = n["Index Name"].as_str().unwrap_or("");
+            n["Node Type"]
+                .as_str()
+                .map(|t| format!("{t} {index}").trim().to_owned())
+        })
+        .collect()
+}
+
 /// The index conditions of a plan's index scans.
 fn conditions(plan: &Value) -> Vec<String> {
-    fn walk(node: &Value, out: &mut Vec<String>) {
-        if let Some(c) = node["Index Cond"].as_str() {
-            out.push(c.to_owned());
-        }
-        for child in node["Plans"].as_array().into_iter().flatten() {
-            walk(child, out);
-        }
+    nodes(plan)
+        .into_iter()
+        .filter_map(|n| n["Index Cond"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Prepares each (name and parameter types, statement) on `conn`.
+async fn prepare(conn: &mut PgConnection, statements: &[(&str, &str)]) {
+    for (name, sql) in statements {
+        conn.execute(AssertSqlSafe(format!("PREPARE {name} AS {sql}")))
+            .await
+            .unwrap();
     }
-    let mut out = Vec::new();
-    walk(&plan[0]["Plan"], &mut out);
-    out
 }
 
 /// VACUUMs `table` until every page is marked all-visible (what index-only scans need to skip
@@ -261,24 +273,16 @@ async fn a_tenant_page_of_a_busy_conversation_costs_a_page_at_every_execution() 
     all_visible(&db.pool, "sms_routing_decisions").await;
 
     let mut conn = PgConnection::connect(&db.url).await.unwrap();
-    conn.execute(AssertSqlSafe(format!(
-        "PREPARE page(uuid, timestamptz, uuid, bigint, text) AS {PAGE}"
-    )))
-    .await
-    .unwrap();
-    conn.execute(AssertSqlSafe(format!(
-        "PREPARE page_all(uuid, timestamptz, uuid, bigint) AS {PAGE_ALL}"
-    )))
-    .await
-    .unwrap();
-    conn.execute(AssertSqlSafe(format!(
-        "PREPARE decisions(uuid, uuid[]) AS {DECISIONS}"
-    )))
-    .await
-    .unwrap();
-    conn.execute(AssertSqlSafe(format!("PREPARE last(uuid, text) AS {LAST}")))
-        .await
-        .unwrap();
+    prepare(
+        &mut conn,
+        &[
+            ("page(uuid, timestamptz, uuid, bigint, text)", PAGE),
+            ("page_all(uuid, timestamptz, uuid, bigint)", PAGE_ALL),
+            ("decisions(uuid, uuid[])", DECISIONS),
+            ("last(uuid, text)", LAST),
+        ],
+    )
+    .await;
     // A cursor in the middle of the older tenant's messages: page 2 and later.
     let (cursor_at, cursor_id): (chrono::DateTime<chrono::Utc>, Uuid) = sqlx::query_as(
         "SELECT created_at, id FROM sms_messages WHERE tenant_id = 't-before'
@@ -454,16 +458,17 @@ async fn a_usage_page_is_an_index_only_scan_at_every_execution() {
     // As autovacuum leaves a ledger whose old days no longer change: pages all-visible.
     all_visible(&db.pool, "sms_usage_logs").await;
     let mut conn = PgConnection::connect(&db.url).await.unwrap();
-    conn.execute(AssertSqlSafe(format!(
-        "PREPARE usage(date, date, text, text, text, bigint) AS {USAGE}"
-    )))
-    .await
-    .unwrap();
-    conn.execute(AssertSqlSafe(format!(
-        "PREPARE usage_tenant(date, date, text, text, text, bigint) AS {USAGE_TENANT}"
-    )))
-    .await
-    .unwrap();
+    prepare(
+        &mut conn,
+        &[
+            ("usage(date, date, text, text, text, bigint)", USAGE),
+            (
+                "usage_tenant(date, date, text, text, text, bigint)",
+                USAGE_TENANT,
+            ),
+        ],
+    )
+    .await;
     let month = "current_date - 29, current_date + 1";
     let year = "current_date - 364, current_date + 1";
     let calls = [
