@@ -310,7 +310,6 @@ async fn page_rows(
     cursor: Option<(DateTime<Utc>, Uuid)>,
     limit: i64,
 ) -> Result<Vec<Row>, sqlx::Error> {
-    let (after_at, after_id) = cursor.unzip();
     // Two statements rather than one with "$5 IS NULL OR ...": each keeps one cached plan. The
     // cursor is a row comparison with the top of the order standing in for "no cursor" (an "IS
     // NULL OR" would keep the generic plan from using it as the index scan's bound), so any page
@@ -318,76 +317,95 @@ async fn page_rows(
     // the messages that fit the page index (sms_page_fits: nearly all) by an index-only scan of
     // it, a conversation's rows side by side, and the rest through their own small index.
     match tenant {
-        None => {
-            sqlx::query_as!(
-                Row,
-                r#"SELECT id AS "id!", direction AS "direction!", message_content AS "message_content!",
-                          twilio_sid, delivery_status AS "delivery_status!", language_detected,
-                          created_at AS "created_at!", route_status, tenant_id, scheduled_for
-                   FROM ((SELECT id, direction, message_content, twilio_sid, delivery_status, language_detected,
-                                 created_at, route_status, tenant_id, scheduled_for
-                          FROM sms_messages
-                          WHERE conversation_id = $1 AND sms_page_fits(message_content, twilio_sid, tenant_id)
-                            AND (created_at, id) < (COALESCE($2::timestamptz, 'infinity'),
-                                                    COALESCE($3::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'))
-                          ORDER BY created_at DESC, id DESC
-                          LIMIT $4)
-                         UNION ALL
-                         (SELECT id, direction, message_content, twilio_sid, delivery_status, language_detected,
-                                 created_at, route_status, tenant_id, scheduled_for
-                          FROM sms_messages
-                          WHERE conversation_id = $1 AND NOT sms_page_fits(message_content, twilio_sid, tenant_id)
-                            AND (created_at, id) < (COALESCE($2::timestamptz, 'infinity'),
-                                                    COALESCE($3::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'))
-                          ORDER BY created_at DESC, id DESC
-                          LIMIT $4)) page
-                   ORDER BY created_at DESC, id DESC
-                   LIMIT $4"#,
-                conversation_id,
-                after_at,
-                after_id,
-                limit
-            )
-            .fetch_all(pool)
-            .await
-        }
-        Some(tenant) => {
-            sqlx::query_as!(
-                Row,
-                r#"SELECT id AS "id!", direction AS "direction!", message_content AS "message_content!",
-                          twilio_sid, delivery_status AS "delivery_status!", language_detected,
-                          created_at AS "created_at!", route_status, tenant_id, scheduled_for
-                   FROM ((SELECT id, direction, message_content, twilio_sid, delivery_status, language_detected,
-                                 created_at, route_status, tenant_id, scheduled_for
-                          FROM sms_messages
-                          WHERE conversation_id = $1 AND tenant_id = $5
-                            AND sms_page_fits(message_content, twilio_sid, tenant_id)
-                            AND (created_at, id) < (COALESCE($2::timestamptz, 'infinity'),
-                                                    COALESCE($3::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'))
-                          ORDER BY created_at DESC, id DESC
-                          LIMIT $4)
-                         UNION ALL
-                         (SELECT id, direction, message_content, twilio_sid, delivery_status, language_detected,
-                                 created_at, route_status, tenant_id, scheduled_for
-                          FROM sms_messages
-                          WHERE conversation_id = $1 AND tenant_id = $5
-                            AND NOT sms_page_fits(message_content, twilio_sid, tenant_id)
-                            AND (created_at, id) < (COALESCE($2::timestamptz, 'infinity'),
-                                                    COALESCE($3::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'))
-                          ORDER BY created_at DESC, id DESC
-                          LIMIT $4)) page
-                   ORDER BY created_at DESC, id DESC
-                   LIMIT $4"#,
-                conversation_id,
-                after_at,
-                after_id,
-                limit,
-                tenant
-            )
-            .fetch_all(pool)
-            .await
-        }
+        None => all_rows(pool, conversation_id, cursor, limit).await,
+        Some(tenant) => tenant_rows(pool, conversation_id, tenant, cursor, limit).await,
     }
+}
+
+/// [`page_rows`] of every tenant.
+async fn all_rows(
+    pool: &sqlx::PgPool,
+    conversation_id: Uuid,
+    cursor: Option<(DateTime<Utc>, Uuid)>,
+    limit: i64,
+) -> Result<Vec<Row>, sqlx::Error> {
+    let (after_at, after_id) = cursor.unzip();
+    sqlx::query_as!(
+        Row,
+        r#"SELECT id AS "id!", direction AS "direction!", message_content AS "message_content!",
+                  twilio_sid, delivery_status AS "delivery_status!", language_detected,
+                  created_at AS "created_at!", route_status, tenant_id, scheduled_for
+           FROM ((SELECT id, direction, message_content, twilio_sid, delivery_status, language_detected,
+                         created_at, route_status, tenant_id, scheduled_for
+                  FROM sms_messages
+                  WHERE conversation_id = $1 AND sms_page_fits(message_content, twilio_sid, tenant_id)
+                    AND (created_at, id) < (COALESCE($2::timestamptz, 'infinity'),
+                                            COALESCE($3::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'))
+                  ORDER BY created_at DESC, id DESC
+                  LIMIT $4)
+                 UNION ALL
+                 (SELECT id, direction, message_content, twilio_sid, delivery_status, language_detected,
+                         created_at, route_status, tenant_id, scheduled_for
+                  FROM sms_messages
+                  WHERE conversation_id = $1 AND NOT sms_page_fits(message_content, twilio_sid, tenant_id)
+                    AND (created_at, id) < (COALESCE($2::timestamptz, 'infinity'),
+                                            COALESCE($3::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'))
+                  ORDER BY created_at DESC, id DESC
+                  LIMIT $4)) page
+           ORDER BY created_at DESC, id DESC
+           LIMIT $4"#,
+        conversation_id,
+        after_at,
+        after_id,
+        limit
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// [`page_rows`] of one tenant.
+async fn tenant_rows(
+    pool: &sqlx::PgPool,
+    conversation_id: Uuid,
+    tenant: &str,
+    cursor: Option<(DateTime<Utc>, Uuid)>,
+    limit: i64,
+) -> Result<Vec<Row>, sqlx::Error> {
+    let (after_at, after_id) = cursor.unzip();
+    sqlx::query_as!(
+        Row,
+        r#"SELECT id AS "id!", direction AS "direction!", message_content AS "message_content!",
+                  twilio_sid, delivery_status AS "delivery_status!", language_detected,
+                  created_at AS "created_at!", route_status, tenant_id, scheduled_for
+           FROM ((SELECT id, direction, message_content, twilio_sid, delivery_status, language_detected,
+                         created_at, route_status, tenant_id, scheduled_for
+                  FROM sms_messages
+                  WHERE conversation_id = $1 AND tenant_id = $5
+                    AND sms_page_fits(message_content, twilio_sid, tenant_id)
+                    AND (created_at, id) < (COALESCE($2::timestamptz, 'infinity'),
+                                            COALESCE($3::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'))
+                  ORDER BY created_at DESC, id DESC
+                  LIMIT $4)
+                 UNION ALL
+                 (SELECT id, direction, message_content, twilio_sid, delivery_status, language_detected,
+                         created_at, route_status, tenant_id, scheduled_for
+                  FROM sms_messages
+                  WHERE conversation_id = $1 AND tenant_id = $5
+                    AND NOT sms_page_fits(message_content, twilio_sid, tenant_id)
+                    AND (created_at, id) < (COALESCE($2::timestamptz, 'infinity'),
+                                            COALESCE($3::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'))
+                  ORDER BY created_at DESC, id DESC
+                  LIMIT $4)) page
+           ORDER BY created_at DESC, id DESC
+           LIMIT $4"#,
+        conversation_id,
+        after_at,
+        after_id,
+        limit,
+        tenant
+    )
+    .fetch_all(pool)
+    .await
 }
 
 /// Blanks the agent URL of decisions made by a global route (default or workflow type) for a key
